@@ -1,0 +1,39 @@
+"""Exceptions raised by nsarm for bad input, configuration or missing weights.
+
+Every message says what was received, what was expected and how to fix it. The CLI prints an
+``NSARMError`` as one red line and exits with code 2; other exceptions are bugs.
+"""
+
+from __future__ import annotations
+
+
+class NSARMError(Exception):
+    """Base class of every error that is the user's to fix."""
+
+
+class ConfigError(NSARMError, ValueError):
+    """An invalid configuration value, preset name or option combination."""
+
+
+class InputError(NSARMError, ValueError):
+    """An input file or array that cannot be used (corrupt, wrong mode, too large, ...)."""
+
+
+class WeightsNotFoundError(NSARMError, FileNotFoundError):
+    """A weight file is missing locally and cannot be downloaded (offline, or not on the Hub)."""
+
+
+class ChecksumError(NSARMError):
+    """A weight file's checksum differs from the registered one."""
+
+
+class MissingExtraError(NSARMError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+
+def missing_extra(package: str, extra: str, purpose: str) -> MissingExtraError:
+    """Build the error for an optional package that failed to import."""
+    return MissingExtraError(
+        f"{purpose} needs the optional package '{package}', which is not installed; "
+        f"install it with: pip install 'nsarm[{extra}]'"
+    )
