@@ -1,0 +1,39 @@
+"""Test set-up: offline, deterministic, CPU-only; NSARM_HOME points at a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+PARITY_DIR = Path(os.environ.get("NSARM_PARITY_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "parity"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own NSARM_HOME, so no test reads or writes the user's cache."""
+    home = tmp_path_factory.mktemp("nsarm_home")
+    monkeypatch.setenv("NSARM_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """Folder of the official-implementation fixtures (../shared/parity); skips when absent."""
+    if not PARITY_DIR.is_dir():
+        pytest.skip(f"parity fixtures not found at {PARITY_DIR} (set NSARM_PARITY_DIR)")
+    return PARITY_DIR
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests run only with NSARM_SLOW=1 (or when selected with -m slow)."""
+    if os.environ.get("NSARM_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow test: set NSARM_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
