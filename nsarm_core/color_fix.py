@@ -1,0 +1,248 @@
+"""Colour correction of the SR output against the (upsampled) LR image: AdaIN and wavelet (spec E.7).
+
+NSARM post-processes every output with ``infinity/utils/color_adjust.py::color_adjust`` (inherited from
+StableSR's ``colorfix``): the LR is resized to the SR size with Pillow's default resample (bicubic), then
+1. **AdaIN**: per channel, ``(SR - mean_SR) / std_SR * std_LR + mean_LR`` with std = sqrt(unbiased var + 1e-5),
+   clamped to [0, 1];
+2. **wavelet**: a 5-level a-trous decomposition (3x3 kernel [[1,2,1],[2,4,2],[1,2,1]]/16, dilation 2^i,
+   replicate padding); output = high-frequency bands of SR + lowest band of LR, clamped to [0, 1].
+NSARM applies both (AdaIN, then wavelet) by default. Each official step is a PIL round trip, which truncates
+(does not round) to uint8; :func:`color_adjust_pil` reproduces that for parity, the tensor functions stay float.
+
+Shape legend: B batch, C channels (3), H x W image size. Images are float tensors in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nsarm_core.errors import ConfigError, InputError
+
+ColorFixMode = Literal["none", "adain", "wavelet", "both"]
+COLOR_FIX_MODES: tuple[str, ...] = ("none", "adain", "wavelet", "both")
+WAVELET_LEVELS = 5
+ADAIN_EPS = 1e-5
+
+
+def _check_pair(sr: Tensor, lr: Tensor) -> None:
+    if sr.ndim != 4 or lr.ndim != 4:
+        raise InputError(
+            f"colour fix expects [B, C, H, W] tensors, got sr {tuple(sr.shape)}, lr {tuple(lr.shape)}"
+        )
+    if sr.shape[:2] != lr.shape[:2]:
+        raise InputError(f"colour fix: batch/channels differ, sr {tuple(sr.shape)} vs lr {tuple(lr.shape)}")
+
+
+def calc_mean_std(x: Tensor, eps: float = ADAIN_EPS) -> tuple[Tensor, Tensor]:
+    """Per-sample, per-channel mean and std over H x W; std = sqrt(unbiased variance + eps).
+
+    Args:
+        x: ``[B, C, H, W]``.
+
+    Returns:
+        ``(mean [B, C, 1, 1], std [B, C, 1, 1])``.
+    """
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    var = flat.var(dim=2) + eps  # torch.var default: unbiased (N - 1), as the official calc_mean_std
+    return flat.mean(dim=2).reshape(b, c, 1, 1), var.sqrt().reshape(b, c, 1, 1)
+
+
+def adaptive_instance_normalization(content: Tensor, style: Tensor) -> Tensor:
+    """AdaIN without clamping: give ``content`` the per-channel mean/std of ``style``.
+
+    Args:
+        content: ``[B, C, H, W]`` (the SR image).
+        style: ``[B, C, H', W']`` (the LR image; its size may differ, only its statistics are used).
+
+    Returns:
+        ``[B, C, H, W]``.
+    """
+    _check_pair(content, style)
+    style_mean, style_std = calc_mean_std(style)
+    content_mean, content_std = calc_mean_std(content)
+    return (content - content_mean) / content_std * style_std + style_mean
+
+
+def wavelet_blur(x: Tensor, radius: int) -> Tensor:
+    """One a-trous smoothing step: 3x3 binomial kernel with dilation ``radius``, replicate padding.
+
+    Args:
+        x: ``[B, C, H, W]``.
+        radius: dilation (2^level).
+
+    Returns:
+        ``[B, C, H, W]``.
+    """
+    kernel = torch.tensor(
+        [[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]],
+        dtype=x.dtype,
+        device=x.device,
+    )
+    c = x.shape[1]
+    kernel = kernel[None, None].repeat(c, 1, 1, 1)  # depthwise, one kernel per channel
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    return F.conv2d(x, kernel, groups=c, dilation=radius)
+
+
+def wavelet_decomposition(x: Tensor, levels: int = WAVELET_LEVELS) -> tuple[Tensor, Tensor]:
+    """A-trous wavelet decomposition: ``(sum of the high-frequency bands, lowest-frequency band)``.
+
+    ``high + low == x`` up to rounding. Level i blurs with dilation 2^i.
+
+    Args:
+        x: ``[B, C, H, W]``.
+        levels: number of levels (official 5).
+
+    Returns:
+        ``(high [B, C, H, W], low [B, C, H, W])``.
+    """
+    high = torch.zeros_like(x)
+    low = x
+    for i in range(levels):
+        low = wavelet_blur(x, 2**i)
+        high = high + (x - low)
+        x = low
+    return high, low
+
+
+def wavelet_reconstruction(content: Tensor, style: Tensor) -> Tensor:
+    """High-frequency bands of ``content`` + lowest band of ``style`` (no clamping).
+
+    Args:
+        content: ``[B, C, H, W]`` (SR).
+        style: ``[B, C, H, W]`` (LR upsampled to the SR size).
+
+    Returns:
+        ``[B, C, H, W]``.
+    """
+    _check_pair(content, style)
+    if content.shape != style.shape:
+        raise InputError(
+            f"wavelet colour fix needs the LR upsampled to the SR size: sr {tuple(content.shape)} vs lr "
+            f"{tuple(style.shape)}"
+        )
+    content_high, _ = wavelet_decomposition(content)
+    _, style_low = wavelet_decomposition(style)
+    return content_high + style_low
+
+
+def adain_color_fix(sr: Tensor, lr: Tensor) -> Tensor:
+    """AdaIN colour fix, clamped to [0, 1]. sr ``[B, 3, H, W]``, lr ``[B, 3, H', W']`` -> ``[B, 3, H, W]``."""
+    return adaptive_instance_normalization(sr, lr).clamp(0.0, 1.0)
+
+
+def wavelet_color_fix(sr: Tensor, lr_upsampled: Tensor) -> Tensor:
+    """Wavelet colour fix, clamped to [0, 1]. Both ``[B, 3, H, W]`` in [0, 1]."""
+    return wavelet_reconstruction(sr, lr_upsampled).clamp(0.0, 1.0)
+
+
+def color_fix(sr: Tensor, lr_upsampled: Tensor, mode: ColorFixMode = "both") -> Tensor:
+    """Colour-correct an SR image against the LR image upsampled to the same size (float, no uint8 steps).
+
+    Args:
+        sr: ``[B, 3, H, W]`` in [0, 1].
+        lr_upsampled: ``[B, 3, H, W]`` in [0, 1] (NSARM uses Pillow's bicubic resize of the LR).
+        mode: ``"none"``, ``"adain"``, ``"wavelet"`` or ``"both"`` (AdaIN then wavelet; NSARM's default).
+
+    Returns:
+        ``[B, 3, H, W]`` in [0, 1] (``sr`` itself for ``"none"``).
+    """
+    if mode not in COLOR_FIX_MODES:
+        raise ConfigError(f"unknown colour-fix mode {mode!r}; valid: {list(COLOR_FIX_MODES)}")
+    _check_pair(sr, lr_upsampled)
+    if sr.shape != lr_upsampled.shape:
+        raise InputError(
+            f"color_fix needs the LR upsampled to the SR size: sr {tuple(sr.shape)} vs lr {tuple(lr_upsampled.shape)}"
+        )
+    out = sr
+    if mode in ("adain", "both"):
+        out = adain_color_fix(out, lr_upsampled)
+    if mode in ("wavelet", "both"):
+        out = wavelet_color_fix(out, lr_upsampled)
+    return out
+
+
+# -----------------------------------------------------------------------------------------------------------
+# PIL-level semantics of the official color_adjust (uint8 round trips), for parity and for CLI output
+# -----------------------------------------------------------------------------------------------------------
+
+
+def _to_tensor(img_u8: np.ndarray) -> Tensor:
+    # torchvision ToTensor: HWC uint8 -> CHW float32 / 255
+    return torch.from_numpy(np.array(img_u8, copy=True)).permute(2, 0, 1).float().div(255.0)[None]
+
+
+def _to_u8(x: Tensor) -> np.ndarray:
+    # torchvision ToPILImage on a float tensor: (x * 255).byte() -> truncation toward zero, not rounding
+    return x[0].clamp(0.0, 1.0).mul(255.0).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _as_rgb_u8(img: object, name: str) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(img, Image.Image):
+        img = np.array(img.convert("RGB"))
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(
+            f"color_adjust_pil: {name} must be an HxWx3 uint8 array or PIL image, got {arr.dtype} {arr.shape}"
+        )
+    return arr
+
+
+def resize_lr_like_official(lr_u8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an HxWx3 uint8 LR to ``size = (H, W)`` with Pillow's default resample (bicubic for RGB)."""
+    from PIL import Image
+
+    h, w = size
+    lr = Image.fromarray(lr_u8)
+    if lr.size == (w, h):
+        return np.array(lr)  # the official resize is then the identity as well
+    return np.array(lr.resize((w, h), Image.Resampling.BICUBIC))
+
+
+def color_adjust_pil(sr_u8: object, lr_u8: object, adain: bool = True, wavelet: bool = True) -> np.ndarray:
+    """NSARM's ``color_adjust`` with its exact uint8 semantics.
+
+    The LR is resized to the SR size with Pillow's default bicubic; AdaIN and then the wavelet fix are applied,
+    each as a PIL round trip (``ToTensor`` -> fix -> clamp -> ``ToPILImage``, which truncates to uint8).
+
+    Args:
+        sr_u8: SR image, HxWx3 uint8 (numpy array or PIL image).
+        lr_u8: LR image, hxwx3 uint8 (any size; resized to HxW).
+        adain: apply the AdaIN step (official default on).
+        wavelet: apply the wavelet step (official default on).
+
+    Returns:
+        HxWx3 uint8 numpy array.
+    """
+    sr = _as_rgb_u8(sr_u8, "sr_u8")
+    lr = resize_lr_like_official(_as_rgb_u8(lr_u8, "lr_u8"), sr.shape[:2])
+    lr_t = _to_tensor(lr)
+    if adain:
+        sr = _to_u8(adaptive_instance_normalization(_to_tensor(sr), lr_t))
+    if wavelet:
+        sr = _to_u8(wavelet_reconstruction(_to_tensor(sr), lr_t))
+    return np.array(sr)
+
+
+__all__ = [
+    "COLOR_FIX_MODES",
+    "ColorFixMode",
+    "adain_color_fix",
+    "adaptive_instance_normalization",
+    "calc_mean_std",
+    "color_adjust_pil",
+    "color_fix",
+    "resize_lr_like_official",
+    "wavelet_blur",
+    "wavelet_color_fix",
+    "wavelet_decomposition",
+    "wavelet_reconstruction",
+]

@@ -1,0 +1,126 @@
+"""Colour fix (AdaIN, wavelet) against the official NSARM ``color_adjust`` fixtures and basic invariants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nsarm_core.color_fix import (
+    adain_color_fix,
+    adaptive_instance_normalization,
+    calc_mean_std,
+    color_adjust_pil,
+    color_fix,
+    resize_lr_like_official,
+    wavelet_blur,
+    wavelet_color_fix,
+    wavelet_decomposition,
+    wavelet_reconstruction,
+)
+from nsarm_core.errors import ConfigError, InputError
+from tests.parity import load_manifest, load_tensors
+
+FIXTURE = "color_fix"
+TENSOR_TOL = 1e-6  # manifest tolerances: tensor abs 1e-6, uint8 |diff| <= 1
+
+
+@pytest.fixture(scope="module")
+def fx(parity_dir: Path) -> dict:
+    manifest = load_manifest(parity_dir, FIXTURE)
+    t = load_tensors(parity_dir, FIXTURE)
+    sr = t["in.sr_u8"].numpy()
+    lr_resized = t["lr_resized_pil_default_u8"].numpy()
+
+    def to_t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255.0)[None]
+
+    return {"manifest": manifest, "t": t, "sr": to_t(sr), "lr": to_t(lr_resized)}
+
+
+def test_manifest_entries_all_covered(fx: dict) -> None:
+    tested = {
+        "in.sr_u8", "in.lr_small_u8", "lr_resized_pil_default_u8", "adain_u8", "wavelet_u8",
+        "adain_then_wavelet_u8", "tensor.adain", "tensor.wavelet_reconstruction", "tensor.wavelet_high_sr",
+        "tensor.wavelet_low_sr", "tensor.wavelet_blur_r4_sr",
+    }  # fmt: skip
+    assert set(fx["manifest"]["tensors"]) == tested
+
+
+def test_pillow_default_resize(fx: dict) -> None:
+    t = fx["t"]
+    ours = resize_lr_like_official(t["in.lr_small_u8"].numpy(), (128, 128))
+    ref = t["lr_resized_pil_default_u8"].numpy()
+    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_tensor_level_functions(fx: dict) -> None:
+    t, sr, lr = fx["t"], fx["sr"], fx["lr"]
+    checks = {
+        "tensor.adain": adaptive_instance_normalization(sr, lr),
+        "tensor.wavelet_reconstruction": wavelet_reconstruction(sr, lr),
+        "tensor.wavelet_high_sr": wavelet_decomposition(sr, levels=5)[0],
+        "tensor.wavelet_low_sr": wavelet_decomposition(sr, levels=5)[1],
+        "tensor.wavelet_blur_r4_sr": wavelet_blur(sr, radius=4),
+    }
+    for name, ours in checks.items():
+        err = (ours - t[name]).abs().max().item()
+        assert err <= TENSOR_TOL, f"{name}: max|diff| {err:.3g}"
+
+
+@pytest.mark.parametrize(
+    ("name", "adain", "wavelet"),
+    [("adain_u8", True, False), ("wavelet_u8", False, True), ("adain_then_wavelet_u8", True, True)],
+)
+def test_pil_level_color_adjust(fx: dict, name: str, adain: bool, wavelet: bool) -> None:
+    t = fx["t"]
+    sr, lr_small = t["in.sr_u8"].numpy(), t["in.lr_small_u8"].numpy()
+    ours = color_adjust_pil(sr, lr_small, adain=adain, wavelet=wavelet)
+    assert ours.dtype == np.uint8 and ours.shape == sr.shape
+    assert np.abs(ours.astype(int) - t[name].numpy().astype(int)).max() <= 1
+    # PIL images are accepted too
+    ours_pil = color_adjust_pil(Image.fromarray(sr), Image.fromarray(lr_small), adain=adain, wavelet=wavelet)
+    assert np.array_equal(ours, ours_pil)
+
+
+def test_color_fix_modes_match_float_chain(fx: dict) -> None:
+    sr, lr = fx["sr"], fx["lr"]
+    assert torch.equal(color_fix(sr, lr, "none"), sr)
+    adain = color_fix(sr, lr, "adain")
+    assert torch.equal(adain, adaptive_instance_normalization(sr, lr).clamp(0, 1))
+    assert torch.equal(color_fix(sr, lr, "wavelet"), wavelet_reconstruction(sr, lr).clamp(0, 1))
+    both = color_fix(sr, lr, "both")
+    assert torch.equal(both, wavelet_color_fix(adain_color_fix(sr, lr), lr))
+    assert both.min() >= 0 and both.max() <= 1
+    # The float chain agrees with the official uint8 chain up to the two truncations (<= 2/255 + rounding).
+    ref = fx["t"]["adain_then_wavelet_u8"].permute(2, 0, 1).float()[None]
+    assert (both * 255 - ref).abs().max().item() <= 3.0
+    with pytest.raises(ConfigError, match="wavelet"):
+        color_fix(sr, lr, "wavlet")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="upsampled"):
+        color_fix(sr, lr[..., :64, :64], "both")
+
+
+def test_invariants() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 40, 24, generator=g)
+    style = torch.rand(2, 3, 10, 6, generator=g) * 0.5 + 0.2
+    # decomposition is exact: high + low == x
+    high, low = wavelet_decomposition(x)
+    assert torch.allclose(high + low, x, atol=1e-6)
+    # a constant image is a fixed point of the blur (replicate padding, kernel sums to 1)
+    const = torch.full((1, 3, 9, 9), 0.3)
+    assert torch.allclose(wavelet_blur(const, 16), const, atol=1e-7)
+    # AdaIN transfers the style statistics (LR may have another size); batch rows are independent
+    out = adaptive_instance_normalization(x, style)
+    m_out, s_out = calc_mean_std(out)
+    m_sty, s_sty = calc_mean_std(style)
+    assert torch.allclose(m_out, m_sty, atol=1e-5) and torch.allclose(s_out, s_sty, atol=1e-3)
+    assert torch.allclose(adaptive_instance_normalization(x[:1], style[:1]), out[:1], atol=1e-6)
+    # wavelet fix of an image against itself is the identity (before clamping)
+    assert torch.allclose(wavelet_reconstruction(x, x), x, atol=1e-6)
+    with pytest.raises(InputError):
+        adaptive_instance_normalization(x[0], style[0])
