@@ -1,0 +1,86 @@
+"""``nsarm models``: the registered models, their licences and sources, and which files are on this machine.
+
+Nothing is downloaded and nothing is hashed: presence is checked in the Hugging Face cache, in
+``$NSARM_HOME/downloads`` and inside the package. The weight registry lives in ``nsarm_core/weights.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from nsarm_cli._console import info, out_console, print_json
+
+
+def _model_rows() -> list[dict[str, Any]]:
+    from nsarm_core.weights import MODELS, find_local
+
+    rows = []
+    for spec in MODELS.values():
+        local = find_local(spec)
+        files = {
+            role: {
+                "filename": f"{wf.repo_id} (folder)" if wf.allow_patterns else wf.hub_path,
+                "kind": wf.kind,
+                "repo_id": wf.repo_id,
+                "url": wf.url,
+                "sha256": wf.sha256,
+                "md5": wf.md5,
+                "present": local[role] is not None,
+                "path": str(local[role]) if local[role] is not None else None,
+            }
+            for role, wf in spec.files.items()
+        }
+        rows.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "preset": spec.preset,
+                "license": spec.license,
+                "source": spec.source,
+                "complete": all(f["present"] for f in files.values()),
+                "files": files,
+                "how_to_get": spec.how_to_get,
+            }
+        )
+    return rows
+
+
+def models(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary on stdout instead of a table.")
+    ] = False,
+) -> None:
+    """List the known models: preset, licence, source, and which weight files are present locally (with paths)."""
+    from nsarm_core.weights import downloads_dir, hub_cache_dir, nsarm_home
+
+    rows = _model_rows()
+    places = {
+        "nsarm_home": str(nsarm_home()),
+        "downloads": str(downloads_dir()),
+        "hf_cache": str(hub_cache_dir()),
+    }
+    if json_out:
+        print_json({**places, "models": rows})
+        return
+
+    from rich.table import Table
+
+    table = Table(title="nsarm models", show_lines=True)
+    for col in ("Model", "Preset", "Licence", "Source", "Local files"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        lines = []
+        for role, f in row["files"].items():
+            if f["present"]:
+                lines.append(f"[green]✓[/green] {role}: {f['path']}")
+            else:
+                lines.append(f"[red]✗[/red] {role}: {f['filename']} [dim](missing, {f['kind']})[/dim]")
+        name = f"[bold]{row['name']}[/bold]\n[dim]{row['description']}[/dim]"
+        table.add_row(name, row["preset"], row["license"], row["source"], "\n".join(lines))
+    out_console.print(table)
+    info(
+        f"Hugging Face cache: {places['hf_cache']}; nsarm downloads: {places['downloads']}. "
+        "Missing files are fetched on first use (unless HF_HUB_OFFLINE=1); `nsarm models --json` shows how to get each."
+    )

@@ -1,0 +1,1010 @@
+"""Weight registry: which files each released model needs, where they come from, how they are verified and loaded.
+
+Spec: architecture.md A.7 (tokenizer files), C.11 (transformer checkpoints), E.8 (NSARM checkpoint); style.md
+section 4 item 8 (typed weight records, one overridable cache, checksums, helpful errors).
+
+A model (``ModelSpec``) is a set of files (``WeightFile``) by role: ``"checkpoint"``, ``"vae"``,
+``"text_encoder"``, ``"config"``. A file comes from one of four sources, tried in this order by ``resolve_file``:
+
+1. **a local path** given by the user (``--weights PATH`` and friends, see ``ROLE_OPTIONS``). It always wins and
+   is checksum-verified when a checksum is registered;
+2. **bundled** inside the installed package (``nsarm_core/<filename>``, our own ``nsarm-tiny``);
+3. **the Hugging Face Hub** (``repo_id``), via ``huggingface_hub.hf_hub_download`` into the Hub's own cache
+   (``$HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``), so files already fetched for Infinity are reused.
+   ``HF_HUB_OFFLINE=1`` (or ``offline=True``) means cache only, no network;
+4. **a direct URL** (``url``), streamed into ``nsarm_home()/downloads`` through a temporary file that is renamed
+   into place only after its checksum matches.
+
+A file that is neither bundled nor on the Hub nor at a URL, such as the official ``NSARM.pth`` (Google Drive or
+Baidu only, E.8), is looked for in ``nsarm_home()/downloads/<filename>``. Otherwise the user passes its path.
+
+Checksums: ``sha256`` or ``md5`` (the official NSARM release publishes md5). ``None`` means "not registered". The
+Hub files' checksums are unknown to us, so they are recorded as ``None``, and resolving them logs that the file
+is **not checksum-verified**. Only the Hub's own transfer checks apply. A successful verification is remembered in
+``nsarm_home()/verified.json``, keyed by path, size, mtime and checksum, so a 35 GB checkpoint is hashed once
+and not on every run.
+
+Loading: ``load_state_dict`` reads ``.safetensors``, sharded ``*.safetensors.index.json`` and torch pickles
+(``.pth/.pt/.bin/.ckpt``). Pickles are read **only** with ``torch.load(weights_only=True)``, so a file holding
+arbitrary Python objects is refused, never executed.
+
+Shape legend: none (file handling only); tensors are returned as stored, on CPU.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nsarm_core.errors import ChecksumError, ConfigError, InputError, NSARMError, WeightsNotFoundError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "WeightFile",
+    "ModelSpec",
+    "MODELS",
+    "ROLE_OPTIONS",
+    "NSARM_MD5",
+    "PACKAGE_DIR",
+    "nsarm_home",
+    "downloads_dir",
+    "hub_cache_dir",
+    "is_offline",
+    "get_model_spec",
+    "resolve_file",
+    "resolve_all",
+    "find_local",
+    "verify_checksum",
+    "file_checksums",
+    "load_state_dict",
+    "sort_parts",
+    "assemble_parts",
+]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+"""``nsarm_core/``: bundled files are relative to this folder (``assets/...``)."""
+
+NSARM_MD5 = "16905db52d64fd44c365b6a963a6598d"
+"""md5 of the official ``NSARM.pth`` after concatenating its ``NSARM_part_*`` files (architecture.md E.8)."""
+
+_CHUNK = 8 * 1024 * 1024  # streaming hash / copy chunk (8 MiB): memory stays flat for 35 GB files
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+ROLE_OPTIONS: dict[str, str] = {
+    "checkpoint": "--weights",
+    "vae": "--vae-weights",
+    "text_encoder": "--text-encoder",
+    "config": "--weights",
+}
+"""The ``nsarm upscale`` option that overrides each role's file (quoted in error messages)."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weight file and where to get it.
+
+    Attributes:
+        filename: file name. For a Hub file it is the name inside ``subfolder`` of the repo. For a bundled
+            file it is the path relative to the ``nsarm_core`` package (``assets/...``). For a
+            ``*.safetensors.index.json`` file, the shards it lists are part of the entry. For a Hub snapshot
+            (``allow_patterns`` set) it is the file that marks the snapshot as present (``config.json``).
+        repo_id: Hugging Face repo (``"FoundationVision/Infinity"``) or None.
+        url: direct download URL or None.
+        subfolder: folder inside the Hub repo, or None.
+        revision: Hub revision (branch, tag or commit) or None for the default branch.
+        sha256: expected lowercase hex sha256, or None (not registered).
+        md5: expected lowercase hex md5, or None (not registered).
+        size: expected size in bytes, or None.
+        bundled: the file ships inside the package (``PACKAGE_DIR / filename``).
+        allow_patterns: when set, the entry is a whole Hub repository snapshot limited to these glob patterns
+            (a Transformers model folder). ``resolve_file`` then returns the snapshot folder.
+    """
+
+    filename: str
+    repo_id: str | None = None
+    url: str | None = None
+    subfolder: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+    bundled: bool = False
+    allow_patterns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.filename:
+            raise ConfigError("WeightFile.filename must not be empty")
+        if self.bundled and (self.repo_id or self.url):
+            raise ConfigError(f"bundled file {self.filename!r} cannot also have a repo_id or url")
+        if self.allow_patterns is not None and not self.repo_id:
+            raise ConfigError(f"{self.filename!r}: allow_patterns (a Hub snapshot) needs a repo_id")
+        for name, value, length in (("sha256", self.sha256, 64), ("md5", self.md5, 32)):
+            if value is not None and (len(value) != length or not _HEX.match(value)):
+                raise ConfigError(
+                    f"{self.filename!r}: {name} must be {length} lowercase hex digits, got {value!r}"
+                )
+
+    @property
+    def kind(self) -> str:
+        """``"bundled"``, ``"hub"``, ``"url"`` or ``"manual"`` (downloaded by hand and supplied by the user)."""
+        if self.bundled:
+            return "bundled"
+        if self.repo_id:
+            return "hub"
+        if self.url:
+            return "url"
+        return "manual"
+
+    @property
+    def hub_path(self) -> str:
+        """Path inside the Hub repo, ``subfolder/filename``."""
+        return f"{self.subfolder}/{self.filename}" if self.subfolder else self.filename
+
+    @property
+    def basename(self) -> str:
+        """The file's own name, without folders."""
+        return Path(self.filename).name
+
+    @property
+    def is_index(self) -> bool:
+        """True for a sharded-checkpoint index (``*.index.json``)."""
+        return self.filename.endswith(".index.json")
+
+    @property
+    def checksum_text(self) -> str:
+        """Human-readable registered checksum(s), e.g. ``"md5 1690..."``, or ``"none registered"``."""
+        parts = [f"sha256 {self.sha256}"] * bool(self.sha256) + [f"md5 {self.md5}"] * bool(self.md5)
+        return ", ".join(parts) or "none registered"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A released (or bundled) model: its files by role and where it comes from.
+
+    Attributes:
+        name: registry key, e.g. ``"nsarm-8b"``.
+        description: one line for ``nsarm models``.
+        files: role -> ``WeightFile``; roles are ``"checkpoint"``, ``"vae"``, ``"text_encoder"``, ``"config"``.
+        preset: the model-config preset these weights fit (``"8b"``, ``"2b"``, ``"tiny"``).
+        license: licence of the weights (as stated by the source; see architecture.md G).
+        source: where the weights are published (a URL or "bundled").
+        how_to_get: plain-language instructions, quoted in ``WeightsNotFoundError``.
+    """
+
+    name: str
+    description: str
+    files: Mapping[str, WeightFile] = field(default_factory=dict)
+    preset: str = ""
+    license: str = ""
+    source: str = ""
+    how_to_get: str = ""
+
+
+# --------------------------------------------------------------------------- the registry
+
+_INFINITY = "FoundationVision/Infinity"
+_INFINITY_URL = "https://huggingface.co/FoundationVision/Infinity"
+_D56_VAE = WeightFile("infinity_vae_d56_f8_14_patchify.pth", repo_id=_INFINITY)
+# Flan-T5-XL as a Transformers folder: config, tokenizer and the safetensors weights only (the repo also holds
+# PyTorch .bin, TF and Flax copies, which are not needed).
+_FLAN_T5_XL = WeightFile(
+    "config.json",
+    repo_id="google/flan-t5-xl",
+    allow_patterns=("*.json", "spiece.model", "*.safetensors"),
+)
+
+MODELS: dict[str, ModelSpec] = {
+    "nsarm-8b": ModelSpec(
+        name="nsarm-8b",
+        description="Official NSARM (Infinity-8B + transformation network), 256x256 LR -> 1024x1024 (x4)",
+        files={
+            "checkpoint": WeightFile("NSARM.pth", md5=NSARM_MD5),
+            "vae": _D56_VAE,
+            "text_encoder": _FLAN_T5_XL,
+        },
+        preset="8b",
+        # architecture.md G: the README says Apache 2.0 but the repo has no LICENSE file; VAE MIT, Flan-T5 Apache-2.0
+        license="Apache-2.0 (README only)",
+        source="https://github.com/Xiangtaokong/NSARM (Google Drive / Baidu Drive, not on the Hub)",
+        how_to_get=(
+            "NSARM.pth is not on the Hugging Face Hub. Download the NSARM_part_* files from the Google Drive or "
+            "Baidu Drive (key eqhc) links in the README of https://github.com/Xiangtaokong/NSARM, join them with "
+            "`cat NSARM_part_* > NSARM.pth` (or nsarm_core.weights.assemble_parts, which also checks the md5), "
+            f"and check `md5sum NSARM.pth` = {NSARM_MD5}."
+        ),
+    ),
+    "infinity-2b": ModelSpec(
+        name="infinity-2b",
+        description="Infinity-2B text-to-image transformer (reg) with the d32 (reg) BSQ-VAE",
+        files={
+            "checkpoint": WeightFile("infinity_2b_reg.pth", repo_id=_INFINITY),
+            "vae": WeightFile("infinity_vae_d32reg.pth", repo_id=_INFINITY),
+            "text_encoder": _FLAN_T5_XL,
+        },
+        preset="2b",
+        license="MIT",
+        source=_INFINITY_URL,
+        how_to_get=f"Download from {_INFINITY_URL} (about 10 GB).",
+    ),
+    "infinity-8b": ModelSpec(
+        name="infinity-8b",
+        description="Infinity-8B text-to-image transformer (4 safetensors shards) with the d56 patchify VAE",
+        files={
+            # the index lists the 4 shards model-0000{1..4}-of-00004.safetensors, fetched with it
+            "checkpoint": WeightFile(
+                "model.safetensors.index.json", repo_id=_INFINITY, subfolder="infinity_8b_weights"
+            ),
+            "vae": _D56_VAE,
+            "text_encoder": _FLAN_T5_XL,
+        },
+        preset="8b",
+        license="MIT",
+        source=_INFINITY_URL,
+        how_to_get=f"Download from {_INFINITY_URL} (about 35 GB: 4 shards of 8-9 GB).",
+    ),
+    "nsarm-tiny": ModelSpec(
+        name="nsarm-tiny",
+        description="Small NSARM-style model trained by this project, shipped inside the package (CPU-friendly)",
+        files={
+            # sha256 is None until the trained file is registered; then bundled files are verified too
+            "checkpoint": WeightFile("assets/nsarm-tiny/model.safetensors", bundled=True),
+            "config": WeightFile("assets/nsarm-tiny/config.json", bundled=True),
+        },
+        preset="tiny",
+        license="Apache-2.0",
+        source="bundled with the nsarm package (nsarm_core/assets/nsarm-tiny/)",
+        how_to_get=(
+            "The nsarm-tiny weights ship inside the nsarm package; if they are missing, this install predates "
+            "them or is broken: reinstall nsarm (pip install --force-reinstall nsarm)."
+        ),
+    ),
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look up a model by name.
+
+    Raises:
+        ConfigError: unknown name; the message lists the valid names and the closest match.
+    """
+    if name in MODELS:
+        return MODELS[name]
+    close = difflib.get_close_matches(name, list(MODELS), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"unknown model {name!r}; valid models: {', '.join(MODELS)}.{hint} (see `nsarm models`)"
+    )
+
+
+def _get_file(spec: ModelSpec, role: str) -> WeightFile:
+    if role not in spec.files:
+        raise ConfigError(f"model {spec.name!r} has no {role!r} file; its roles are: {', '.join(spec.files)}")
+    return spec.files[role]
+
+
+# --------------------------------------------------------------------------- places
+
+
+def nsarm_home() -> Path:
+    """nsarm's cache folder: ``$NSARM_HOME`` if set, else ``platformdirs.user_cache_dir("nsarm")``."""
+    env = os.environ.get("NSARM_HOME", "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("nsarm"))
+
+
+def downloads_dir() -> Path:
+    """Where URL downloads and manually placed non-Hub files live: ``nsarm_home() / "downloads"``."""
+    return nsarm_home() / "downloads"
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face Hub cache that ``hf_hub_download`` uses (``$HF_HUB_CACHE``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)  # read at call time, as hf_hub_download does
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set to a true value (read now, not at import time)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _option(role: str) -> str:
+    return ROLE_OPTIONS.get(role, f"--{role.replace('_', '-')}")
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def file_checksums(path: str | Path, algorithms: Iterable[str] = ("sha256",)) -> dict[str, str]:
+    """Hash a file in one streaming pass (8 MiB chunks).
+
+    Args:
+        path: the file.
+        algorithms: hashlib names, e.g. ``("sha256", "md5")``.
+
+    Returns:
+        algorithm -> lowercase hex digest.
+    """
+    hashers = {a: hashlib.new(a) for a in algorithms}
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            for h in hashers.values():
+                h.update(chunk)
+    return {a: h.hexdigest() for a, h in hashers.items()}
+
+
+def _mismatch(path: Path, expected: dict[str, str], got: dict[str, str], fix: str) -> ChecksumError:
+    what = "; ".join(
+        f"expected {a} {expected[a]}, got {got[a]}" for a in expected if got.get(a) != expected[a]
+    )
+    return ChecksumError(
+        f"checksum mismatch for {path}: {what}. The file is corrupt, incomplete or a different release. {fix}"
+    )
+
+
+def verify_checksum(
+    path: str | Path,
+    sha256: str | None = None,
+    md5: str | None = None,
+    *,
+    size: int | None = None,
+    fix: str = "Delete it and download it again.",
+) -> bool:
+    """Check a file against registered checksums (streaming, one pass for both).
+
+    Args:
+        path: the file.
+        sha256: expected sha256 (hex) or None.
+        md5: expected md5 (hex) or None.
+        size: expected size in bytes or None (checked first: cheap, catches truncated downloads).
+        fix: what the user should do, appended to the error message.
+
+    Returns:
+        True if at least one checksum was checked and matched; False if none was given (nothing verified).
+
+    Raises:
+        ChecksumError: a mismatch; the message names the file, the expected and the actual values, and ``fix``.
+    """
+    p = Path(path)
+    if size is not None and p.stat().st_size != size:
+        raise ChecksumError(
+            f"size mismatch for {p}: expected {size} bytes, got {p.stat().st_size} (truncated or wrong file). {fix}"
+        )
+    expected = {a: v.lower() for a, v in (("sha256", sha256), ("md5", md5)) if v}
+    if not expected:
+        return False
+    got = file_checksums(p, expected)
+    if got != expected:
+        raise _mismatch(p, expected, got, fix)
+    return True
+
+
+def _verified_db() -> Path:
+    return nsarm_home() / "verified.json"
+
+
+def _stamp(path: Path, wf: WeightFile) -> dict[str, Any]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": wf.sha256, "md5": wf.md5}
+
+
+def _verify_file(path: Path, wf: WeightFile, fix: str) -> bool:
+    """``verify_checksum`` with a memo of past successes (path, size, mtime, expected checksum)."""
+    if not (wf.sha256 or wf.md5 or wf.size):
+        return False
+    key, db_path = str(path.resolve()), _verified_db()
+    try:
+        db = json.loads(db_path.read_text())
+    except (OSError, ValueError):
+        db = {}
+    stamp = _stamp(path, wf)
+    if (wf.sha256 or wf.md5) and db.get(key) == stamp:
+        logger.debug("%s: checksum verified earlier (same size and mtime)", path)
+        return True
+    logger.info("verifying the checksum of %s (%s)", path, wf.checksum_text)
+    verified = verify_checksum(path, wf.sha256, wf.md5, size=wf.size, fix=fix)
+    if verified:
+        db[key] = stamp
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(db_path, json.dumps(db, indent=1))
+        except OSError as exc:  # a read-only home only costs a re-hash next time
+            logger.debug("could not record the verification in %s: %s", db_path, exc)
+    return verified
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _how_to_fix(spec: ModelSpec, role: str, wf: WeightFile) -> str:
+    opt = _option(role)
+    rev = f" --revision {wf.revision}" if wf.revision else ""
+    if wf.kind == "hub":
+        if wf.allow_patterns:
+            inc = " ".join(f"--include '{p}'" for p in wf.allow_patterns)
+            cmd = f"hf download {wf.repo_id}{rev} {inc}"
+        else:
+            cmd = f"hf download {wf.repo_id} {wf.hub_path}{rev}"
+        return (
+            f"on a machine with network access run `{cmd}` (older huggingface_hub: `huggingface-cli download ...` "
+            f"with the same arguments), which stores it in the Hugging Face cache that nsarm reads "
+            f"({hub_cache_dir()}); or run nsarm without HF_HUB_OFFLINE=1 to let it download; "
+            f"or pass the local {'folder' if wf.allow_patterns else 'file'} with `{opt} PATH`."
+        )
+    if wf.kind == "url":
+        return (
+            f"download {wf.url} ({wf.checksum_text}) to {downloads_dir() / wf.basename}, or run nsarm without "
+            f"HF_HUB_OFFLINE=1 to let it download, or pass the file with `{opt} PATH`."
+        )
+    if wf.kind == "bundled":
+        return f"{spec.how_to_get} Or pass a file with `{opt} PATH`."
+    return (
+        f"{spec.how_to_get} Then pass it with `{opt} PATH/{wf.basename}` or copy it to "
+        f"{downloads_dir() / wf.basename} (expected {wf.checksum_text})."
+    )
+
+
+def _not_found(
+    spec: ModelSpec, role: str, wf: WeightFile, looked: Sequence[str], reason: str | None
+) -> WeightsNotFoundError:
+    what = f"model folder {wf.repo_id!r}" if wf.allow_patterns else f"weight file {wf.basename!r}"
+    msg = f"{what} (role {role!r} of model {spec.name!r}) was not found. Looked in: {'; '.join(looked)}. "
+    if reason:
+        msg += f"Reason: {reason.strip().rstrip('.')}. "
+    msg += f"How to get it: {_how_to_fix(spec, role, wf)}"
+    return WeightsNotFoundError(msg)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _shard_names(index_path: Path) -> list[str]:
+    """Shard file names listed by a ``*.index.json`` (relative to the index's folder)."""
+    try:
+        data = json.loads(index_path.read_text())
+        weight_map = data["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{index_path} is not a sharded-checkpoint index (a JSON object with a 'weight_map' of "
+            f"tensor name -> shard file): {exc}"
+        ) from exc
+    return sorted(set(weight_map.values()))
+
+
+def _check_local_shards(spec: ModelSpec, role: str, wf: WeightFile, index_path: Path) -> None:
+    missing = [s for s in _shard_names(index_path) if not (index_path.parent / s).is_file()]
+    if missing:
+        raise _not_found(
+            spec,
+            role,
+            wf,
+            [str(index_path.parent)],
+            f"the index {index_path.name} lists shards that are missing there: {', '.join(missing)}",
+        )
+
+
+def resolve_file(
+    spec: ModelSpec,
+    role: str,
+    *,
+    local_path: str | Path | None = None,
+    offline: bool | None = None,
+) -> Path:
+    """Find (or download) one weight file of a model and verify it.
+
+    Order: ``local_path`` (always wins), bundled, the already-downloaded copy in ``nsarm_home()/downloads``,
+    the Hub, a URL. See the module docstring.
+
+    Args:
+        spec: the model (``get_model_spec(name)``).
+        role: the file's role, e.g. ``"checkpoint"``.
+        local_path: a user-supplied file, or a folder that contains ``basename``. For a Hub snapshot entry,
+            the folder itself.
+        offline: forbid network access; ``None`` follows ``HF_HUB_OFFLINE``.
+
+    Returns:
+        Path of the file, or of the folder for snapshot entries. For a sharded index, the index file, with all
+        its shards in the same folder.
+
+    Raises:
+        WeightsNotFoundError: missing everywhere (or offline); the message names the file, where it was looked
+            for and how to get it.
+        ChecksumError: a registered checksum does not match. A fresh download is deleted; a user's own file
+            is left alone.
+        ConfigError: unknown role.
+    """
+    wf = _get_file(spec, role)
+    offline = is_offline() if offline is None else offline
+
+    if local_path is not None:
+        return _resolve_local(spec, role, wf, Path(local_path).expanduser())
+
+    if wf.kind == "bundled":
+        path = PACKAGE_DIR / wf.filename
+        if not path.is_file():
+            raise _not_found(
+                spec, role, wf, [f"the installed package: {path}"], "the bundled file is not in this install"
+            )
+        if not _verify_file(path, wf, fix="The installed package is damaged: reinstall nsarm."):
+            logger.warning("bundled file %s has no registered checksum yet: not checksum-verified", path)
+        return path
+
+    if wf.kind in ("manual", "url"):
+        placed = downloads_dir() / wf.basename
+        if placed.is_file():
+            _verify_file(
+                placed, wf, fix=f"Delete {placed} and get the file again ({_how_to_fix(spec, role, wf)})."
+            )
+            return placed
+        if wf.kind == "manual":
+            raise _not_found(spec, role, wf, [str(placed)], "this file is not downloadable automatically")
+        if offline:
+            raise _not_found(
+                spec, role, wf, [str(placed)], "offline (HF_HUB_OFFLINE=1), so nothing was downloaded"
+            )
+        return _download_url(spec, role, wf, placed)
+
+    return _resolve_hub(spec, role, wf, offline)
+
+
+def _resolve_local(spec: ModelSpec, role: str, wf: WeightFile, path: Path) -> Path:
+    if wf.allow_patterns:  # a Transformers folder
+        if not (path / wf.filename).is_file():
+            raise _not_found(spec, role, wf, [str(path)], f"{path} is not a folder containing {wf.filename}")
+        return path
+    if path.is_dir() and (path / wf.basename).is_file():
+        path = path / wf.basename
+    if not path.is_file():
+        raise _not_found(
+            spec, role, wf, [str(path)], f"the path given for {_option(role)} does not exist or is not a file"
+        )
+    _verify_file(path, wf, fix="Check that you passed the right file, or download it again.")
+    if path.name.endswith(".index.json"):
+        _check_local_shards(spec, role, wf, path)
+    return path
+
+
+def _resolve_hub(spec: ModelSpec, role: str, wf: WeightFile, offline: bool) -> Path:
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    looked = [f"the Hugging Face cache {hub_cache_dir()} (repo {wf.repo_id}, file {wf.hub_path})"]
+    errors = (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError)
+    current = wf.filename
+    try:
+        if wf.allow_patterns:
+            folder = huggingface_hub.snapshot_download(
+                wf.repo_id,
+                revision=wf.revision,
+                allow_patterns=list(wf.allow_patterns),
+                local_files_only=offline,
+            )
+            if not (Path(folder) / wf.filename).is_file():
+                raise FileNotFoundError(f"{wf.filename} is not in the cached snapshot {folder}")
+            logger.info(
+                "%s (%s) resolved to %s; not checksum-verified (no checksum registered)",
+                wf.repo_id,
+                role,
+                folder,
+            )
+            return Path(folder)
+        path = Path(_hub_download(wf, wf.filename, offline))
+        if wf.is_index:
+            for shard in _shard_names(path):
+                current = shard
+                _hub_download(wf, shard, offline)
+    except errors as exc:
+        if isinstance(exc, NSARMError):  # e.g. a malformed index: not a "missing file" problem
+            raise
+        why = (
+            "offline (HF_HUB_OFFLINE=1): only the local cache was searched" if offline else type(exc).__name__
+        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if current != wf.filename:  # the index is there, one of its shards is not
+            why = f"the shard {current} listed by the index is missing; {why}"
+        raise _not_found(spec, role, wf, looked, f"{why}; {first}") from exc
+    if wf.sha256 or wf.md5 or wf.size:
+        try:
+            _verify_file(path, wf, fix="The cached copy was deleted; download it again.")
+        except ChecksumError:
+            _discard_hub_file(path)
+            raise
+    else:
+        logger.info(
+            "%s/%s resolved to %s; not checksum-verified (no checksum registered)",
+            wf.repo_id,
+            wf.hub_path,
+            path,
+        )
+    return path
+
+
+def _hub_download(wf: WeightFile, filename: str, offline: bool) -> str:
+    import huggingface_hub
+
+    return huggingface_hub.hf_hub_download(
+        wf.repo_id,
+        filename,
+        subfolder=wf.subfolder,
+        revision=wf.revision,
+        local_files_only=offline,
+        library_name="nsarm",
+    )
+
+
+def _discard_hub_file(path: Path) -> None:
+    """Remove a corrupt file from the Hub cache (the snapshot symlink and the blob it points to)."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    if blob != path and hub_cache_dir().resolve() in blob.parents:
+        blob.unlink(missing_ok=True)
+
+
+def _download_url(spec: ModelSpec, role: str, wf: WeightFile, dest: Path) -> Path:
+    """Stream ``wf.url`` to ``dest`` via a temporary file; hash while writing; rename only when verified."""
+    import urllib.error
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    assert wf.url is not None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    expected = {a: v for a, v in (("sha256", wf.sha256), ("md5", wf.md5)) if v}
+    hashers = {a: hashlib.new(a) for a in expected}
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    logger.info("downloading %s -> %s", wf.url, dest)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(wf.url, timeout=60) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                bar = tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=dest.name,
+                    disable=not logger.isEnabledFor(logging.INFO),
+                )
+                with bar:
+                    while chunk := resp.read(_CHUNK):
+                        out.write(chunk)
+                        for h in hashers.values():
+                            h.update(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise _not_found(spec, role, wf, [str(dest), wf.url], f"download failed: {exc}") from exc
+        got_size = tmp.stat().st_size
+        if wf.size is not None and got_size != wf.size:
+            raise ChecksumError(
+                f"size mismatch for {wf.url} (downloaded to {dest}): expected {wf.size} bytes, got {got_size}. "
+                f"The download was incomplete and was deleted; try again."
+            )
+        got = {a: h.hexdigest() for a, h in hashers.items()}
+        if got != expected:
+            raise _mismatch(dest, expected, got, f"The download from {wf.url} was deleted; try again later.")
+        if not expected:
+            logger.warning("%s: no checksum registered, the download is not checksum-verified", dest)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)  # no-op after a successful rename
+    return dest
+
+
+def resolve_all(
+    spec: ModelSpec,
+    *,
+    local_paths: Mapping[str, str | Path | None] | None = None,
+    offline: bool | None = None,
+) -> dict[str, Path]:
+    """``resolve_file`` for every role of ``spec``; ``local_paths`` maps role -> user path (None: default)."""
+    local_paths = local_paths or {}
+    return {r: resolve_file(spec, r, local_path=local_paths.get(r), offline=offline) for r in spec.files}
+
+
+def find_local(spec: ModelSpec) -> dict[str, Path | None]:
+    """Which of the model's files are already on this machine (no network, no hashing).
+
+    Returns:
+        role -> path (file, index with all shards present, or snapshot folder), or None when missing.
+    """
+    found: dict[str, Path | None] = {}
+    for role, wf in spec.files.items():
+        found[role] = _find_local_file(wf)
+    return found
+
+
+def _find_local_file(wf: WeightFile) -> Path | None:
+    if wf.kind == "bundled":
+        p = PACKAGE_DIR / wf.filename
+        return p if p.is_file() else None
+    if wf.kind in ("manual", "url"):
+        p = downloads_dir() / wf.basename
+        return p if p.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(wf.repo_id, wf.hub_path, revision=wf.revision)
+    if not isinstance(hit, str):  # None or the "cached as non-existent" sentinel
+        return None
+    path = Path(hit)
+    if wf.allow_patterns:
+        return path.parent
+    if wf.is_index:
+        try:
+            shards = _shard_names(path)
+        except InputError:
+            return None
+        base = f"{wf.subfolder}/" if wf.subfolder else ""
+        if not all(
+            isinstance(try_to_load_from_cache(wf.repo_id, base + s, revision=wf.revision), str)
+            for s in shards
+        ):
+            return None
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _select(obj: Any, key: str | None, path: Path) -> Any:
+    """Walk a dotted ``key`` into nested dicts; where nesting ends, keep the flat entries under that prefix."""
+    if not key:
+        return obj
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(obj, Mapping) and part in obj:
+            obj = obj[part]
+            continue
+        prefix = ".".join(parts[i:]) + "."
+        sub = (
+            {k[len(prefix) :]: v for k, v in obj.items() if isinstance(k, str) and k.startswith(prefix)}
+            if isinstance(obj, Mapping)
+            else {}
+        )
+        if not sub:
+            top = ", ".join(list(map(str, obj))[:12]) if isinstance(obj, Mapping) else type(obj).__name__
+            raise InputError(f"{path} has no entry {key!r}; its top-level keys are: {top}")
+        return sub
+    return obj
+
+
+def _as_state_dict(obj: Any, path: Path, key: str | None) -> dict[str, Tensor]:
+    import torch
+
+    obj = _select(obj, key, path)
+    if not isinstance(obj, Mapping):
+        raise InputError(f"{path} holds a {type(obj).__name__}, expected a state dict (name -> tensor)")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        desc = ", ".join(f"{k!r}: {type(obj[k]).__name__}" for k in bad[:8])
+        raise InputError(
+            f"{path} is not a flat state dict: entries {desc}{' ...' if len(bad) > 8 else ''} are not tensors. "
+            f"Pass key= to select the sub-dict holding the weights (e.g. key='vae' for the Infinity VAE files, "
+            f"key='trainer.gpt_fsdp' for training checkpoints)."
+        )
+    return dict(obj)
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:
+            if not (mmap and "mmap" in str(exc)):
+                raise
+            # legacy (non-zip) torch.save format: cannot be memory-mapped, load it normally
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the forbidden callable/class as "GLOBAL module.name" (e.g. "GLOBAL posix.mkdir")
+        m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if m is None:  # not a forbidden object but an unreadable stream (garbage, truncation)
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "")
+            raise InputError(
+                f"cannot read {path} as a weights-only torch checkpoint (corrupt, truncated or not a "
+                f"checkpoint): {detail}"
+            ) from exc
+        raise InputError(
+            f"refused to load {path}: it contains Python objects other than tensors and plain containers "
+            f"(it imports {m.group(1)}). nsarm only reads pickled weights with "
+            f"torch.load(weights_only=True) and never runs arbitrary pickled code. If you trust this file, convert "
+            f"it once to .safetensors in a separate Python session (torch.load(..., weights_only=False), keep only "
+            f"the tensors, safetensors.torch.save_file) and pass the converted file."
+        ) from exc
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
+        raise InputError(
+            f"cannot read {path} as a torch checkpoint (corrupt or truncated?): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as safetensors (corrupt or truncated?): {exc}") from exc
+
+
+def _load_index(path: Path) -> dict[str, Tensor]:
+    shards = _shard_names(path)  # validates the JSON first
+    weight_map: dict[str, str] = json.loads(path.read_text())["weight_map"]
+    state: dict[str, Tensor] = {}
+    for shard in shards:
+        shard_path = path.parent / shard
+        if not shard_path.is_file():
+            raise InputError(f"{path} lists the shard {shard}, which is missing from {path.parent}")
+        part = (
+            _load_safetensors(shard_path)
+            if shard.endswith(".safetensors")
+            else _as_state_dict(_torch_load(shard_path, True), shard_path, None)
+        )
+        state.update(part)
+        logger.debug("loaded shard %s (%d tensors)", shard_path, len(part))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise InputError(f"{len(missing)} tensors listed in {path} are not in its shards, e.g. {missing[:5]}")
+    return state
+
+
+def load_state_dict(path: str | Path, *, key: str | None = None, mmap: bool = True) -> dict[str, Tensor]:
+    """Load a weight file into a flat ``name -> tensor`` dict on CPU, safely.
+
+    Formats: ``.safetensors``; a sharded index ``*.index.json`` (shards in the same folder; safetensors or torch);
+    ``.pth/.pt/.bin/.ckpt`` read with ``torch.load(map_location="cpu", weights_only=True)`` only; a folder
+    holding ``model.safetensors.index.json`` or ``model.safetensors``.
+
+    Args:
+        path: the file or folder.
+        key: optional dotted path to the sub-dict with the weights (``"vae"`` for the Infinity VAE files,
+            ``"trainer.gpt_fsdp"`` for training checkpoints). For flat files it selects and strips the
+            ``key + "."`` prefix.
+        mmap: memory-map zip-format torch files (saves RAM for multi-GB checkpoints; legacy files fall back).
+
+    Returns:
+        ``dict[str, Tensor]``.
+
+    Raises:
+        WeightsNotFoundError: ``path`` does not exist.
+        InputError: unknown format, corrupt file, a pickle with arbitrary objects (refused), or not a flat
+            state dict (the message lists the top-level keys so you can pick ``key``).
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for candidate in ("model.safetensors.index.json", "model.safetensors"):
+            if (p / candidate).is_file():
+                p = p / candidate
+                break
+        else:
+            raise InputError(f"{p} is a folder without model.safetensors or model.safetensors.index.json")
+    if not p.is_file():
+        raise WeightsNotFoundError(f"weight file {p} does not exist")
+    name = p.name.lower()
+    if name.endswith(".safetensors"):
+        obj: Any = _load_safetensors(p)
+    elif name.endswith(".json"):
+        obj = _load_index(p)
+    elif name.endswith((".pth", ".pt", ".bin", ".ckpt")):
+        obj = _torch_load(p, mmap)
+    else:
+        raise InputError(
+            f"unsupported weight file {p}: expected .safetensors, *.index.json, .pth, .pt, .bin or .ckpt"
+        )
+    return _as_state_dict(obj, p, key)
+
+
+# --------------------------------------------------------------------------- multi-part releases
+
+
+def sort_parts(parts: Iterable[str | Path]) -> list[Path]:
+    """Natural sort of part files (``part_2`` before ``part_10``; ``aa`` before ``ab``)."""
+
+    def natural(p: Path) -> list[Any]:
+        return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", p.name)]
+
+    return sorted((Path(p) for p in parts), key=natural)
+
+
+def assemble_parts(
+    parts: Sequence[str | Path],
+    out: str | Path,
+    *,
+    md5: str | None = NSARM_MD5,
+    sha256: str | None = None,
+    sort: bool = True,
+) -> Path:
+    """Concatenate a split release (``NSARM_part_*``) into one file, verifying it before it appears.
+
+    The parts are joined in natural name order (``sort=True``) into a temporary file next to ``out``, hashed
+    while writing, and renamed to ``out`` only if the checksum matches. On a mismatch the joined file is deleted.
+
+    Args:
+        parts: the part files.
+        out: the joined file (``NSARM.pth``).
+        md5: expected md5 (default: the official NSARM.pth md5), or None.
+        sha256: expected sha256, or None.
+        sort: natural-sort the parts by name first; False keeps the given order.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        InputError: no parts, a missing part, or not enough free disk space.
+        ChecksumError: the joined file's checksum differs (a part is missing, corrupt or out of order).
+    """
+    paths = sort_parts(parts) if sort else [Path(p) for p in parts]
+    if not paths:
+        raise InputError("assemble_parts needs at least one part file (e.g. NSARM_part_*)")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"part files not found: {', '.join(missing)}")
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(p.stat().st_size for p in paths)
+    free = shutil.disk_usage(out.parent).free
+    if free < total:
+        raise InputError(
+            f"joining {len(paths)} parts needs {total / 1e9:.1f} GB in {out.parent}, only {free / 1e9:.1f} GB free"
+        )
+    expected = {a: v.lower() for a, v in (("sha256", sha256), ("md5", md5)) if v}
+    hashers = {a: hashlib.new(a) for a in expected}
+    logger.info("joining %d parts (%s ... %s) into %s", len(paths), paths[0].name, paths[-1].name, out)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for part in paths:
+                with open(part, "rb") as src:
+                    while chunk := src.read(_CHUNK):
+                        dst.write(chunk)
+                        for h in hashers.values():
+                            h.update(chunk)
+        got = {a: h.hexdigest() for a, h in hashers.items()}
+        if got != expected:
+            order = ", ".join(p.name for p in paths)
+            raise _mismatch(
+                out,
+                expected,
+                got,
+                f"The joined file was deleted. Check that all parts are complete and in order ({order}).",
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
