@@ -1,0 +1,178 @@
+"""Which files a command works on, and where its outputs go.
+
+Not a paper component: the CLI's batch plumbing (``data/`` in the style.md section 5 layout). Commands accept
+any mix of image files, folders and glob patterns; :func:`collect_images` turns them into one sorted,
+de-duplicated list of image paths, :func:`output_path_for` mirrors each input's sub-folder under the output
+folder, and :func:`ensure_not_input` refuses an output that would overwrite one of the inputs.
+
+Hidden files and folders (name starting with ".") and the temporary files of :mod:`nsarm_core.data.io`'s
+atomic writes (``.name.tmp-<random>``, also hidden) are never collected from folders or patterns.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from nsarm_core.data.io import SUPPORTED_SUFFIXES
+from nsarm_core.errors import InputError
+
+__all__ = ["collect_images", "output_path_for", "ensure_not_input", "is_image_file"]
+
+_GLOB_CHARS = frozenset("*?[")
+_TEMP_MARKERS = (".tmp-", ".part", ".partial", ".crdownload")
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a regular file with a supported suffix that is neither hidden nor a temporary/partial file."""
+    name = path.name
+    if name.startswith(".") or name.endswith("~") or any(marker in name for marker in _TEMP_MARKERS):
+        return False
+    return path.suffix.lower() in SUPPORTED_SUFFIXES and path.is_file()
+
+
+def _hidden_below(path: Path, root: Path) -> bool:
+    """True if any component of ``path`` below ``root`` is hidden (so hidden folders are skipped too)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
+    candidates: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates if not _hidden_below(p, folder) and is_image_file(p))
+
+
+def _key(path: Path) -> str:
+    """De-duplication key: the resolved absolute path (``a/../a/b.png`` and ``a/b.png`` are one file)."""
+    return os.path.normcase(str(path.resolve()))
+
+
+def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = True) -> list[Path]:
+    """Expand files, folders and glob patterns into a de-duplicated list of image files.
+
+    * A file is taken as is; it must have a supported suffix.
+    * A folder contributes its images (sorted; sub-folders too when ``recursive``), skipping hidden entries,
+      temporary files and other suffixes. A folder without images is an error.
+    * A pattern with ``*``, ``?`` or ``[`` (``photos/*.jpg``, ``shots/**/*.png``; ``**`` spans folders) is
+      expanded; matched files with supported suffixes are kept and matched folders are expanded as folders.
+      A pattern matching no image is an error.
+
+    Order follows ``inputs``; each input's own files are sorted. A file reached twice is kept once, at its
+    first position.
+
+    Args:
+        inputs: paths and/or patterns.
+        recursive: descend into sub-folders of the given folders.
+
+    Returns:
+        The image paths, as given or found (not resolved).
+
+    Raises:
+        InputError: a path that does not exist, a file with an unsupported suffix, or a folder / pattern
+            without images; the message names it.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            images = _images_in_folder(path, recursive)
+            if not images:
+                raise InputError(
+                    f"no images found in folder '{path}' (looked for {', '.join(SUPPORTED_SUFFIXES)}"
+                    f"{'' if recursive else ', not recursing into sub-folders'})"
+                )
+            found += images
+        elif path.is_file():
+            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                raise InputError(
+                    f"not a supported image file: '{path}' (suffix {path.suffix or '(none)'!r}; "
+                    f"expected one of {', '.join(SUPPORTED_SUFFIXES)})"
+                )
+            found.append(path)
+        elif _GLOB_CHARS & set(text):
+            images = []
+            for match in sorted(glob.glob(text, recursive=True)):
+                hit = Path(match)
+                if hit.is_dir():
+                    images += _images_in_folder(hit, recursive)
+                elif is_image_file(hit):
+                    images.append(hit)
+            if not images:
+                raise InputError(f"pattern '{text}' matched no image files ({', '.join(SUPPORTED_SUFFIXES)})")
+            found += images
+        else:
+            raise InputError(
+                f"input not found: '{path}' (expected an image file, a folder or a glob pattern)"
+            )
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(_key(path), path)
+    return list(unique.values())
+
+
+def output_path_for(
+    src: str | os.PathLike[str],
+    input_root: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    suffix: str | None,
+    name_suffix: str = "",
+) -> Path:
+    """Where the output for ``src`` goes: ``out_dir / <sub-folders of src below input_root> /
+    <stem><name_suffix><suffix>``.
+
+    Example: ``output_path_for("in/a/b.jpg", "in", "out", suffix=".png", name_suffix="_x4")`` is
+    ``out/a/b_x4.png``. When ``input_root`` is None or does not contain ``src``, the sub-folders are dropped
+    (``out/b_x4.png``).
+
+    Args:
+        src: the input image.
+        input_root: the folder the user gave, whose layout is mirrored; None for loose files.
+        out_dir: the output folder.
+        suffix: the output suffix (".png" or "png"), or None to keep the input's.
+        name_suffix: text appended to the file stem, e.g. "_x4".
+
+    Raises:
+        InputError: an unsupported output suffix, or a name suffix containing a path separator.
+    """
+    src = Path(src)
+    out_dir = Path(out_dir)
+    if suffix is None:
+        new_suffix = src.suffix
+    else:
+        new_suffix = suffix if suffix.startswith(".") else f".{suffix}"
+        if new_suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise InputError(
+                f"unsupported output suffix {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+            )
+    if "/" in name_suffix or os.sep in name_suffix:
+        raise InputError(f"name suffix {name_suffix!r} must not contain a path separator")
+    relative_parent = Path()
+    if input_root is not None:
+        try:
+            relative_parent = src.resolve().parent.relative_to(Path(input_root).resolve())
+        except ValueError:
+            relative_parent = Path()
+    return out_dir / relative_parent / f"{src.stem}{name_suffix}{new_suffix}"
+
+
+def ensure_not_input(out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Raise if writing ``out`` would overwrite one of ``inputs`` (same file after resolving links, ``..``).
+
+    Raises:
+        InputError: naming the output and the input it would replace.
+    """
+    out = Path(out)
+    out_key = _key(out)
+    for item in inputs:
+        src = Path(item)
+        same = _key(src) == out_key
+        if not same and out.exists() and src.exists():
+            same = os.path.samefile(out, src)  # hard links, case-insensitive file systems
+        if same:
+            raise InputError(
+                f"output '{out}' would overwrite the input '{src}'; choose another output folder, "
+                f"suffix or name suffix"
+            )
