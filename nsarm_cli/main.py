@@ -7,9 +7,9 @@ traceback instead. Nothing here imports torch, so ``nsarm --help`` starts fast.
 
 from __future__ import annotations
 
+import errno
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -17,45 +17,57 @@ from nsarm_cli._console import STATE, configure_logging, err_console
 from nsarm_core import __version__
 from nsarm_core.errors import NSARMError
 
+# Exceptions that carry the CLI's own control flow (usage errors, --help, Exit) pass through untouched.
+_PASSTHROUGH: tuple[type[BaseException], ...] = (
+    typer.TyperException,
+    typer.Exit,
+    typer.Abort,
+    KeyboardInterrupt,
+    SystemExit,
+)
 
-class _UserError(click.ClickException):
-    """An NSARMError shown the CLI way: one red line, exit code 2."""
 
-    exit_code = 2
+def _one_line(text: object) -> str:
+    """The message on one line, with Rich markup escaped (so `nsarm[eval]` is printed as written)."""
+    from rich.markup import escape
 
-    def show(self, file=None) -> None:  # noqa: ARG002 - click's signature
-        err_console.print(f"[bold red]Error:[/bold red] {self.message}", highlight=False, soft_wrap=True)
-
-
-class _InternalError(click.ClickException):
-    """An unexpected exception (a bug): one line plus a hint to rerun with --debug."""
-
-    exit_code = 1
-
-    def show(self, file=None) -> None:  # noqa: ARG002
-        err_console.print(
-            f"[bold red]Internal error:[/bold red] {self.message} (rerun with --debug for the traceback)",
-            highlight=False,
-            soft_wrap=True,
-        )
+    return escape(" ".join(str(text).split()))
 
 
 class _Group(TyperGroup):
-    """Typer group that turns library errors into clean CLI errors."""
+    """Typer group that turns library errors into one red line and exit code 2 (1 for bugs)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
         except NSARMError as exc:
             if STATE.debug:
                 raise
-            raise _UserError(" ".join(str(exc).split())) from exc
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+            err_console.print(
+                f"[bold red]Error:[/bold red] {_one_line(exc)}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(2) from exc
+        except _PASSTHROUGH:
             raise
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # `nsarm ... | head`: let Typer close quietly
+                raise
+            if STATE.debug:
+                raise
+            err_console.print(
+                f"[bold red]Error:[/bold red] {_one_line(exc)}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(2) from exc
         except Exception as exc:  # noqa: BLE001 - last-resort handler for bugs
             if STATE.debug:
                 raise
-            raise _InternalError(f"{type(exc).__name__}: {exc}") from exc
+            err_console.print(
+                f"[bold red]Internal error:[/bold red] {type(exc).__name__}: {_one_line(exc)} "
+                "(rerun with --debug for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from exc
 
 
 app = typer.Typer(
@@ -77,11 +89,16 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _global_options(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no progress bars.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     STATE.verbosity = -1 if quiet else min(verbose, 2)
@@ -92,6 +109,20 @@ def _global_options(
 
 
 # --- commands (one registration line per command module; modules import torch lazily) ---
+from nsarm_cli.evaluate import evaluate as _evaluate  # noqa: E402
+from nsarm_cli.robustness import robustness as _robustness  # noqa: E402
+
+app.command("evaluate")(_evaluate)
+app.command("robustness")(_robustness)
+from nsarm_cli.models import models as _models  # noqa: E402
+
+app.command("models")(_models)
+from nsarm_cli.caption import caption as _caption  # noqa: E402
+
+app.command("caption")(_caption)
+from nsarm_cli.degrade import degrade as _degrade  # noqa: E402
+
+app.command("degrade")(_degrade)
 # --- end commands ---
 
 

@@ -1,0 +1,188 @@
+"""Robustness: composite score, Eq. 7 counts on a hand-made table, lower-is-better handling, sweep, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nsarm_cli.main import app
+from nsarm_core.data.io import write_image
+from nsarm_core.errors import ConfigError, InputError, NSARMError
+from nsarm_core.eval import robustness as R
+from nsarm_core.eval.evaluate import EvalResult, ImageScores
+
+runner = CliRunner()
+
+
+def _result(columns: dict[str, list[float]], prefix: str = "img") -> EvalResult:
+    n = len(next(iter(columns.values())))
+    recs = [
+        ImageScores(f"{prefix}{i}", Path(f"{prefix}{i}.png"), None, (8, 8), (8, 8), False, {m: v[i] for m, v in columns.items()})
+        for i in range(n)
+    ]  # fmt: skip
+    return EvalResult(recs, list(columns), {})
+
+
+# Hand-made table (values are already "higher is better"):
+#   A = [0.9, 0.8, 0.7, 0.6]  (sum 3.0),  B = [1.0, 0.5, 0.65, 0.75]  (sum 2.9)
+#   mu_G = 5.9 / 8 = 0.7375;  0.9 mu_G = 0.66375;  0.8 mu_G = 0.59
+#   A: < 0.7375 -> {0.7, 0.6} = 2;  < 0.66375 -> {0.6} = 1;  < 0.59 -> none = 0
+#   B: < 0.7375 -> {0.5, 0.65} = 2; < 0.66375 -> {0.5, 0.65} = 2; < 0.59 -> {0.5} = 1
+TABLE = {"A": [0.9, 0.8, 0.7, 0.6], "B": [1.0, 0.5, 0.65, 0.75]}
+EXPECTED = {"A": {"Deficient": 2, "Poor": 1, "Collapse": 0}, "B": {"Deficient": 2, "Poor": 2, "Collapse": 1}}
+
+
+def test_eq7_counts_hand_computed() -> None:
+    mu, counts = R.eq7_counts({k: np.array(v) for k, v in TABLE.items()})
+    assert mu == pytest.approx(0.7375)
+    assert counts == EXPECTED
+
+
+def test_eq7_is_strict_and_pools_all_methods() -> None:
+    mu, counts = R.eq7_counts({"C": np.array([1.0, 1.0])})
+    assert mu == 1.0 and counts["C"] == {"Deficient": 0, "Poor": 0, "Collapse": 0}  # equal to mu_G: not below
+    # adding a strong method raises mu_G and turns C deficient: mu_G is global, not per method
+    mu2, counts2 = R.eq7_counts({"C": np.array([1.0, 1.0]), "D": np.array([2.0, 2.0])})
+    assert mu2 == 1.5 and counts2["C"] == {"Deficient": 2, "Poor": 2, "Collapse": 2}
+
+
+def test_custom_thresholds() -> None:
+    thr = R.parse_thresholds("1.0,0.95")
+    assert thr.ratios == (1.0, 0.95) and len(thr.labels) == 2
+    _, counts = R.eq7_counts({k: np.array(v) for k, v in TABLE.items()}, thr)
+    # 0.95 mu_G = 0.700625: A {0.7, 0.6} = 2, B {0.5, 0.65} = 2
+    assert counts["A"][thr.labels[1]] == 2 and counts["B"][thr.labels[1]] == 2
+    with pytest.raises(ConfigError):
+        R.parse_thresholds("1.0,abc")
+    with pytest.raises(ConfigError):
+        R.Thresholds((1.0, -0.5), ("a", "b"))
+
+
+def test_composite_default_paper_metrics() -> None:
+    res = _result(
+        {"clipiqa": [0.7, 0.5], "musiq": [70.0, 40.0], "maniqa": [0.6, 0.4], "topiq_nr": [0.7, 0.3]}
+    )
+    np.testing.assert_allclose(
+        R.composite_scores(res), [(0.7 + 0.7 + 0.6 + 0.7) / 4, (0.5 + 0.4 + 0.4 + 0.3) / 4]
+    )
+
+
+def test_composite_lower_is_better_metrics() -> None:
+    res = _result({"lpips": [0.2, 0.4], "ssim": [0.8, 0.6], "gmsd": [0.1, 0.3], "niqe": [4.0, 8.0]})
+    np.testing.assert_allclose(R.composite_scores(res, ["lpips", "ssim"]), [0.8, 0.6])  # 1 - lpips
+    np.testing.assert_allclose(R.composite_scores(res, ["gmsd"]), [0.9, 0.7])
+    # a lower LPIPS must give a higher composite
+    assert R.composite_scores(res, ["lpips"])[0] > R.composite_scores(res, ["lpips"])[1]
+    # NIQE is negated: the composite is negative and Eq. 7 ratios are refused with an explanation
+    comp = R.composite_scores(res, ["niqe"])
+    np.testing.assert_allclose(comp, [-4.0, -8.0])
+    with pytest.raises(ConfigError, match="negated metrics such as NIQE"):
+        R.eq7_counts({"x": comp})
+
+
+def test_composite_errors() -> None:
+    res = _result({"ssim": [0.8, 0.6], "psnr": [float("inf"), 20.0]})
+    with pytest.raises(ConfigError, match="'musiq' is not in the scores.*ssim"):
+        R.composite_scores(res, ["musiq"])
+    with pytest.raises(InputError, match="not finite for image.*img0"):
+        R.composite_scores(res, ["psnr"])
+
+
+def test_analyse_worst_and_dict() -> None:
+    results = {k: _result({"ssim": v}) for k, v in TABLE.items()}
+    rob = R.analyse(results, ["ssim"])
+    assert rob.counts == EXPECTED and rob.global_mean == pytest.approx(0.7375)
+    assert [k for k, _, _ in rob.methods[1].worst(2)] == ["img1", "img2"]  # B: 0.5, 0.65
+    d = rob.to_dict(worst_k=1)
+    assert d["methods"]["B"]["worst"][0]["key"] == "img1"
+    assert d["methods"]["A"]["metrics"]["ssim"]["var"] == pytest.approx(float(np.var(TABLE["A"])))
+    assert [t["value"] for t in d["thresholds"]] == pytest.approx([0.7375, 0.66375, 0.59])
+
+
+def test_sweep_bicubic_two_levels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skimage import data
+
+    hr_dir = tmp_path / "hr"
+    write_image(hr_dir / "astro.png", data.astronaut()[100:166, 150:214])  # 66x64 -> cropped to 64x64
+    ladder = R.severity_ladder(["bicubic", "light"])
+    with pytest.raises(ConfigError):
+        R.severity_ladder(["bicubic", "nope"])
+    sw = R.run_sweep(
+        sorted(hr_dir.glob("*.png")), ladder, R.bicubic_method, "bicubic", tmp_path / "w", scale=4, seed=0
+    )
+    assert [lv.preset for lv in sw.levels] == ["bicubic", "light"]
+    from nsarm_core.data.io import read_image
+
+    assert read_image(tmp_path / "w" / "00_bicubic" / "LR" / "astro.png").rgb.shape == (16, 16, 3)
+    assert read_image(tmp_path / "w" / "HR" / "astro.png").rgb.shape == (64, 64, 3)
+    curve = sw.curve()
+    assert curve.shape == (2,) and np.all(np.isfinite(curve))
+    assert sw.curve("psnr")[0] > 15  # bicubic down/up of a real photo: a sane PSNR
+    d = sw.to_dict()
+    assert d["levels"][1]["preset"] == "light" and "psnr" in d["levels"][0]["metrics"]
+    # the same seed reproduces the same LR sets
+    sw2 = R.run_sweep(sorted(hr_dir.glob("*.png")), ladder, R.bicubic_method, "b", tmp_path / "w2", seed=0)
+    np.testing.assert_array_equal(sw.curve("psnr"), sw2.curve("psnr"))
+    # a model method without the pipeline fails clearly
+    monkeypatch.setitem(sys.modules, "nsarm_core.pipeline", None)
+    with pytest.raises(NSARMError, match="run_model_on_folder"):
+        R.run_sweep(sorted(hr_dir.glob("*.png")), ladder[:1], R.model_method("x"), "x", tmp_path / "w3")
+
+
+def _write_csv(path: Path, values: list[float], metric: str = "ssim") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["key", "sr_path", "hr_path", metric])
+        for i, v in enumerate(values):
+            w.writerow([f"img{i}", f"img{i}.png", "", repr(v)])
+
+
+def test_cli_robustness_counts_json(tmp_path: Path) -> None:
+    for k, v in TABLE.items():
+        _write_csv(tmp_path / f"{k}.csv", v)
+    r = runner.invoke(
+        app,
+        ["robustness", str(tmp_path / "A.csv"), f"Bee={tmp_path / 'B.csv'}", "--metrics", "ssim", "--json"],
+    )
+    assert r.exit_code == 0, r.output + str(r.exception)
+    data = json.loads(r.stdout)
+    assert (
+        data["methods"]["A"]["counts"] == EXPECTED["A"] and data["methods"]["Bee"]["counts"] == EXPECTED["B"]
+    )
+    assert data["global_mean"] == pytest.approx(0.7375)
+    r = runner.invoke(app, ["robustness", str(tmp_path / "A.csv"), "--metrics", "musiq"])
+    assert r.exit_code != 0 and "not in the scores" in r.output + str(r.exception)
+    r = runner.invoke(app, ["robustness"])
+    assert r.exit_code != 0
+
+
+def test_cli_robustness_sr_folders_and_sweep(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        hr = rng.random((24, 24, 3)).astype(np.float32)
+        write_image(tmp_path / "hr" / f"p{i}.png", hr)
+        write_image(tmp_path / "good" / f"p{i}.png", hr)
+        write_image(
+            tmp_path / "bad" / f"p{i}.png", rng.random((24, 24, 3)).astype(np.float32)
+        )  # unrelated: SSIM ~ 0
+    r = runner.invoke(app, ["robustness", str(tmp_path / "bad"), f"ok={tmp_path / 'good'}", "--hr", str(tmp_path / "hr"),
+                            "--metrics", "ssim", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output + str(r.exception)
+    data = json.loads(r.stdout)
+    assert (
+        data["methods"]["ok"]["counts"]["Deficient"] == 0
+        and data["methods"]["bad"]["counts"]["Collapse"] == 3
+    )
+    r = runner.invoke(app, ["robustness", "--sweep", "--hr", str(tmp_path / "hr"), "--levels", "bicubic,light",
+                            "--scale", "2", "--work-dir", str(tmp_path / "w"), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output + str(r.exception)
+    data = json.loads(r.stdout)
+    assert [lv["preset"] for lv in data["sweep"]["levels"]] == ["bicubic", "light"]
+    assert set(data["methods"]) == {"0:bicubic", "1:light"}
