@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +42,30 @@ def load_tensors(parity_dir: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(parity_dir / f"{name}.safetensors"))
 
 
-def official_state_dict(manifest: dict[str, Any], section: str = "state_dict") -> dict[str, torch.Tensor]:
+def official_state_dict(
+    manifest: dict[str, Any], section: str = "state_dict", *, include: Callable[[str], bool] | None = None
+) -> dict[str, torch.Tensor]:
     """Build the official-keyed state dict of a fixture: params filled, buffers from the manifest.
 
     Also checks each filled tensor against the manifest's recorded ``sum``/``first`` values, so a
-    mistake in the formula shows up here and not as a confusing parity failure later.
+    mistake in the formula shows up here and not as a confusing parity failure later. ``include`` selects keys
+    (filling the 385M-parameter map network takes a while; tests that do not need it skip it).
     """
     out: dict[str, torch.Tensor] = {}
     for key, entry in manifest[section].items():
+        if include is not None and not include(key):
+            continue
         shape = tuple(entry["shape"])
         if entry["kind"] == "param":
             values = fill_values(key, shape, entry["fill"])
             if "sum" in entry:
-                np.testing.assert_allclose(values.astype(np.float64).sum(), entry["sum"], rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(
+                    values.astype(np.float64).sum(), entry["sum"], rtol=1e-5, atol=1e-5
+                )
             if "first" in entry:
-                np.testing.assert_allclose(values.reshape(-1)[: len(entry["first"])], entry["first"], rtol=1e-6, atol=1e-7)
+                np.testing.assert_allclose(
+                    values.reshape(-1)[: len(entry["first"])], entry["first"], rtol=1e-6, atol=1e-7
+                )
             out[key] = torch.from_numpy(values)
         else:
             dtype = getattr(torch, entry["dtype"].replace("torch.", ""))

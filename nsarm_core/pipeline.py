@@ -1,0 +1,459 @@
+"""The NSARM super-resolution pipeline: any RGB image in, the x4 image out.
+
+Paper: NSARM (arXiv 2510.00820) Sec. 3 / Fig. 2 (inference); spec ../shared/docs/architecture.md E.3, E.7.
+One native window goes LR -> VAE encoder -> transformation network -> first K_t scales (quantised) -> the
+transformer continues the remaining scales (its KV cache filled from the LR-derived scales) -> VAE decode ->
+colour fix -> HR. Images of any size and aspect ratio are cut into overlapping native windows that are
+blended with smooth weights (:mod:`nsarm_core.tiling`), so memory is bounded by one window.
+
+Shape legend: LR window ``[1, 3, h, w]`` in [0, 1]; latent ``[1, d, h/p, w/p]``; HR window ``[1, 3, 4h, 4w]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nsarm_core.color_fix import COLOR_FIX_MODES, color_fix
+from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.models.bsq import bsq_quantize
+from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
+from nsarm_core.models.sampler import sample_scales
+from nsarm_core.models.transform_net import outputs_to_latent_maps
+from nsarm_core.tiling import plan_tiles, resize_to_scale, run_tiled
+
+logger = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling options of the transformer; the defaults are NSARM's (``scripts/infer.sh``, spec E.3)."""
+
+    tau: float = 0.5
+    top_p: float = 0.97
+    cfg: float = 1.0
+    color_fix: str = "both"
+    tile_overlap: int | None = None  # LR pixels; None = a quarter of the window
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0:
+            raise ConfigError(f"tau must be > 0, got {self.tau}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.color_fix not in COLOR_FIX_MODES:
+            raise ConfigError(f"unknown colour fix {self.color_fix!r}; valid: {list(COLOR_FIX_MODES)}")
+
+
+@dataclass
+class UpscaleResult:
+    """What one call of the pipeline returns.
+
+    Attributes:
+        image: ``[1, 3, s*H, s*W]`` float32 in [0, 1] on the CPU.
+        seed: the seed the bit sampling started from.
+        settings: sampling settings, model name, tile plan and output scale, for provenance.
+        timings: seconds per stage (encode, transform_net, ar_scales, decode, color_fix, total).
+    """
+
+    image: Tensor
+    seed: int
+    settings: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class SRPipeline:
+    """NSARM super-resolution from its components (``SRPipeline(model, text_encoder)``) or by name/path.
+
+    Args:
+        model: the :class:`~nsarm_core.models.nsarm.NSARM` networks (eval mode).
+        text_encoder: an object with ``encode(prompts) -> TextFeatures`` (``nsarm_core.models.text_encoder``), or
+            None for models without text conditioning.
+        settings: default sampling settings.
+        device: where the networks run.
+        dtype: precision of the transformer and transformation network (the VAE encoder stays fp32 as in the
+            official code; the decoder follows ``dtype``).
+    """
+
+    def __init__(
+        self,
+        model: NSARM,
+        text_encoder: Any | None = None,
+        *,
+        settings: SamplingSettings | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.model = model.eval()
+        self.config: NSARMConfig = model.config
+        self.text_encoder = text_encoder
+        self.settings = settings or SamplingSettings()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model.to(self.device)
+        self.model.vae.encoder.float()
+        if dtype != torch.float32:
+            self.model.transform_net.to(dtype)
+            self.model.transformer.cast_blocks(dtype)
+            self.model.vae.decoder.to(dtype)
+        self.name = self.config.name
+        self.native_scale = self.config.scale
+        self._text_cache: dict[str, Any] = {}
+
+    # --- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "fp32",
+        weights: str | Path | None = None,
+        vae_weights: str | Path | None = None,
+        text_encoder: str | Path | None = None,
+        settings: SamplingSettings | None = None,
+    ) -> SRPipeline:
+        """Build a pipeline from a registered model name (``nsarm models``) or a local model folder.
+
+        Local folders are those written by :meth:`NSARM.save_pretrained` (``config.json`` + ``model.safetensors``).
+        Registered models resolve their files through :mod:`nsarm_core.weights` (local path, bundled file, the
+        Hugging Face cache or a download, always checksum-verified when a checksum is registered).
+        """
+        torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        if isinstance(dtype, str) and dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}; valid: {list(DTYPES)}")
+        path = Path(name_or_path)
+        if path.is_dir():
+            model = NSARM.from_pretrained(path, weights_file=weights)
+            return cls(
+                model,
+                _build_text_encoder(model.config, text_encoder, device),
+                settings=settings,
+                device=device,
+                dtype=torch_dtype,
+            )
+        return _from_registry(
+            str(name_or_path),
+            device=device,
+            dtype=torch_dtype,
+            weights=weights,
+            vae_weights=vae_weights,
+            text_encoder=text_encoder,
+            settings=settings,
+        )
+
+    # --- one native window ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def upscale_window(
+        self,
+        lr: Tensor,
+        *,
+        seed: int,
+        prompt: str | None = None,
+        settings: SamplingSettings | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Tensor:
+        """Super-resolve one native LR window ``[1, 3, h, w]`` in [0, 1] (``(h, w) = config.lr_size``).
+
+        Returns the HR window ``[1, 3, s*h, s*w]`` in [0, 1] (float32, on the CPU), colour-fixed.
+        """
+        cfg, st = self.config, settings or self.settings
+        if tuple(lr.shape[-2:]) != cfg.lr_size or lr.dim() != 4 or lr.shape[:2] != (1, 3):
+            raise InputError(
+                f"upscale_window expects a [1, 3, {cfg.lr_size[0]}, {cfg.lr_size[1]}] LR window, "
+                f"got {tuple(lr.shape)}; use SRPipeline.upscale for other sizes"
+            )
+        t = timings if timings is not None else {}
+        lr = lr.to(self.device, torch.float32).clamp(0, 1)
+
+        # 1. LR -> VAE encoder: the continuous latent of the LR window (spec E.3 step 1; the encoder runs in fp32).
+        t0 = time.perf_counter()
+        latent = self.model.vae.encode_raw(lr * 2 - 1)  # [1, d, h/p, w/p]
+        t1 = time.perf_counter()
+
+        # 2. Transformation network -> the first K_t residual scales, quantised (raw reshape quirk, spec E.2).
+        outs = self.model.transform_net(latent.to(next(self.model.transform_net.parameters()).dtype))
+        maps = outputs_to_latent_maps([o.float() for o in outs], self.model.transform_net.branch_grids)
+        prefix_codes = [bsq_quantize(m)[0] for m in maps]
+        t2 = time.perf_counter()
+
+        # 3. The transformer continues the remaining scales; its KV cache is filled from the LR-derived scales.
+        text = self._text_features(prompt)
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype != torch.float32
+            else _null_context()
+        )
+        with autocast:
+            sample = sample_scales(
+                self.model.transformer,
+                text,
+                cfg.schedule,
+                generator=generator,
+                tau=st.tau,
+                top_p=st.top_p,
+                cfg=st.cfg,
+                next_input_mode=cfg.next_input_mode,
+                prefix_codes=prefix_codes,
+                return_logits=False,
+                batch_size=1,
+            )
+        t3 = time.perf_counter()
+
+        # 4. VAE decode of the accumulated latent -> HR window in [0, 1].
+        hr = (self.model.vae.decode(sample.summed_codes).float() + 1) / 2
+        t4 = time.perf_counter()
+
+        # 5. Colour fix against the bicubic-upsampled LR (AdaIN then wavelet by default, spec E.7).
+        if st.color_fix != "none":
+            lr_up = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+            hr = color_fix(hr, lr_up, st.color_fix)  # type: ignore[arg-type]
+        t5 = time.perf_counter()
+        for key, dt in (
+            ("encode", t1 - t0),
+            ("transform_net", t2 - t1),
+            ("ar_scales", t3 - t2),
+            ("decode", t4 - t3),
+            ("color_fix", t5 - t4),
+        ):
+            t[key] = t.get(key, 0.0) + dt
+        return hr.clamp(0, 1).cpu()
+
+    def _text_features(self, prompt: str | None) -> Any:
+        if not self.config.transformer.use_text:
+            return None
+        if self.text_encoder is None:
+            raise ConfigError(
+                f"model {self.name!r} needs a text encoder ({self.config.text_encoder}); pass one"
+            )
+        text = prompt if prompt else self.config.default_prompt
+        if text not in self._text_cache:
+            feats = self.text_encoder.encode([text])
+            self._text_cache[text] = [f.to(self.device) for f in feats.per_prompt()]
+        return self._text_cache[text]
+
+    # --- any image ------------------------------------------------------------------------------------------------
+
+    def upscale(
+        self,
+        rgb: Tensor,
+        *,
+        seed: int = 1,
+        prompt: str | None = None,
+        settings: SamplingSettings | None = None,
+        out_scale: float | None = None,
+        on_tile: Callable[[int, int], None] | None = None,
+    ) -> UpscaleResult:
+        """Super-resolve an RGB image of any size ``[1, 3, H, W]`` in [0, 1].
+
+        The image is cut into native windows with overlap (reflect-padded when smaller than a window) and the
+        outputs are blended with smooth weights. Window ``i`` samples with seed ``seed + i`` so that windows do
+        not repeat the same random pattern. ``out_scale`` other than the native factor is a final resize
+        (bicubic; antialiased when shrinking).
+        """
+        if rgb.dim() != 4 or rgb.shape[:2] != (1, 3):
+            raise InputError(f"expected an RGB image [1, 3, H, W] in [0, 1], got shape {tuple(rgb.shape)}")
+        st = settings or self.settings
+        h, w = self.config.lr_size
+        if h != w:
+            raise ConfigError(
+                f"model {self.name!r} has a non-square window {h}x{w}; tiling needs a square window"
+            )
+        overlap = st.tile_overlap if st.tile_overlap is not None else h // 4
+        plan = plan_tiles(int(rgb.shape[-2]), int(rgb.shape[-1]), h, overlap)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        counter = {"done": 0}
+
+        def window(tile: Tensor, index: int) -> Tensor:
+            out = self.upscale_window(tile, seed=seed + index, prompt=prompt, settings=st, timings=timings)
+            counter["done"] += 1
+            if on_tile is not None:
+                on_tile(counter["done"], plan.num_tiles)
+            return out
+
+        hr = run_tiled(rgb.float().cpu(), window, self.native_scale, plan)
+        if out_scale is not None and out_scale != self.native_scale:
+            hr = resize_to_scale(hr, out_scale, self.native_scale)
+        timings["total"] = time.perf_counter() - start
+        info = {
+            "model": self.name,
+            **asdict(st),
+            "next_input_mode": self.config.next_input_mode,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "window": h,
+            "tiles": plan.num_tiles,
+            "tile_overlap": overlap,
+            "scale": out_scale if out_scale is not None else self.native_scale,
+            "prompt": prompt
+            if prompt
+            else (self.config.default_prompt if self.config.transformer.use_text else None),
+        }
+        return UpscaleResult(image=hr, seed=seed, settings=info, timings=timings)
+
+    def __call__(self, rgb: Tensor, **kwargs: Any) -> UpscaleResult:
+        """Alias of :meth:`upscale`."""
+        return self.upscale(rgb, **kwargs)
+
+
+class _null_context:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _build_text_encoder(
+    config: NSARMConfig, text_encoder: str | Path | None, device: str | torch.device
+) -> Any:
+    if not config.transformer.use_text:
+        return None
+    from nsarm_core.models.text_encoder import TextEncoder
+
+    source = str(text_encoder) if text_encoder is not None else config.text_encoder
+    if source is None or source == "precomputed":
+        raise ConfigError(f"model {config.name!r} needs a text encoder; pass --text-encoder PATH_OR_ID")
+    return TextEncoder.from_pretrained(source, device=device)
+
+
+def _from_registry(
+    name: str,
+    *,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    weights: str | Path | None,
+    vae_weights: str | Path | None,
+    text_encoder: str | Path | None,
+    settings: SamplingSettings | None,
+) -> SRPipeline:
+    from nsarm_core import weights as W
+
+    spec = W.get_model_spec(name)
+    local: dict[str, Path] = {}
+    if weights is not None:
+        local["checkpoint"] = Path(weights)
+    if vae_weights is not None:
+        local["vae"] = Path(vae_weights)
+    if text_encoder is not None and "text_encoder" in spec.files:
+        local["text_encoder"] = Path(text_encoder)
+    if spec.preset in PRESETS_WITH_OFFICIAL_LAYOUT:
+        files = W.resolve_all(spec, local_paths=local)
+        config = get_preset(spec.preset)
+        logger.info("building %s on the meta device, then loading %s", name, files["checkpoint"])
+        with torch.device("meta"):
+            model = NSARM(config, init=False)
+        model = model.to_empty(device="cpu")
+        for buf_name, buf in model.named_buffers():  # to_empty leaves buffers uninitialised
+            if buf_name.endswith("zero_k_bias"):
+                buf.zero_()
+        model.load_official(
+            W.load_state_dict(files["checkpoint"]), W.load_state_dict(files["vae"], key="vae")
+        )
+        enc = _build_text_encoder(config, files.get("text_encoder"), device)
+        return SRPipeline(model, enc, settings=settings, device=device, dtype=dtype)
+    # Our own models: one folder with config.json + model.safetensors.
+    checkpoint = W.resolve_file(spec, "checkpoint", local_path=local.get("checkpoint"))
+    model = NSARM.from_pretrained(checkpoint.parent, weights_file=checkpoint)
+    return SRPipeline(
+        model,
+        _build_text_encoder(model.config, text_encoder, device),
+        settings=settings,
+        device=device,
+        dtype=dtype,
+    )
+
+
+PRESETS_WITH_OFFICIAL_LAYOUT = ("nsarm-8b",)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda if available, else mps if available, else cpu; explicit names are checked."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA device is available; use --device cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps requested but MPS is not available; use --device cpu")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
+def load_pipeline(
+    model: str | Path = "nsarm-tiny",
+    *,
+    device: str = "auto",
+    dtype: str = "fp32",
+    weights: str | Path | None = None,
+    vae_weights: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    sampling: Mapping[str, Any] | None = None,
+    color_fix: str | None = None,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+) -> SRPipeline:
+    """Build the pipeline the ``nsarm upscale`` command uses (see :meth:`SRPipeline.from_pretrained`).
+
+    ``tile`` must equal the model's native LR window when given (the window is fixed by the architecture).
+    """
+    settings = SamplingSettings(**dict(sampling or {}))
+    if color_fix is not None:
+        settings = replace(settings, color_fix=color_fix)
+    if tile_overlap is not None:
+        settings = replace(settings, tile_overlap=int(tile_overlap))
+    pipe = SRPipeline.from_pretrained(
+        model,
+        device=resolve_device(device),
+        dtype=dtype,
+        weights=weights,
+        vae_weights=vae_weights,
+        text_encoder=text_encoder,
+        settings=settings,
+    )
+    if tile is not None and tile != pipe.config.lr_size[0]:
+        raise ConfigError(
+            f"--tile {tile} differs from the native LR window {pipe.config.lr_size[0]} of {pipe.name!r}; "
+            "the window is fixed by the model (use --tile-overlap to change the overlap)"
+        )
+    return pipe
+
+
+def run_model_on_folder(
+    model: str | Path, lr_dir: str | Path, out_dir: str | Path, **opts: Any
+) -> list[Path]:
+    """Upscale every image of ``lr_dir`` into ``out_dir`` (PNG, same names); used by ``nsarm evaluate --model``."""
+    from nsarm_core.data.files import collect_images, output_path_for
+    from nsarm_core.data.io import from_tensor, read_image, to_tensor, write_image
+
+    seed = int(opts.pop("seed", 1))
+    pipe = load_pipeline(model, **opts)
+    outputs = []
+    root = Path(lr_dir)
+    for src in collect_images([root]):
+        dst = output_path_for(src, root, Path(out_dir), suffix=".png")
+        if dst.exists():
+            outputs.append(dst)
+            continue
+        img = read_image(src)
+        res = pipe.upscale(to_tensor(img.rgb), seed=seed)
+        write_image(dst, from_tensor(res.image))
+        outputs.append(dst)
+    return outputs
