@@ -123,6 +123,9 @@ app.command("caption")(_caption)
 from nsarm_cli.degrade import degrade as _degrade  # noqa: E402
 
 app.command("degrade")(_degrade)
+from nsarm_cli.upscale import upscale as _upscale  # noqa: E402
+
+app.command("upscale")(_upscale)
 # --- end commands ---
 
 

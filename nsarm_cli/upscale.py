@@ -1,0 +1,276 @@
+"""``nsarm upscale``: super-resolve photos, folders and glob patterns in one resumable batch.
+
+The batch logic lives in ``nsarm_core/upscale.py`` (``upscale_files``); this module parses the options, builds
+the upscaler (the NSARM pipeline, or the bicubic baseline with ``--model bicubic``), shows progress and prints
+the summary. torch, numpy and PIL are imported inside the command so ``nsarm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nsarm_cli._console import STATE, err_console, info, out_console, print_json, progress, warn
+from nsarm_core.errors import ConfigError
+
+#: ``--model`` value that selects the bicubic baseline instead of the NSARM pipeline (no weights needed).
+BASELINE_MODEL = "bicubic"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+COLOR_FIXES = ("none", "adain", "wavelet", "both")
+EXTS = ("same", "png", "jpg", "webp", "tif")
+_TABLE_ROWS = 50  # longer batches list only the failed images in the summary table
+
+_HELP_SCALE = (
+    "Output factor, any number > 0. 4 is the model's native factor; other factors resize the x4 result "
+    "with bicubic (antialiased when shrinking), e.g. 2, 3 or 1.5."
+)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _build_upscaler(
+    model: str,
+    scale: float,
+    *,
+    device: str,
+    dtype: str,
+    weights: Path | None,
+    vae_weights: Path | None,
+    text_encoder: Path | None,
+    tau: float,
+    top_p: float,
+    cfg: float,
+    color_fix: str,
+    tile: int | None,
+    tile_overlap: int | None,
+) -> Any:
+    """The bicubic baseline, or the NSARM pipeline from ``nsarm_core.pipeline.load_pipeline`` (lazy import)."""
+    if model == BASELINE_MODEL:
+        from nsarm_core.upscale import BicubicUpscaler
+
+        # An integer factor is one bicubic step; other factors are x4 plus the stated final resize.
+        native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
+        return BicubicUpscaler(scale=native)
+    try:
+        from nsarm_core.pipeline import load_pipeline
+    except ImportError as exc:
+        if exc.name not in ("nsarm_core.pipeline", None):
+            raise
+        raise ConfigError(
+            f"--model {model} needs the NSARM pipeline (nsarm_core.pipeline.load_pipeline), which this "
+            f"installation does not have; use --model {BASELINE_MODEL} for the bicubic baseline"
+        ) from exc
+    return load_pipeline(
+        model,
+        device=device,
+        dtype=dtype,
+        weights=weights,
+        vae_weights=vae_weights,
+        text_encoder=text_encoder,
+        sampling=dict(tau=tau, top_p=top_p, cfg=cfg),
+        color_fix=color_fix,
+        tile=tile,
+        tile_overlap=tile_overlap,
+    )
+
+
+def _size(size: tuple[int, int] | None) -> str:
+    return "?" if size is None else f"{size[0]}x{size[1]}"
+
+
+def _summary_table(report: Any) -> Any:
+    from rich.table import Table
+
+    records = report.records
+    shown = records if len(records) <= _TABLE_ROWS else report.failed
+    totals = report.totals()
+    title = (
+        f"{totals['done']} upscaled, {totals['skipped']} skipped (exist), {totals['failed']} failed "
+        f"in {totals['seconds']:.1f} s -> {report.out_dir}"
+    )
+    table = Table(title=title)
+    for col, justify in (
+        ("file", "left"),
+        ("size in -> out", "right"),
+        ("seconds", "right"),
+        ("status", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    colours = {"done": "green", "skipped": "yellow", "failed": "red"}
+    for r in shown:
+        status = f"[{colours[r.status]}]{r.status}[/]"
+        if r.error:
+            status += f": {r.error}"
+        elif r.notes:
+            status += f" ({'; '.join(r.notes)})"
+        size = f"{_size(r.size_in)} -> {_size(r.size_out)}" if r.status == "done" else _size(r.size_in)
+        table.add_row(str(r.input), size, f"{r.seconds:.2f}", status)
+    if shown is not records and shown:
+        table.caption = f"only the {len(shown)} failed of {len(records)} images are listed (--json lists all)"
+    return table
+
+
+def upscale(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders (searched recursively) and glob patterns ('shots/**/*.jpg')."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output folder; sub-folders of input folders are mirrored."),
+    ] = Path("upscaled"),
+    scale: Annotated[float, typer.Option("--scale", "-s", help=_HELP_SCALE)] = 4.0,
+    suffix: Annotated[str, typer.Option("--suffix", help="Text added to output file names, e.g. _x4.")] = "",
+    ext: Annotated[
+        str,
+        typer.Option(
+            "--ext",
+            help="Output format: same|png|jpg|webp|tif. 'same' keeps the input's; a format that cannot hold "
+            "the result (16-bit or alpha into JPEG) becomes PNG, with a warning.",
+        ),
+    ] = "same",
+    quality: Annotated[int, typer.Option("--quality", help="JPEG / WebP quality 1-100.")] = 95,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo outputs that exist (they are skipped otherwise).")
+    ] = False,
+    strip_metadata: Annotated[
+        bool, typer.Option("--strip-metadata", help="Do not copy EXIF and the ICC colour profile.")
+    ] = False,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-pixels", help="Refuse inputs with more pixels (decompression bombs); 0: no limit."
+        ),
+    ] = 100_000_000,
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help="Prompt for every image (with --captions: for images without one)."),
+    ] = None,
+    captions: Annotated[
+        Path | None,
+        typer.Option(
+            "--captions",
+            help='JSONL file (or folder of them) with lines {"image_path", "caption" or "long_caption"}, '
+            "matched by path, then by file name.",
+        ),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help=f"Model name or path (see `nsarm models`); '{BASELINE_MODEL}' is the bicubic baseline.",
+        ),
+    ] = "nsarm-tiny",
+    weights: Annotated[Path | None, typer.Option("--weights", help="Local checkpoint file.")] = None,
+    vae_weights: Annotated[Path | None, typer.Option("--vae-weights", help="Local VAE weights file.")] = None,
+    text_encoder: Annotated[
+        Path | None, typer.Option("--text-encoder", help="Local text-encoder folder or file.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (the same for every image).")] = 1,
+    tau: Annotated[float, typer.Option("--tau", help="Sampling temperature.")] = 0.5,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold in (0, 1].")] = 0.97,
+    cfg: Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale (1: none).")] = 1.0,
+    color_fix: Annotated[
+        str, typer.Option("--color-fix", help="Colour correction: none|adain|wavelet|both.")
+    ] = "both",
+    tile: Annotated[
+        int | None, typer.Option("--tile", help="Tile side in input pixels (default: the model's).")
+    ] = None,
+    tile_overlap: Annotated[
+        int | None,
+        typer.Option("--tile-overlap", help="Tile overlap in input pixels (default: the model's)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps.")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype", help="auto|fp32|bf16|fp16 (auto: bf16 on CUDA, which halves GPU memory; fp32 on CPU)."
+        ),
+    ] = "auto",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print per-image records and totals as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Upscale images (x4 native; any --scale by a final bicubic resize). Resumable: existing outputs are skipped.
+
+    Inputs are never overwritten. Alpha is kept (upscaled separately with bicubic and re-attached), 16-bit and
+    gray images stay 16-bit and gray, EXIF and ICC are copied (--strip-metadata drops them). An image that
+    fails is reported and the others continue; the exit status is then 1. Under `accelerate launch` the files
+    are split between the processes.
+    """
+    _choice("--ext", ext, EXTS)
+    _choice("--color-fix", color_fix, COLOR_FIXES)
+    _choice("--device", device, DEVICES)
+    _choice("--dtype", dtype, DTYPES)
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise ConfigError(f"--top-p must be in (0, 1]; got {top_p}")
+    if not (math.isfinite(tau) and tau >= 0) or not math.isfinite(cfg):
+        raise ConfigError(f"--tau must be >= 0 and --cfg finite; got --tau {tau}, --cfg {cfg}")
+    if tile is not None and tile < 1 or tile_overlap is not None and tile_overlap < 0:
+        raise ConfigError(f"--tile must be >= 1 and --tile-overlap >= 0; got {tile}, {tile_overlap}")
+
+    from nsarm_core.upscale import UpscaleOptions, detect_world, load_captions, upscale_files
+
+    rank, world, world_device = detect_world()
+    options = UpscaleOptions(
+        scale=scale,
+        ext=ext,
+        name_suffix=suffix,
+        overwrite=overwrite,
+        keep_metadata=not strip_metadata,
+        quality=quality,
+        max_pixels=max_pixels,
+        seed=seed,
+        prompt=prompt,
+        captions=load_captions(captions) if captions is not None else None,
+        rank=rank,
+        world_size=world,
+    )
+    if world_device is not None and device in ("auto", "cuda"):
+        device = world_device  # each process on its own GPU
+    upscaler = _build_upscaler(
+        model, scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
+        text_encoder=text_encoder, tau=tau, top_p=top_p, cfg=cfg, color_fix=color_fix, tile=tile,
+        tile_overlap=tile_overlap,
+    )  # fmt: skip
+    if world > 1:
+        info(f"process {rank + 1} of {world}: taking every {world}th file")
+
+    done = [0, 0]  # finished, total: for the interrupt message
+    label = "upscale" if world == 1 else f"upscale [{rank + 1}/{world}]"
+    try:
+        with progress() as bar:
+            task = bar.add_task(label, total=None, status="")
+
+            def on_progress(i: int, n: int, record: Any) -> None:
+                done[:] = [i, n]
+                bar.update(task, completed=i, total=n, status=f"{record.status}: {record.input.name}")
+
+            report = upscale_files(upscaler, inputs, out, options, on_progress=on_progress)
+    except KeyboardInterrupt:
+        warn(
+            f"interrupted after {done[0]} of {done[1] or '?'} images; finished outputs are complete and kept. "
+            "Run the same command again to do the rest."
+        )
+        raise typer.Exit(130) from None
+
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        if report.excluded:
+            info(f"left out {len(report.excluded)} earlier output(s) found among the inputs")
+        out_console.print(_summary_table(report))
+        if report.failed and STATE.verbosity >= 0 and len(report.records) > _TABLE_ROWS:
+            err_console.print(f"[red]{len(report.failed)} image(s) failed[/red]", highlight=False)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)

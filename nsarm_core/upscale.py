@@ -1,0 +1,863 @@
+"""Batch upscaling: the layer between ``nsarm upscale photos/ --scale 4`` and the model.
+
+Not a paper component. NSARM's official inference (protocols.md section 1.1) reads a jsonl list of 256x256 crops
+and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs around any upscaler (the NSARM
+``SRPipeline`` or the :class:`BicubicUpscaler` baseline), following protocols.md sections 4.5 and 5:
+
+* **inputs**: files, folders (recursive) and glob patterns; the output mirrors each input folder's sub-folders;
+  outputs of an earlier run that sit inside an input folder are not taken as new inputs;
+* **safety**: an input is never overwritten (a per-file refusal); writes are atomic (``write_image``), existing
+  outputs are skipped unless ``overwrite``, so an interrupted batch is finished by running it again, and
+  temporary files left by a killed run are removed when their output is redone;
+* **errors**: a file that cannot be read or upscaled is recorded as failed and the batch goes on;
+* **fidelity to the file**: alpha is kept (upscaled separately with bicubic and re-attached: the model only sees
+  RGB), 16-bit files stay 16-bit, gray files stay gray (the luma of the RGB result), EXIF and ICC are carried
+  (``keep_metadata=False`` strips them); a format that cannot hold the result (16-bit or alpha into JPEG/BMP,
+  16-bit into WebP) is replaced by PNG, with a warning;
+* **any factor**: the upscaler works at its native factor (4); other factors are a final bicubic resize of its
+  output (antialiased when shrinking, :func:`nsarm_core.tiling.resize_to_scale`);
+* **prompts**: one fixed prompt, per-image captions from jsonl files (the official ``image_path`` +
+  ``long_caption`` layout), or :data:`DEFAULT_PROMPT`;
+* **multi-GPU**: under ``accelerate launch`` every process takes every ``world``-th file (:func:`shard`).
+
+Shape legend:
+    H, W     input height and width in pixels
+    s        the upscaler's native factor (4)
+    oH, oW   output size, ``round(H * scale)``, ``round(W * scale)``
+    rgb      tensor [1, 3, H, W] float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nsarm_core.data.files import collect_images, ensure_not_input, output_path_for
+from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, from_tensor, read_image, to_tensor, write_image
+from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError, missing_extra
+from nsarm_core.tiling import resize_to_scale
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "OUTPUT_EXTS",
+    "UpscaleResult",
+    "Upscaler",
+    "BicubicUpscaler",
+    "CaptionIndex",
+    "load_captions",
+    "UpscaleOptions",
+    "BatchItem",
+    "ImageRecord",
+    "BatchReport",
+    "plan_inputs",
+    "shard",
+    "detect_world",
+    "output_suffix_for",
+    "upscale_image",
+    "upscale_files",
+]
+
+#: The fixed prompt used when an image has no caption (NSARM's commented-out alternative, protocols.md 1.1).
+DEFAULT_PROMPT: str = "A high-definition image with harmonious colors and rich details."
+
+#: Values of ``--ext``: an output format, or ``same`` as the input.
+OUTPUT_EXTS: tuple[str, ...] = ("same", "png", "jpg", "webp", "tif")
+
+# What each output suffix can hold (mirrors write_image's rules in data/io.py). A format that cannot hold the
+# bit depth or the alpha of the result would silently lose it, so such outputs are written as PNG instead.
+_HOLDS_16BIT = frozenset({".png", ".tif", ".tiff"})
+_HOLDS_ALPHA = frozenset({".png", ".webp", ".tif", ".tiff"})
+
+# write_image's temporary files: ".<name>.tmp-<8 hex>" next to the target (data/io.py::_temp_path).
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.tmp-[0-9a-f]{8}$")
+_GLOB_CHARS = frozenset("*?[")
+
+# Errors that concern the whole run (configuration, weights, missing packages): they stop the batch instead of
+# being recorded against one image.
+_FATAL_ERRORS: tuple[type[BaseException], ...] = (ConfigError, WeightsNotFoundError, MissingExtraError)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The upscaler interface and the bicubic baseline
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpscaleResult:
+    """What an upscaler returns for one image.
+
+    Attributes:
+        image: float32 [1, 3, s*H, s*W] in [0, 1], at the upscaler's native factor ``s``.
+        seed: the seed actually used (recorded per image so a result can be reproduced).
+        settings: the sampling settings that produced it (tau, top_p, cfg, tile, ...), JSON-serialisable.
+        timings: seconds per stage, e.g. ``{"encode": 0.1, "sample": 2.3, "decode": 0.4}``.
+    """
+
+    image: torch.Tensor
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Upscaler(Protocol):
+    """Anything that super-resolves one RGB image by a fixed native factor.
+
+    Implemented by ``nsarm_core.pipeline.SRPipeline`` (NSARM; tiles internally, so any H, W) and
+    :class:`BicubicUpscaler`.
+    """
+
+    native_scale: int
+    name: str
+
+    def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
+        """``rgb`` [1, 3, H, W] float32 in [0, 1] -> :class:`UpscaleResult` with image [1, 3, s*H, s*W]."""
+        ...
+
+
+class BicubicUpscaler:
+    """The bicubic baseline: ``F.interpolate(mode="bicubic", align_corners=False)`` clamped to [0, 1].
+
+    Deterministic (``seed`` and ``prompt`` are ignored but recorded). Used by ``nsarm upscale --model bicubic``
+    and as the "bicubic" method of the evaluation.
+
+    Args:
+        scale: the integer factor ``s >= 1``.
+    """
+
+    def __init__(self, scale: int = 4) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ConfigError(f"BicubicUpscaler scale must be an integer >= 1, got {scale!r}")
+        self.native_scale: int = scale
+        self.name: str = "bicubic"
+
+    def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
+        """Upscale ``rgb`` [1, 3, H, W] to [1, 3, s*H, s*W] (float32, clamped: bicubic overshoots at edges).
+
+        Raises:
+            InputError: ``rgb`` is not a [1, 3, H, W] tensor.
+        """
+        if rgb.ndim != 4 or rgb.shape[0] != 1 or rgb.shape[1] != 3:
+            raise InputError(f"BicubicUpscaler expects a tensor [1, 3, H, W]; got {list(rgb.shape)}")
+        start = time.perf_counter()
+        h, w = rgb.shape[-2:]
+        out = F.interpolate(
+            rgb.float(),
+            size=(h * self.native_scale, w * self.native_scale),
+            mode="bicubic",
+            align_corners=False,
+        ).clamp_(0.0, 1.0)
+        return UpscaleResult(
+            image=out,
+            seed=seed,
+            settings={"method": "bicubic", "scale": self.native_scale},
+            timings={"upscale": time.perf_counter() - start},
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Captions
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _path_key(path: Path) -> str:
+    return os.path.normcase(str(path.resolve()))
+
+
+class CaptionIndex:
+    """Per-image prompts from jsonl lines ``{"image_path": ..., "caption" | "long_caption": ...}``.
+
+    An image is matched by its path first (the ``image_path`` resolved against the jsonl file's folder and
+    against the current folder), then by file name alone. A file name listed twice with different captions is
+    only matched by path (a warning says so). ``caption`` wins over ``long_caption`` when a line has both.
+    """
+
+    def __init__(self, by_path: Mapping[str, str], by_name: Mapping[str, str], source: str) -> None:
+        self._by_path = dict(by_path)
+        self._by_name = dict(by_name)
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self._by_path)
+
+    def lookup(self, image: str | os.PathLike[str]) -> str | None:
+        """The caption of ``image``, or None when it has no entry."""
+        path = Path(image)
+        return self._by_path.get(_path_key(path), self._by_name.get(path.name))
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], base: Path, source: str) -> CaptionIndex:
+        """Build an index from jsonl text lines; relative ``image_path`` values are taken relative to ``base``.
+
+        Raises:
+            InputError: a line that is not a JSON object with ``image_path`` and ``caption``/``long_caption``.
+        """
+        by_path: dict[str, str] = {}
+        names: dict[str, set[str]] = {}
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(
+                    f"captions file '{source}' line {number}: not valid JSON ({exc.msg})"
+                ) from exc
+            caption = (entry.get("caption") or entry.get("long_caption")) if isinstance(entry, dict) else None
+            image_path = entry.get("image_path") if isinstance(entry, dict) else None
+            if not isinstance(image_path, str) or not image_path or not isinstance(caption, str):
+                raise InputError(
+                    f"captions file '{source}' line {number}: expected an object with \"image_path\" and "
+                    f'"caption" or "long_caption" strings'
+                )
+            raw = Path(image_path)
+            candidates = [raw] if raw.is_absolute() else [base / raw, raw]
+            for candidate in candidates:
+                by_path[_path_key(candidate)] = caption
+            names.setdefault(raw.name, set()).add(caption)
+        by_name = {name: next(iter(caps)) for name, caps in names.items() if len(caps) == 1}
+        ambiguous = sorted(name for name, caps in names.items() if len(caps) > 1)
+        if ambiguous:
+            logger.warning(
+                "captions '%s': %d file name(s) have different captions in different folders (e.g. %s); "
+                "those images are matched by path only",
+                source,
+                len(ambiguous),
+                ambiguous[0],
+            )
+        return cls(by_path, by_name, source)
+
+
+def load_captions(path: str | os.PathLike[str]) -> CaptionIndex:
+    """Read a captions jsonl file, or every ``*.jsonl`` in a folder (the official ``--input_info`` layout).
+
+    Raises:
+        InputError: a missing file, a folder without jsonl files, or a malformed line (named by number).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise InputError(f"no .jsonl caption files in folder '{path}'")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise InputError(f"captions file not found: '{path}' (expected a .jsonl file or a folder of them)")
+    by_path: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    clashing: set[str] = set()
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read captions file '{file}': {exc}") from exc
+        part = CaptionIndex.from_lines(text.splitlines(), file.parent, str(file))
+        by_path.update(part._by_path)
+        for name, caption in part._by_name.items():
+            if by_name.get(name, caption) != caption:
+                clashing.add(name)
+            by_name[name] = caption
+    for name in clashing:
+        del by_name[name]
+    return CaptionIndex(by_path, by_name, str(path))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Options and records
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """How a batch is upscaled and written (everything except the model's own sampling settings).
+
+    Attributes:
+        scale: output factor > 0. The upscaler's native factor is used as is; any other factor resizes its
+            output with bicubic (antialiased when shrinking).
+        ext: output format, one of :data:`OUTPUT_EXTS`; ``same`` keeps the input's suffix.
+        name_suffix: appended to each output file's stem (e.g. ``_x4``).
+        overwrite: redo outputs that already exist (they are skipped otherwise).
+        keep_metadata: carry EXIF and the ICC profile into the outputs.
+        quality: JPEG / WebP quality 1-100.
+        max_pixels: refuse inputs larger than this many pixels (decompression bombs); None or 0: no limit.
+        seed: the sampling seed, the same for every image (an image gives the same result alone or in a batch).
+        prompt: a fixed prompt for every image; with ``captions``, the prompt for images without an entry.
+        captions: per-image prompts; images missing from it get ``prompt`` or :data:`DEFAULT_PROMPT` (warning).
+        rank: this process's index when the batch is split across processes (:func:`shard`).
+        world_size: number of processes the batch is split across.
+    """
+
+    scale: float = 4.0
+    ext: str = "same"
+    name_suffix: str = ""
+    overwrite: bool = False
+    keep_metadata: bool = True
+    quality: int = 95
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    seed: int = 1
+    prompt: str | None = None
+    captions: CaptionIndex | None = field(default=None, compare=False, repr=False)
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.scale, int | float) and math.isfinite(self.scale) and self.scale > 0):
+            raise ConfigError(f"scale must be a number > 0 (e.g. 4, 2, 1.5); got {self.scale!r}")
+        if self.ext not in OUTPUT_EXTS:
+            raise ConfigError(f"unknown output format {self.ext!r}; use one of {', '.join(OUTPUT_EXTS)}")
+        if "/" in self.name_suffix or os.sep in self.name_suffix:
+            raise ConfigError(f"name suffix {self.name_suffix!r} must not contain a path separator")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"quality must be in 1..100; got {self.quality}")
+        if self.max_pixels is not None and self.max_pixels < 0:
+            raise ConfigError(f"max_pixels must be >= 0 (0: no limit); got {self.max_pixels}")
+        if not (self.world_size >= 1 and 0 <= self.rank < self.world_size):
+            raise ConfigError(
+                f"need 0 <= rank < world_size; got rank {self.rank}, world_size {self.world_size}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-serialisable values (the captions index as its source path)."""
+        data = {k: v for k, v in asdict(self).items() if k != "captions"}
+        data["captions"] = None if self.captions is None else self.captions.source
+        return data
+
+
+@dataclass
+class ImageRecord:
+    """The outcome for one input file.
+
+    Attributes:
+        input: the input file.
+        output: the output file (planned, for skipped and failed images; None if it could not be planned).
+        status: ``"done"``, ``"skipped"`` (output exists) or ``"failed"``.
+        size_in: ``(W, H)`` of the input, when read.
+        size_out: ``(oW, oH)`` of the written output.
+        seconds: wall time for this image (read + upscale + write).
+        seed: the seed used (None when not upscaled).
+        prompt: the prompt used.
+        prompt_source: ``"fixed"`` (``prompt``), ``"caption"`` or ``"default"``.
+        error: one-line reason for a failure.
+        notes: anything else worth saying (format fallback, missing caption, ...).
+        settings: the upscaler's settings for this image.
+        timings: the upscaler's per-stage seconds.
+    """
+
+    input: Path
+    output: Path | None
+    status: str
+    size_in: tuple[int, int] | None = None
+    size_out: tuple[int, int] | None = None
+    seconds: float = 0.0
+    seed: int | None = None
+    prompt: str | None = None
+    prompt_source: str | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (paths as strings, sizes as [W, H])."""
+        data = asdict(self)
+        data["input"] = str(self.input)
+        data["output"] = None if self.output is None else str(self.output)
+        for key in ("size_in", "size_out"):
+            data[key] = None if data[key] is None else list(data[key])
+        return data
+
+
+@dataclass
+class BatchReport:
+    """Everything :func:`upscale_files` did, one record per input file of this process's share."""
+
+    records: list[ImageRecord]
+    upscaler: str
+    options: UpscaleOptions
+    out_dir: Path
+    total_inputs: int
+    excluded: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        """Number of records with ``status``."""
+        return sum(r.status == status for r in self.records)
+
+    @property
+    def failed(self) -> list[ImageRecord]:
+        """The failed records."""
+        return [r for r in self.records if r.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed, 1 otherwise (the CLI's exit status)."""
+        return 1 if self.failed else 0
+
+    def totals(self) -> dict[str, Any]:
+        """Counts and times: done, skipped, failed, images (this process), inputs (all), seconds."""
+        done = [r for r in self.records if r.status == "done"]
+        return {
+            "images": len(self.records),
+            "inputs": self.total_inputs,
+            "done": len(done),
+            "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
+            "excluded_earlier_outputs": len(self.excluded),
+            "seconds": self.seconds,
+            "seconds_per_done_image": (sum(r.seconds for r in done) / len(done)) if done else None,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable report: upscaler, options, rank/world, per-image records and totals."""
+        return {
+            "upscaler": self.upscaler,
+            "out_dir": str(self.out_dir),
+            "rank": self.options.rank,
+            "world_size": self.options.world_size,
+            "options": self.options.to_dict(),
+            "records": [r.to_dict() for r in self.records],
+            "excluded": [str(p) for p in self.excluded],
+            "totals": self.totals(),
+        }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Planning: which files, where their outputs go, which process takes them
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One input file and the folder whose layout its output mirrors (None for a file given directly)."""
+
+    src: Path
+    root: Path | None
+    explicit: bool
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob pattern before its first wildcard (``shots/**/*.png`` -> ``shots``)."""
+    parts = Path(pattern).parts
+    static: list[str] = []
+    for part in parts:
+        if _GLOB_CHARS & set(part):
+            break
+        static.append(part)
+    return Path(*static) if static else Path()
+
+
+def _is_below(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def plan_inputs(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    ext: str = "same",
+    name_suffix: str = "",
+) -> tuple[list[BatchItem], list[Path]]:
+    """Expand ``inputs`` (files, folders, globs) into batch items, leaving out earlier outputs.
+
+    Files found in folders or by patterns are dropped when they are outputs of an earlier run: files below
+    ``out_dir`` when ``out_dir`` lies inside the input folder, and files at the output path of another input
+    (e.g. ``a_x4.png`` next to ``a.png`` with ``name_suffix="_x4"``). Files named directly are always kept.
+
+    Args:
+        inputs: what the user gave.
+        out_dir: the output folder.
+        ext: the output format (see :data:`OUTPUT_EXTS`), used to recognise earlier outputs.
+        name_suffix: the output name suffix, used likewise.
+
+    Returns:
+        ``(items, excluded)``: the items in order (de-duplicated) and the excluded earlier outputs.
+
+    Raises:
+        InputError: an input that does not exist or has no images (from :func:`collect_images`).
+    """
+    out_resolved = Path(out_dir).resolve()
+    seen: dict[str, BatchItem] = {}
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            root: Path | None = path
+        elif path.is_file():
+            root = None
+        elif _GLOB_CHARS & set(text):
+            root = _glob_root(text)
+        else:
+            root = None  # collect_images raises the "not found" error
+        for src in collect_images([text]):
+            seen.setdefault(_path_key(src), BatchItem(src=src, root=root, explicit=root is None))
+    items = list(seen.values())
+
+    planned: set[str] = set()
+    for it in items:
+        for suffix in {None if ext == "same" else f".{ext}", ".png"}:
+            planned.add(
+                _path_key(output_path_for(it.src, it.root, out_dir, suffix=suffix, name_suffix=name_suffix))
+            )
+    kept: list[BatchItem] = []
+    excluded: list[Path] = []
+    for it in items:
+        src_resolved = it.src.resolve()
+        inside_out = (
+            it.root is not None
+            and out_resolved != it.root.resolve()
+            and _is_below(out_resolved, it.root.resolve())
+            and _is_below(src_resolved, out_resolved)
+        )
+        own_output = _path_key(
+            output_path_for(
+                it.src, it.root, out_dir, suffix=None if ext == "same" else f".{ext}", name_suffix=name_suffix
+            )
+        ) == _path_key(it.src)
+        earlier_output = _path_key(it.src) in planned and not own_output
+        if not it.explicit and (inside_out or earlier_output):
+            excluded.append(it.src)
+        else:
+            kept.append(it)
+    if excluded:
+        logger.info(
+            "left out %d earlier output(s) found among the inputs (e.g. '%s')", len(excluded), excluded[0]
+        )
+    return kept, excluded
+
+
+def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """The share of process ``rank`` out of ``world_size``: items ``i`` with ``i % world_size == rank``.
+
+    Every item goes to exactly one process and the shares differ in length by at most one. The split is taken
+    on the full, sorted input list (not on what is left to do), so processes that start at slightly different
+    times still agree on it.
+
+    Raises:
+        ConfigError: ``world_size < 1`` or ``rank`` outside ``[0, world_size)``.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"need 0 <= rank < world_size; got rank {rank}, world_size {world_size}")
+    return list(items[rank::world_size])
+
+
+def detect_world() -> tuple[int, int, str | None]:
+    """``(rank, world_size, device)`` of this process; ``(0, 1, None)`` unless run with several processes.
+
+    Several processes are recognised from ``WORLD_SIZE > 1`` (set by ``accelerate launch`` / ``torchrun``);
+    accelerate's ``PartialState`` then gives the rank and this process's device (e.g. ``cuda:1``).
+
+    Raises:
+        MissingExtraError: several processes but accelerate is not installed.
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        world = 1
+    if world <= 1:
+        return 0, 1, None
+    try:
+        from accelerate import PartialState
+    except ImportError as exc:
+        raise missing_extra("accelerate", "train", "splitting `nsarm upscale` across processes") from exc
+    state = PartialState()
+    return int(state.process_index), int(state.num_processes), str(state.device)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One image
+# ------------------------------------------------------------------------------------------------------------
+
+
+def output_suffix_for(src: Path, image: Image, ext: str) -> tuple[str, str | None]:
+    """The output suffix for ``image`` read from ``src``, and a note when it had to change to PNG.
+
+    ``ext="same"`` keeps the input's suffix. A format that cannot hold what must be written (16 bits into
+    JPEG, WebP or BMP; alpha into JPEG or BMP) becomes PNG, so nothing is silently lost.
+    """
+    suffix = src.suffix if ext == "same" else f".{ext}"
+    lacks = []
+    if image.bit_depth == 16 and suffix.lower() not in _HOLDS_16BIT:
+        lacks.append("16-bit samples")
+    if image.alpha is not None and suffix.lower() not in _HOLDS_ALPHA:
+        lacks.append("transparency")
+    if not lacks:
+        return suffix, None
+    return ".png", f"{suffix.lstrip('.').upper()} cannot hold {' and '.join(lacks)}; written as PNG instead"
+
+
+def _resize_alpha(alpha: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of an alpha plane [H, W] to ``size_hw`` (antialiased when shrinking), clamped to [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
+    shrink = size_hw[0] < alpha.shape[0] or size_hw[1] < alpha.shape[1]
+    out = F.interpolate(t, size=size_hw, mode="bicubic", align_corners=False, antialias=shrink)
+    return np.ascontiguousarray(out[0, 0].clamp_(0.0, 1.0).numpy())
+
+
+def upscale_image(
+    upscaler: Upscaler, image: Image, *, scale: float, seed: int, prompt: str | None
+) -> tuple[Image, UpscaleResult]:
+    """Upscale one decoded image by ``scale``, keeping its alpha, bit depth, grayness and metadata.
+
+    The RGB goes through ``upscaler`` at its native factor, then :func:`resize_to_scale` (bicubic, antialiased
+    when shrinking) for any other factor. Alpha is resized with bicubic straight to the output size and
+    re-attached (the model only knows RGB). Gray images come back gray when written (the writer takes the luma).
+
+    Args:
+        upscaler: the model or baseline.
+        image: the decoded input, rgb [H, W, 3].
+        scale: output factor > 0.
+        seed: sampling seed.
+        prompt: text prompt (None: the upscaler's own default).
+
+    Returns:
+        ``(output image [oH, oW, 3], the upscaler's result)``.
+
+    Raises:
+        InputError: the upscaler returned a wrong shape.
+    """
+    rgb = to_tensor(image.rgb)
+    result = upscaler.upscale(rgb, seed=seed, prompt=prompt)
+    s = upscaler.native_scale
+    expected = (1, 3, image.height * s, image.width * s)
+    if tuple(result.image.shape) != expected:
+        raise InputError(
+            f"upscaler '{upscaler.name}' returned shape {list(result.image.shape)} for an input of "
+            f"{image.width}x{image.height}; expected {list(expected)} (native factor {s})"
+        )
+    out = resize_to_scale(result.image.float(), scale, s)
+    rgb_out = from_tensor(out)
+    alpha = None
+    if image.alpha is not None:
+        alpha = _resize_alpha(image.alpha, (rgb_out.shape[0], rgb_out.shape[1]))
+    upscaled = Image(
+        rgb=rgb_out,
+        alpha=alpha,
+        bit_depth=image.bit_depth,
+        grayscale=image.grayscale,
+        icc_profile=image.icc_profile,
+        exif=image.exif,
+        source=image.source,
+        format=image.format,
+    )
+    return upscaled, result
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (
+        text
+        if isinstance(exc, InputError)
+        else f"{type(exc).__name__}: {text}"
+        if text
+        else type(exc).__name__
+    )
+
+
+def _remove_stale_temps(outputs: Sequence[Path]) -> int:
+    """Delete write_image temporary files (``.<name>.tmp-xxxxxxxx``) left next to ``outputs`` by a killed run.
+
+    Only temporaries of this process's own outputs are touched, so concurrent processes never collide.
+    """
+    wanted: dict[Path, set[str]] = {}
+    for out in outputs:
+        wanted.setdefault(out.parent, set()).add(out.name)
+    removed = 0
+    for folder, names in wanted.items():
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            match = _TEMP_NAME.match(entry.name)
+            if match and match["target"] in names and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The batch
+# ------------------------------------------------------------------------------------------------------------
+
+
+class _InputGuard:
+    """Fast "would this output overwrite an input?" over the whole input list (paths and inode numbers)."""
+
+    def __init__(self, inputs: Sequence[Path]) -> None:
+        self._by_key = {_path_key(p): p for p in inputs}
+        self._by_inode: dict[tuple[int, int], Path] = {}
+        for p in inputs:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            self._by_inode[(st.st_dev, st.st_ino)] = p
+
+    def check(self, out: Path) -> None:
+        """Raise InputError (via :func:`ensure_not_input`) if ``out`` is one of the inputs."""
+        hit = self._by_key.get(_path_key(out))
+        if hit is None and out.exists():  # hard links, case-insensitive file systems
+            st = out.stat()
+            hit = self._by_inode.get((st.st_dev, st.st_ino))
+        if hit is not None:
+            ensure_not_input(out, [hit])
+
+
+def _prompt_for(src: Path, options: UpscaleOptions) -> tuple[str, str, str | None]:
+    """``(prompt, source, note)`` for ``src``: caption, else the fixed prompt, else :data:`DEFAULT_PROMPT`."""
+    if options.captions is not None:
+        caption = options.captions.lookup(src)
+        if caption is not None:
+            return caption, "caption", None
+        if options.prompt is not None:
+            note = f"no caption for '{src}' in '{options.captions.source}'; using the given --prompt"
+            return options.prompt, "fixed", note
+        note = f"no caption for '{src}' in '{options.captions.source}'; using the default prompt"
+        return DEFAULT_PROMPT, "default", note
+    if options.prompt is not None:
+        return options.prompt, "fixed", None
+    return DEFAULT_PROMPT, "default", None
+
+
+def upscale_files(
+    upscaler: Upscaler,
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    options: UpscaleOptions,
+    *,
+    on_progress: Callable[[int, int, ImageRecord], None] | None = None,
+) -> BatchReport:
+    """Upscale every image of ``inputs`` into ``out_dir``; one failed image does not stop the batch.
+
+    For each file of this process's share (:func:`shard` with ``options.rank`` / ``world_size``): plan the
+    output (``out_dir`` / sub-folders below the input folder / stem + ``name_suffix`` + suffix), refuse it if it
+    is an input, skip it if it exists (unless ``overwrite``), read the image (``max_pixels`` guard), pick the
+    prompt, :func:`upscale_image`, and write it atomically. A ``KeyboardInterrupt`` stops the batch at once;
+    everything written so far is complete and the next run skips it.
+
+    Args:
+        upscaler: the model or baseline (:class:`Upscaler`).
+        inputs: files, folders and glob patterns.
+        out_dir: the output folder (created when needed).
+        options: see :class:`UpscaleOptions`.
+        on_progress: called after each file as ``on_progress(done, total, record)``.
+
+    Returns:
+        The :class:`BatchReport` (``exit_code`` 1 when any image failed).
+
+    Raises:
+        InputError: an input that does not exist or has no images (nothing is processed).
+        ConfigError, WeightsNotFoundError, MissingExtraError: raised by the upscaler for the whole run.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    items, excluded = plan_inputs(inputs, out_dir, ext=options.ext, name_suffix=options.name_suffix)
+    guard = _InputGuard([it.src for it in items])
+    mine = shard(items, options.rank, options.world_size)
+    planned = [
+        output_path_for(
+            it.src, it.root, out_dir, suffix=None if options.ext == "same" else f".{options.ext}",
+            name_suffix=options.name_suffix,
+        )
+        for it in mine
+    ]  # fmt: skip
+    _remove_stale_temps(planned)
+    claimed: dict[str, Path] = {}  # output key -> the input that writes it in this run
+    records: list[ImageRecord] = []
+    for index, (item, out) in enumerate(zip(mine, planned, strict=True)):
+        t0 = time.perf_counter()
+        record = ImageRecord(input=item.src, output=out, status="failed")
+        try:
+            record.status = _process_one(upscaler, item, out, options, guard, claimed, record)
+        except _FATAL_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch; the reason is recorded
+            record.status = "failed"
+            record.error = _one_line(exc)
+            logger.debug("'%s' failed", item.src, exc_info=True)
+            logger.warning("'%s' failed: %s", item.src, record.error)
+        record.seconds = time.perf_counter() - t0
+        records.append(record)
+        if on_progress is not None:
+            on_progress(index + 1, len(mine), record)
+    return BatchReport(
+        records=records,
+        upscaler=upscaler.name,
+        options=options,
+        out_dir=out_dir,
+        total_inputs=len(items),
+        excluded=excluded,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _claim(out: Path, src: Path, guard: _InputGuard, claimed: dict[str, Path]) -> None:
+    """Refuse ``out`` if it is an input, or if another input of this run already writes it."""
+    guard.check(out)
+    owner = claimed.setdefault(_path_key(out), src)
+    if owner != src:
+        raise InputError(
+            f"output '{out}' is also the output of '{owner}' (same name); use --suffix, keep the inputs in "
+            f"separate folders or rename one"
+        )
+
+
+def _process_one(
+    upscaler: Upscaler,
+    item: BatchItem,
+    out: Path,
+    options: UpscaleOptions,
+    guard: _InputGuard,
+    claimed: dict[str, Path],
+    record: ImageRecord,
+) -> str:
+    """Plan, check, read, upscale and write one file; returns its status (errors propagate to the caller)."""
+    _claim(out, item.src, guard, claimed)
+    if out.exists() and not options.overwrite:
+        return "skipped"
+    image = read_image(item.src, max_pixels=options.max_pixels)
+    record.size_in = (image.width, image.height)
+    suffix, note = output_suffix_for(item.src, image, options.ext)
+    if note is not None:
+        out = out.with_suffix(suffix)
+        record.output = out
+        record.notes.append(note)
+        logger.warning("'%s': %s", item.src, note)
+        _claim(out, item.src, guard, claimed)
+        if out.exists() and not options.overwrite:
+            return "skipped"
+    prompt, source, prompt_note = _prompt_for(item.src, options)
+    if prompt_note is not None:
+        record.notes.append(prompt_note)
+        logger.warning("%s", prompt_note)
+    record.prompt, record.prompt_source = prompt, source
+    upscaled, result = upscale_image(upscaler, image, scale=options.scale, seed=options.seed, prompt=prompt)
+    record.seed, record.settings, record.timings = result.seed, dict(result.settings), dict(result.timings)
+    # overwrite=False unless asked: an output that appeared meanwhile (another process) is not clobbered.
+    write_image(
+        out,
+        upscaled,
+        keep_metadata=options.keep_metadata,
+        quality=options.quality,
+        overwrite=options.overwrite,
+    )
+    record.size_out = (upscaled.width, upscaled.height)
+    return "done"

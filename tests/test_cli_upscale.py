@@ -1,0 +1,207 @@
+"""``nsarm upscale`` through CliRunner: the bicubic baseline, pipeline plumbing, exit codes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from nsarm_cli.main import app
+from nsarm_core.data.io import Image, read_image, write_image
+from nsarm_core.upscale import BicubicUpscaler
+
+runner = CliRunner()
+
+
+def _write(path: Path, h: int = 6, w: int = 10, seed: int = 0) -> Path:
+    write_image(path, Image(rgb=np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)))
+    return path
+
+
+def _run(*args: str) -> Any:
+    return runner.invoke(app, ["upscale", *args])
+
+
+def test_bicubic_folder_json_and_layout(tmp_path: Path) -> None:
+    _write(tmp_path / "in" / "a.png")
+    _write(tmp_path / "in" / "sub" / "b.jpg", seed=1)
+    out = tmp_path / "out"
+    res = _run(str(tmp_path / "in"), "-o", str(out), "--model", "bicubic", "--json", "--suffix", "_x4")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["totals"]["done"] == 2 and data["upscaler"] == "bicubic"
+    assert {r["seed"] for r in data["records"]} == {1}
+    assert (out / "a_x4.png").is_file() and (out / "sub" / "b_x4.jpg").is_file()
+    assert read_image(out / "a_x4.png").width == 40
+    again = _run(str(tmp_path / "in"), "-o", str(out), "--model", "bicubic", "--json", "--suffix", "_x4")
+    assert again.exit_code == 0 and json.loads(again.stdout)["totals"]["skipped"] == 2
+
+
+def test_scale_ext_and_table(tmp_path: Path) -> None:
+    _write(tmp_path / "a.png")
+    out = tmp_path / "o"
+    res = _run(str(tmp_path / "a.png"), "-o", str(out), "--model", "bicubic", "--scale", "3", "--ext", "jpg")
+    assert res.exit_code == 0, res.output
+    assert "10x6 -> 30x18" in res.stdout and "done" in res.stdout and "1 upscaled" in res.stdout
+    with PILImage.open(out / "a.jpg") as im:
+        assert im.format == "JPEG" and im.size == (30, 18)
+
+
+def test_bad_file_gives_exit_1_and_others_are_written(tmp_path: Path) -> None:
+    _write(tmp_path / "in" / "good.png")
+    (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    res = _run(str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--model", "bicubic", "--json")
+    assert res.exit_code == 1
+    data = json.loads(res.stdout)
+    status = {Path(r["input"]).name: r["status"] for r in data["records"]}
+    assert status == {"bad.png": "failed", "good.png": "done"}
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["good.png"]
+
+
+def test_refuses_to_overwrite_inputs(tmp_path: Path) -> None:
+    src = _write(tmp_path / "a.png")
+    before = src.read_bytes()
+    res = _run(str(tmp_path), "-o", str(tmp_path), "--model", "bicubic", "--overwrite")
+    assert res.exit_code == 1
+    assert "would overwrite the input" in res.output
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ext", "gif"], "--ext must be one of"),
+        (["--scale", "0"], "scale must be a number > 0"),
+        (["--color-fix", "hue"], "--color-fix must be one of"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--device", "tpu"], "--device must be one of"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    _write(tmp_path / "a.png")
+    res = _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "bicubic", *args)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_input_exits_2(tmp_path: Path) -> None:
+    res = _run(str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--model", "bicubic")
+    assert res.exit_code == 2 and "input not found" in res.output
+
+
+def test_pipeline_options_are_passed_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    prompts: list[str | None] = []
+
+    class Fake(BicubicUpscaler):
+        def upscale(self, rgb: Any, *, seed: int, prompt: str | None) -> Any:
+            prompts.append(prompt)
+            return super().upscale(rgb, seed=seed, prompt=prompt)
+
+    def load_pipeline(model: str, **kwargs: Any) -> Fake:
+        seen.update(kwargs, model=model)
+        return Fake(4)
+
+    monkeypatch.setitem(
+        sys.modules, "nsarm_core.pipeline", types.SimpleNamespace(load_pipeline=load_pipeline)
+    )
+    _write(tmp_path / "in" / "a.png")
+    _write(tmp_path / "in" / "b.png", seed=1)
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text(json.dumps({"image_path": "a.png", "long_caption": "a red boat"}) + "\n")
+    weights = tmp_path / "w.safetensors"
+    res = _run(
+        str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--model", "nsarm-8b", "--weights", str(weights),
+        "--seed", "5", "--tau", "0.7", "--top-p", "0.9", "--cfg", "2", "--color-fix", "adain", "--tile", "64",
+        "--tile-overlap", "8", "--device", "cpu", "--dtype", "bf16", "--captions", str(caps), "--json",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen == {
+        "model": "nsarm-8b", "device": "cpu", "dtype": "bf16", "weights": weights, "vae_weights": None,
+        "text_encoder": None, "sampling": {"tau": 0.7, "top_p": 0.9, "cfg": 2.0}, "color_fix": "adain",
+        "tile": 64, "tile_overlap": 8,
+    }  # fmt: skip
+    assert prompts == ["a red boat", "A high-definition image with harmonious colors and rich details."]
+    records = json.loads(res.stdout)["records"]
+    assert [r["seed"] for r in records] == [5, 5] and records[1]["prompt_source"] == "default"
+    assert "no caption" in res.stderr
+
+
+def test_default_tile_options_are_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def load_pipeline(model: str, **kwargs: Any) -> BicubicUpscaler:
+        seen.update(kwargs, model=model)
+        return BicubicUpscaler(4)
+
+    monkeypatch.setitem(
+        sys.modules, "nsarm_core.pipeline", types.SimpleNamespace(load_pipeline=load_pipeline)
+    )
+    _write(tmp_path / "a.png")
+    assert _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "o")).exit_code == 0
+    assert seen["model"] == "nsarm-tiny" and seen["tile"] is None and seen["tile_overlap"] is None
+    assert seen["sampling"] == {"tau": 0.5, "top_p": 0.97, "cfg": 1.0} and seen["color_fix"] == "both"
+
+
+def test_missing_pipeline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nsarm_core.pipeline", None)  # import fails as if the module were absent
+    _write(tmp_path / "a.png")
+    res = _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "--model bicubic" in res.output
+
+
+def test_strip_metadata_flag(tmp_path: Path) -> None:
+    exif = PILImage.Exif()
+    exif[0x010F] = "cam"
+    (tmp_path / "in").mkdir()
+    PILImage.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "in" / "p.jpg", exif=exif.tobytes())
+    assert _run(str(tmp_path / "in"), "-o", str(tmp_path / "k"), "--model", "bicubic").exit_code == 0
+    res = _run(str(tmp_path / "in"), "-o", str(tmp_path / "s"), "--model", "bicubic", "--strip-metadata")
+    assert res.exit_code == 0
+    with PILImage.open(tmp_path / "k" / "p.jpg") as im:
+        assert im.getexif().get(0x010F) == "cam"
+    with PILImage.open(tmp_path / "s" / "p.jpg") as im:
+        assert 0x010F not in im.getexif()
+
+
+def test_help_names_the_weight_options_and_scale_resize() -> None:
+    from nsarm_core.weights import ROLE_OPTIONS
+
+    res = runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for option in set(ROLE_OPTIONS.values()) | {"--scale", "--captions", "--overwrite", "--max-pixels"}:
+        assert option in res.stdout
+    assert "bicubic" in res.stdout and "antialiased" in res.stdout
+
+
+def test_interrupt_exits_130_and_rerun_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    class Interrupting(BicubicUpscaler):
+        def upscale(self, rgb: Any, *, seed: int, prompt: str | None) -> Any:
+            calls.append(seed)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return super().upscale(rgb, seed=seed, prompt=prompt)
+
+    monkeypatch.setitem(
+        sys.modules,
+        "nsarm_core.pipeline",
+        types.SimpleNamespace(load_pipeline=lambda m, **k: Interrupting(4)),
+    )
+    for i in range(3):
+        _write(tmp_path / "in" / f"{i}.png", seed=i)
+    args = [str(tmp_path / "in"), "-o", str(tmp_path / "o")]
+    res = _run(*args)
+    assert res.exit_code == 130 and "interrupted after 1 of 3" in res.stderr
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["0.png"]
+    res = _run(*args, "--json")
+    assert res.exit_code == 0, res.output
+    assert [r["status"] for r in json.loads(res.stdout)["records"]] == ["skipped", "done", "done"]
