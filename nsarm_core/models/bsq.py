@@ -270,7 +270,12 @@ def accumulate_codes(codes: Sequence[Tensor], size: Sequence[int]) -> Tensor:
     if not codes:
         raise ValueError("accumulate_codes needs at least one scale")
     total = torch.zeros(
-        codes[0].shape[0], codes[0].shape[1], int(size[0]), int(size[1]), dtype=codes[0].dtype, device=codes[0].device
+        codes[0].shape[0],
+        codes[0].shape[1],
+        int(size[0]),
+        int(size[1]),
+        dtype=codes[0].dtype,
+        device=codes[0].device,
     )
     for c in codes:
         total = total + resize_latent(c, size, "bilinear")
