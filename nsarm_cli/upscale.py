@@ -238,6 +238,9 @@ def upscale(
     )
     if world_device is not None and device in ("auto", "cuda"):
         device = world_device  # each process on its own GPU
+    from nsarm_core.data.files import collect_images
+
+    collect_images(list(inputs))  # fail fast on a missing input, before the model is loaded
     upscaler = _build_upscaler(
         model, scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
         text_encoder=text_encoder, tau=tau, top_p=top_p, cfg=cfg, color_fix=color_fix, tile=tile,
