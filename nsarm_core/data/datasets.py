@@ -1,0 +1,417 @@
+"""Training datasets: HR folders degraded on the fly, and pre-made LR/HR pairs, with optional captions.
+
+Spec: ../shared/docs/architecture.md E.4 (NSARM's ``T2IIterableDataset_deg``: HR images at the schedule's pixel
+size, LANCZOS cover-resize + crop, mapped to [-1, 1], with ``long_caption`` text and a synthetic LR), E.5 (the
+Real-ESRGAN degradation, here :mod:`nsarm_core.data.degrade`), E.6 (caption JSONL: ``image_path``,
+``long_caption``) and C.10 (Infinity's crops).
+
+Reproducibility: every random choice of sample ``i`` in epoch ``e`` (crop, scale, flip, caption drop, the
+degradation parameters and their noise seeds) comes from ``numpy.random.default_rng([seed, e, i])``, so a sample
+is the same whichever worker process makes it and however many there are. The training loop calls
+``set_epoch(e)`` before each epoch.
+
+Shape legend (one sample; the DataLoader adds the batch axis):
+    hr   [3, H, W]  float32 in [-1, 1]   H, W = ``pixel_size`` (the VAE's input range, A.3)
+    lr   [3, h, w]  float32 in [-1, 1]   h, w = H // scale, W // scale
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch.utils.data import Dataset
+
+from nsarm_core.data.degrade import DegradationConfig, apply_pair, get_preset, sample_params
+from nsarm_core.data.files import collect_images
+from nsarm_core.data.io import read_image
+from nsarm_core.errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+CropMode = Literal["random", "center"]
+CAPTION_FIELDS = ("long_caption", "caption", "text")
+
+# ----------------------------------------------------------------------------------------------------------
+# Captions
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Captions:
+    """Captions looked up by image path: JSONL records and/or sidecar ``.txt`` files.
+
+    A JSONL line is ``{"image_path": ..., "long_caption": ...}`` (``caption`` or ``text`` also accepted; the
+    official files, E.6, and ``nsarm caption`` write ``long_caption``). An image matches a record by its resolved
+    path (relative ``image_path`` values are taken relative to the JSONL file), else by file name when that name
+    is unique in the records, since the official files carry the author's absolute paths. Without a record, a
+    sidecar ``<image stem>.txt`` next to the image is used.
+    """
+
+    def __init__(self, records: Mapping[str, str] | None = None, sidecar: bool = True) -> None:
+        self.by_path: dict[str, str] = {}
+        names: dict[str, list[str]] = {}
+        for path, caption in (records or {}).items():
+            self.by_path[_path_key(Path(path))] = caption
+            names.setdefault(Path(path).name, []).append(caption)
+        self.by_name = {name: caps[0] for name, caps in names.items() if len(caps) == 1}
+        self.sidecar = sidecar
+
+    @classmethod
+    def load(cls, source: str | Path | Mapping[str, str] | None, sidecar: bool = True) -> Captions:
+        """From a JSONL file, a folder of ``*.jsonl`` files, a ``{path: caption}`` mapping or ``None``."""
+        if source is None:
+            return cls(None, sidecar)
+        if isinstance(source, Mapping):
+            return cls(source, sidecar)
+        return cls(load_caption_jsonl(source), sidecar)
+
+    def get(self, image: Path) -> str | None:
+        """The caption of ``image``, or ``None`` when there is none."""
+        hit = self.by_path.get(_path_key(image))
+        if hit is None:
+            hit = self.by_name.get(image.name)
+        if hit is None and self.sidecar:
+            txt = image.with_suffix(".txt")
+            if txt.is_file():
+                hit = txt.read_text(encoding="utf-8").strip()
+        return hit
+
+
+def _path_key(path: Path) -> str:
+    return str(path.expanduser().resolve(strict=False))
+
+
+def load_caption_jsonl(source: str | Path) -> dict[str, str]:
+    """Read caption records ``{image path: caption}`` from a JSONL file or every ``*.jsonl`` in a folder.
+
+    Relative ``image_path`` values are resolved against the JSONL file's folder.
+
+    Raises:
+        InputError: a missing file, a line that is not a JSON object, or a record without ``image_path`` or a
+            caption field; the message names the file and line.
+    """
+    src = Path(source)
+    if src.is_dir():
+        files = sorted(src.glob("*.jsonl"))
+        if not files:
+            raise InputError(f"caption folder {src} holds no .jsonl files")
+    elif src.is_file():
+        files = [src]
+    else:
+        raise InputError(f"caption file {src} does not exist; pass a .jsonl file or a folder of them")
+    out: dict[str, str] = {}
+    for f in files:
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(
+                    f"{f}:{n} is not valid JSON ({exc.msg}); each line must be one object"
+                ) from exc
+            if not isinstance(rec, dict) or "image_path" not in rec:
+                raise InputError(
+                    f"{f}:{n} has no 'image_path' field; expected {{'image_path': ..., 'long_caption': ...}}"
+                )
+            field = next((k for k in CAPTION_FIELDS if isinstance(rec.get(k), str)), None)
+            if field is None:
+                raise InputError(f"{f}:{n} has no caption field; expected one of {', '.join(CAPTION_FIELDS)}")
+            path = Path(rec["image_path"]).expanduser()
+            if not path.is_absolute():
+                path = f.parent / path
+            out[str(path)] = rec[field]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pixel helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The sample's only source of randomness (see the module docstring)."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def _resize_box(rgb: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """LANCZOS-resample the region ``box = (x0, y0, x1, y1)`` of ``rgb`` [H, W, 3] to ``size = (h, w)``.
+
+    Per channel in Pillow's float mode, so 16-bit sources keep their precision (C.10: Infinity uses LANCZOS).
+    """
+    h, w = size
+    x0, y0, x1, y1 = box
+    if (x1 - x0, y1 - y0) == (w, h) and float(x0).is_integer() and float(y0).is_integer():
+        return rgb[int(y0) : int(y0) + h, int(x0) : int(x0) + w]  # a plain crop: no resampling
+    chans = [
+        np.asarray(
+            PILImage.fromarray(np.ascontiguousarray(rgb[..., c])).resize(
+                (w, h), PILImage.Resampling.LANCZOS, box=box
+            )
+        )
+        for c in range(3)
+    ]
+    return np.clip(np.stack(chans, axis=-1), 0.0, 1.0)
+
+
+def _to_chw(rgb: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] in [0, 1] -> [3, H, W] float32 (contiguous copy)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32).transpose(2, 0, 1).copy())
+
+
+def _check_size(pixel_size: Sequence[int], scale: int) -> tuple[int, int]:
+    if len(pixel_size) != 2 or min(pixel_size) < 1:
+        raise ConfigError(f"pixel_size must be (height, width) with positive values, got {tuple(pixel_size)}")
+    h, w = int(pixel_size[0]), int(pixel_size[1])
+    if h % scale or w % scale:
+        raise ConfigError(
+            f"pixel_size {(h, w)} must be divisible by scale {scale} so the LR size is an integer"
+        )
+    return h, w
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------------
+
+
+class HRFolderDataset(Dataset):
+    """HR images from folders (recursive), cropped to ``pixel_size`` and degraded on the fly into LR.
+
+    Crop: the image is scaled by ``s`` with LANCZOS and a ``pixel_size`` window is cut. ``crop="center"`` is
+    Infinity's (E.4): ``s`` = the smallest factor that covers ``pixel_size``, centre window. ``crop="random"``
+    draws ``s`` uniformly between that cover factor and 1 (native resolution; never below cover), a random
+    window and, with ``hflip``, a horizontal flip. The LR comes from ``degrade.apply_pair``, whose HR target (the
+    USM-sharpened HR when the preset has ``gt_usm``, as in Real-ESRNet) is returned as ``hr`` unless
+    ``sharpened_target=False``.
+
+    Args:
+        roots: folder(s), files or glob patterns of HR images (see ``files.collect_images``).
+        pixel_size: ``(H, W)`` of the HR crop (the scale schedule's pixel size, e.g. (1024, 1024)).
+        degradation: a degradation preset name ("realesrgan", "light", "bicubic") or a ``DegradationConfig``.
+        scale: integer SR factor; the LR is ``(H // scale, W // scale)``.
+        seed: base seed of all per-sample randomness.
+        captions: JSONL file/folder or ``{path: caption}``; sidecar ``.txt`` files are used otherwise.
+        default_caption: caption of images without one (NSARM's fixed prompt, or "").
+        caption_dropout: probability of replacing the caption by "" (classifier-free-guidance training, C.10).
+        crop: "random" or "center" (see above).
+        hflip: random horizontal flips in "random" mode.
+        sharpened_target: return the degradation's (USM-sharpened) HR target rather than the plain crop.
+    """
+
+    def __init__(
+        self,
+        roots: str | Path | Sequence[str | Path],
+        pixel_size: Sequence[int],
+        degradation: str | DegradationConfig = "realesrgan",
+        scale: int = 4,
+        seed: int = 0,
+        captions: str | Path | Mapping[str, str] | None = None,
+        *,
+        default_caption: str = "",
+        caption_dropout: float = 0.0,
+        crop: CropMode = "random",
+        hflip: bool = True,
+        sharpened_target: bool = True,
+    ) -> None:
+        if int(scale) != scale or scale < 1:
+            raise ConfigError(f"scale must be a positive integer, got {scale!r}")
+        if crop not in ("random", "center"):
+            raise ConfigError(f"crop must be 'random' or 'center', got {crop!r}")
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ConfigError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
+        self.scale = int(scale)
+        self.pixel_size = _check_size(pixel_size, self.scale)
+        self.degradation = get_preset(degradation) if isinstance(degradation, str) else degradation
+        self.files = collect_images(_as_list(roots), recursive=True)
+        self.captions = Captions.load(captions)
+        self.default_caption = default_caption
+        self.caption_dropout = caption_dropout
+        self.crop = crop
+        self.hflip = hflip
+        self.sharpened_target = sharpened_target
+        self.seed = int(seed)
+        self.epoch = 0
+        missing = sum(self.captions.get(p) is None for p in self.files) if captions is not None else 0
+        if missing:
+            logger.warning(
+                "%d of %d images have no caption; they use %r", missing, len(self.files), default_caption
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws ``__getitem__`` makes."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.files[index]
+        rng = _rng(self.seed, self.epoch, index)
+        rgb = read_image(path).rgb
+        hr = _to_chw(_crop_resize(rgb, self.pixel_size, self.crop, self.hflip, rng, path))
+        params = sample_params(self.degradation, self.scale, rng)
+        target, lr = apply_pair(hr[None], params)
+        if not self.sharpened_target:
+            target = hr[None, :, : lr.shape[-2] * self.scale, : lr.shape[-1] * self.scale]
+        return {
+            "hr": target[0] * 2.0 - 1.0,
+            "lr": lr[0] * 2.0 - 1.0,
+            "caption": _caption(self.captions.get(path), self.default_caption, self.caption_dropout, rng),
+            "index": index,
+            "path": str(path),
+        }
+
+
+class PairedFolderDataset(Dataset):
+    """Pre-made LR/HR pairs: files matched by their path relative to each folder, without the suffix.
+
+    Each HR must be ``scale`` times its LR (an HR up to ``scale - 1`` pixels larger is cropped to fit). With
+    ``pixel_size`` an aligned random (or centre) crop of ``pixel_size`` HR pixels is cut, plus a shared
+    horizontal flip in random mode; without it the whole images are returned (batch them only when they share a
+    size). Captions are looked up by the LR path first (NSARM captions the LR image, E.6), then the HR path.
+
+    Args:
+        lr_dir, hr_dir: the two folders (searched recursively).
+        scale: integer SR factor.
+        pixel_size: HR crop ``(H, W)``, or ``None`` for whole images.
+        seed: base seed of crops and flips.
+        captions: JSONL file/folder or ``{path: caption}``; sidecar ``.txt`` files are used otherwise.
+        default_caption, caption_dropout, crop, hflip: as in :class:`HRFolderDataset`.
+    """
+
+    def __init__(
+        self,
+        lr_dir: str | Path,
+        hr_dir: str | Path,
+        scale: int = 4,
+        pixel_size: Sequence[int] | None = None,
+        seed: int = 0,
+        captions: str | Path | Mapping[str, str] | None = None,
+        *,
+        default_caption: str = "",
+        caption_dropout: float = 0.0,
+        crop: CropMode = "random",
+        hflip: bool = True,
+    ) -> None:
+        if int(scale) != scale or scale < 1:
+            raise ConfigError(f"scale must be a positive integer, got {scale!r}")
+        self.scale = int(scale)
+        self.pixel_size = _check_size(pixel_size, self.scale) if pixel_size is not None else None
+        self.pairs = _match_pairs(Path(lr_dir), Path(hr_dir))
+        self.captions = Captions.load(captions)
+        self.default_caption = default_caption
+        self.caption_dropout = caption_dropout
+        self.crop = crop
+        self.hflip = hflip
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws ``__getitem__`` makes."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        lr_path, hr_path = self.pairs[index]
+        rng = _rng(self.seed, self.epoch, index)
+        lr = read_image(lr_path).rgb
+        hr = read_image(hr_path).rgb
+        s = self.scale
+        (h, w), (big_h, big_w) = lr.shape[:2], hr.shape[:2]
+        if not (h * s <= big_h < (h + 1) * s and w * s <= big_w < (w + 1) * s):
+            raise InputError(
+                f"pair {lr_path} ({w}x{h}) / {hr_path} ({big_w}x{big_h}) does not match scale {s}: the HR must be "
+                f"{w * s}x{h * s}; check --scale or the folders"
+            )
+        hr = hr[: h * s, : w * s]
+        if self.pixel_size is not None:
+            ph, pw = self.pixel_size[0] // s, self.pixel_size[1] // s
+            if h < ph or w < pw:
+                raise InputError(f"LR image {lr_path} ({w}x{h}) is smaller than the LR crop {pw}x{ph}")
+            if self.crop == "random":
+                y, x = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+            else:
+                y, x = (h - ph) // 2, (w - pw) // 2
+            lr = lr[y : y + ph, x : x + pw]
+            hr = hr[y * s : (y + ph) * s, x * s : (x + pw) * s]
+        if self.crop == "random" and self.hflip and rng.random() < 0.5:
+            lr, hr = lr[:, ::-1], hr[:, ::-1]
+        caption = self.captions.get(lr_path)
+        if caption is None:
+            caption = self.captions.get(hr_path)
+        return {
+            "hr": _to_chw(hr) * 2.0 - 1.0,
+            "lr": _to_chw(lr) * 2.0 - 1.0,
+            "caption": _caption(caption, self.default_caption, self.caption_dropout, rng),
+            "index": index,
+            "path": str(hr_path),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Internals
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _as_list(roots: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [roots] if isinstance(roots, (str, Path)) else list(roots)
+
+
+def _caption(found: str | None, default: str, dropout: float, rng: np.random.Generator) -> str:
+    # Always draw, so the stream of later draws does not depend on whether a caption exists.
+    drop = rng.random() < dropout
+    return "" if drop else (found if found is not None else default)
+
+
+def _crop_resize(
+    rgb: np.ndarray, size: tuple[int, int], crop: CropMode, hflip: bool, rng: np.random.Generator, path: Path
+) -> np.ndarray:
+    """Scale + crop ``rgb`` [H, W, 3] to ``size`` (see :class:`HRFolderDataset`)."""
+    th, tw = size
+    sh, sw = rgb.shape[:2]
+    cover = max(th / sh, tw / sw)  # the smallest scale at which the image covers the target
+    if crop == "center":
+        s = cover
+    else:
+        s = cover if cover >= 1.0 else float(rng.uniform(cover, 1.0))
+    # The window in source pixels: the target size divided by the scale, clamped to the image.
+    bw, bh = min(sw, tw / s), min(sh, th / s)
+    if crop == "center":
+        x0, y0 = (sw - bw) / 2, (sh - bh) / 2
+    else:
+        x0, y0 = float(rng.uniform(0, sw - bw)), float(rng.uniform(0, sh - bh))
+    if abs(s - 1.0) < 1e-9:  # native resolution: snap to whole pixels, a plain crop (no sub-pixel shift)
+        x0, y0 = float(int(x0)), float(int(y0))
+    out = _resize_box(rgb, (x0, y0, x0 + bw, y0 + bh), (th, tw))
+    if crop == "random" and hflip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    if out.shape[:2] != (th, tw):
+        raise AssertionError(f"crop of {path} gave {out.shape[:2]}, expected {(th, tw)}")
+    return out
+
+
+def _match_pairs(lr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:
+    for d, what in ((lr_dir, "LR"), (hr_dir, "HR")):
+        if not d.is_dir():
+            raise InputError(f"{what} folder {d} does not exist")
+
+    def keyed(root: Path) -> dict[str, Path]:
+        return {str(p.relative_to(root).with_suffix("")): p for p in collect_images([root], recursive=True)}
+
+    lrs, hrs = keyed(lr_dir), keyed(hr_dir)
+    only_lr, only_hr = sorted(set(lrs) - set(hrs)), sorted(set(hrs) - set(lrs))
+    if only_lr or only_hr:
+        raise InputError(
+            f"LR folder {lr_dir} and HR folder {hr_dir} do not pair up by file name: "
+            f"{len(only_lr)} LR without HR (e.g. {only_lr[:3]}), {len(only_hr)} HR without LR (e.g. {only_hr[:3]})"
+        )
+    return [(lrs[k], hrs[k]) for k in sorted(lrs)]

@@ -1,0 +1,101 @@
+"""TrainConfig: YAML loading, typed --set overrides, validation and the saved copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.train.config import TrainConfig, load_config, valid_keys
+
+
+def test_defaults_are_valid_and_frozen() -> None:
+    cfg = TrainConfig()
+    assert cfg.betas == (0.9, 0.97)
+    assert cfg.ema_decay is None
+    with pytest.raises(AttributeError):
+        cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_yaml_values_are_typed(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    # PyYAML reads "1e-4" as a string and "5" as an int; both must become the annotated types.
+    path.write_text(
+        "run_dir: runs/x\nlr: 1e-4\nclip_grad: 5\nbetas: [0.9, 0.95]\nema_decay: null\n"
+        "mixed_precision: bf16\nstage:\n  preset: tiny\n  k_t: 3\n"
+    )
+    cfg = load_config(path)
+    assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)
+    assert cfg.clip_grad == 5.0 and isinstance(cfg.clip_grad, float)
+    assert cfg.betas == (0.9, 0.95)
+    assert cfg.mixed_precision == "bf16"
+    assert cfg.stage == {"preset": "tiny", "k_t": 3}
+
+
+def test_overrides_convert_types() -> None:
+    cfg = load_config(
+        None,
+        [
+            "lr=3e-4",
+            "max_steps=20",
+            "betas=0.8,0.99",
+            "clip_grad=none",
+            "ema_decay=0.999",
+            "activation_checkpointing=true",
+            "schedule=cosine",
+            "resume=latest",
+            "stage.preset=tiny",
+            "stage.grids=[1, 2, 4]",
+        ],
+    )
+    assert cfg.lr == pytest.approx(3e-4)
+    assert cfg.max_steps == 20 and isinstance(cfg.max_steps, int)
+    assert cfg.betas == (0.8, 0.99)
+    assert cfg.clip_grad is None
+    assert cfg.ema_decay == pytest.approx(0.999)
+    assert cfg.activation_checkpointing is True
+    assert cfg.schedule == "cosine"
+    assert cfg.resume == "latest"
+    assert cfg.stage == {"preset": "tiny", "grids": [1, 2, 4]}
+
+
+def test_unknown_key_lists_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["learning_rat=1"])
+    msg = str(info.value)
+    assert "learning_rat" in msg and "max_steps" in msg
+    path = tmp_path / "c.yaml"
+    path.write_text("max_step: 3\n")
+    with pytest.raises(ConfigError, match="Did you mean 'max_steps'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["max_steps=0", "max_steps=abc", "lr=-1", "schedule=cosin", "mixed_precision=fp8", "ema_decay=1.5", "lr"],
+)
+def test_bad_values_raise(override: str) -> None:
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+def test_missing_or_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+
+
+def test_save_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(None, ["lr=2e-4", "ema_decay=0.99", "stage.preset=tiny", f"run_dir={tmp_path}"])
+    cfg.save(tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert set(cfg.to_dict()) == set(valid_keys())
