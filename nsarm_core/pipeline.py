@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ class SRPipeline:
         device: where the networks run.
         dtype: precision of the transformer and transformation network (the VAE encoder stays fp32 as in the
             official code; the decoder follows ``dtype``).
+        offload: keep only what the current stage needs on ``device`` (for nsarm-8b on a GPU): the VAE lives on
+            the CPU and visits the device for encoding and decoding, and the text encoder goes back to the CPU
+            after each new prompt (prompts are encoded once and cached).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class SRPipeline:
         settings: SamplingSettings | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        offload: bool = False,
     ) -> None:
         self.model = model.eval()
         self.config: NSARMConfig = model.config
@@ -92,7 +97,10 @@ class SRPipeline:
         self.settings = settings or SamplingSettings()
         self.device = torch.device(device)
         self.dtype = dtype
-        self.model.to(self.device)
+        self.offload = bool(offload)
+        self.model.transformer.to(self.device)
+        self.model.transform_net.to(self.device)
+        self.model.vae.to("cpu" if self.offload else self.device)
         self.model.vae.encoder.float()
         if dtype != torch.float32:
             self.model.transform_net.to(dtype)
@@ -115,6 +123,7 @@ class SRPipeline:
         vae_weights: str | Path | None = None,
         text_encoder: str | Path | None = None,
         settings: SamplingSettings | None = None,
+        offload: bool = False,
     ) -> SRPipeline:
         """Build a pipeline from a registered model name (``nsarm models``) or a local model folder.
 
@@ -134,6 +143,7 @@ class SRPipeline:
                 settings=settings,
                 device=device,
                 dtype=torch_dtype,
+                offload=offload,
             )
         return _from_registry(
             str(name_or_path),
@@ -143,6 +153,7 @@ class SRPipeline:
             vae_weights=vae_weights,
             text_encoder=text_encoder,
             settings=settings,
+            offload=offload,
         )
 
     # --- one native window ----------------------------------------------------------------------------------------
@@ -172,7 +183,8 @@ class SRPipeline:
 
         # 1. LR -> VAE encoder: the continuous latent of the LR window (spec E.3 step 1; the encoder runs in fp32).
         t0 = time.perf_counter()
-        latent = self.model.vae.encode_raw(lr * 2 - 1)  # [1, d, h/p, w/p]
+        with self._resident(self.model.vae.encoder):
+            latent = self.model.vae.encode_raw(lr * 2 - 1)  # [1, d, h/p, w/p]
         t1 = time.perf_counter()
 
         # 2. Transformation network -> the first K_t residual scales, quantised (raw reshape quirk, spec E.2).
@@ -206,7 +218,8 @@ class SRPipeline:
         t3 = time.perf_counter()
 
         # 4. VAE decode of the accumulated latent -> HR window in [0, 1].
-        hr = (self.model.vae.decode(sample.summed_codes).float() + 1) / 2
+        with self._resident(self.model.vae.decoder):
+            hr = (self.model.vae.decode(sample.summed_codes).float() + 1) / 2
         t4 = time.perf_counter()
 
         # 5. Colour fix against the bicubic-upsampled LR (AdaIN then wavelet by default, spec E.7).
@@ -224,6 +237,20 @@ class SRPipeline:
             t[key] = t.get(key, 0.0) + dt
         return hr.clamp(0, 1).cpu()
 
+    @contextmanager
+    def _resident(self, module: torch.nn.Module) -> Iterator[None]:
+        """With ``offload``, move ``module`` to the device for the duration of the block, then back to the CPU."""
+        if not self.offload:
+            yield
+            return
+        module.to(self.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
     def _text_features(self, prompt: str | None) -> Any:
         if not self.config.transformer.use_text:
             return None
@@ -233,8 +260,12 @@ class SRPipeline:
             )
         text = prompt if prompt else self.config.default_prompt
         if text not in self._text_cache:
+            if self.offload and getattr(self.text_encoder, "model", None) is not None:
+                self.text_encoder.model.to(self.device)  # back from the CPU for this new prompt
             feats = self.text_encoder.encode([text])
             self._text_cache[text] = [f.to(self.device) for f in feats.per_prompt()]
+            if self.offload and hasattr(self.text_encoder, "release"):
+                self.text_encoder.release(keep_on_cpu=True)
         return self._text_cache[text]
 
     # --- any image ------------------------------------------------------------------------------------------------
@@ -332,6 +363,7 @@ def _from_registry(
     vae_weights: str | Path | None,
     text_encoder: str | Path | None,
     settings: SamplingSettings | None,
+    offload: bool = False,
 ) -> SRPipeline:
     from nsarm_core import weights as W
 
@@ -357,7 +389,7 @@ def _from_registry(
             W.load_state_dict(files["checkpoint"]), W.load_state_dict(files["vae"], key="vae")
         )
         enc = _build_text_encoder(config, files.get("text_encoder"), device)
-        return SRPipeline(model, enc, settings=settings, device=device, dtype=dtype)
+        return SRPipeline(model, enc, settings=settings, device=device, dtype=dtype, offload=offload)
     # Our own models: one folder with config.json + model.safetensors.
     checkpoint = W.resolve_file(spec, "checkpoint", local_path=local.get("checkpoint"))
     model = NSARM.from_pretrained(checkpoint.parent, weights_file=checkpoint)
@@ -367,6 +399,7 @@ def _from_registry(
         settings=settings,
         device=device,
         dtype=dtype,
+        offload=offload,
     )
 
 
@@ -402,20 +435,25 @@ def load_pipeline(
     color_fix: str | None = None,
     tile: int | None = None,
     tile_overlap: int | None = None,
+    offload: bool | None = None,
 ) -> SRPipeline:
     """Build the pipeline the ``nsarm upscale`` command uses (see :meth:`SRPipeline.from_pretrained`).
 
-    ``tile`` must equal the model's native LR window when given (the window is fixed by the architecture).
+    ``dtype="auto"`` is bf16 on CUDA and fp32 elsewhere. ``offload=None`` offloads (VAE and text encoder on the
+    CPU between uses) on CUDA only. ``tile`` must equal the model's native LR window when given (the window is
+    fixed by the architecture).
     """
     settings = SamplingSettings(**dict(sampling or {}))
     if color_fix is not None:
         settings = replace(settings, color_fix=color_fix)
     if tile_overlap is not None:
         settings = replace(settings, tile_overlap=int(tile_overlap))
+    device = resolve_device(device)
     pipe = SRPipeline.from_pretrained(
         model,
-        device=resolve_device(device),
-        dtype=dtype,
+        device=device,
+        dtype=resolve_dtype(dtype, device),
+        offload=device.startswith("cuda") if offload is None else offload,
         weights=weights,
         vae_weights=vae_weights,
         text_encoder=text_encoder,
