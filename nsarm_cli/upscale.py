@@ -16,8 +16,9 @@ import typer
 from nsarm_cli._console import STATE, err_console, info, out_console, print_json, progress, warn
 from nsarm_core.errors import ConfigError
 
-#: ``--model`` value that selects the bicubic baseline instead of the NSARM pipeline (no weights needed).
+#: ``--model`` values that select an interpolation baseline instead of the NSARM pipeline (no weights needed).
 BASELINE_MODEL = "bicubic"
+BASELINES = ("bicubic", "bilinear", "nearest", "lanczos")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 COLOR_FIXES = ("none", "adain", "wavelet", "both")
@@ -52,13 +53,13 @@ def _build_upscaler(
     tile: int | None,
     tile_overlap: int | None,
 ) -> Any:
-    """The bicubic baseline, or the NSARM pipeline from ``nsarm_core.pipeline.load_pipeline`` (lazy import)."""
-    if model == BASELINE_MODEL:
-        from nsarm_core.upscale import BicubicUpscaler
+    """An interpolation baseline, or the NSARM pipeline from ``nsarm_core.pipeline.load_pipeline`` (lazy import)."""
+    if model in BASELINES:
+        from nsarm_core.upscale import InterpolationUpscaler
 
-        # An integer factor is one bicubic step; other factors are x4 plus the stated final resize.
+        # An integer factor is one interpolation step; other factors are x4 plus the stated final resize.
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
-        return BicubicUpscaler(scale=native)
+        return InterpolationUpscaler(model, scale=native)
     try:
         from nsarm_core.pipeline import load_pipeline
     except ImportError as exc:
@@ -168,7 +169,8 @@ def upscale(
         str,
         typer.Option(
             "--model",
-            help=f"Model name or path (see `nsarm models`); '{BASELINE_MODEL}' is the bicubic baseline.",
+            help="Model name or folder (see `nsarm models`); bicubic, bilinear, nearest and lanczos are "
+            "interpolation baselines.",
         ),
     ] = "nsarm-tiny",
     weights: Annotated[Path | None, typer.Option("--weights", help="Local checkpoint file.")] = None,

@@ -129,44 +129,72 @@ class Upscaler(Protocol):
         ...
 
 
-class BicubicUpscaler:
-    """The bicubic baseline: ``F.interpolate(mode="bicubic", align_corners=False)`` clamped to [0, 1].
+class InterpolationUpscaler:
+    """A classical interpolation baseline: ``bicubic``, ``bilinear``, ``nearest`` or ``lanczos``, clamped to [0, 1].
 
     Deterministic (``seed`` and ``prompt`` are ignored but recorded). Used by ``nsarm upscale --model bicubic``
-    and as the "bicubic" method of the evaluation.
+    (or ``lanczos``, ``bilinear``, ``nearest``) and as reference methods of the evaluation. bicubic/bilinear use
+    ``F.interpolate(align_corners=False)``; lanczos uses Pillow's Lanczos-3 on float channels.
 
     Args:
+        mode: one of :data:`INTERPOLATION_MODES`.
         scale: the integer factor ``s >= 1``.
     """
 
-    def __init__(self, scale: int = 4) -> None:
+    def __init__(self, mode: str = "bicubic", scale: int = 4) -> None:
+        if mode not in INTERPOLATION_MODES:
+            raise ConfigError(f"unknown interpolation baseline {mode!r}; valid: {list(INTERPOLATION_MODES)}")
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise ConfigError(f"BicubicUpscaler scale must be an integer >= 1, got {scale!r}")
+            raise ConfigError(f"{mode} upscaler scale must be an integer >= 1, got {scale!r}")
+        self.mode = mode
         self.native_scale: int = scale
-        self.name: str = "bicubic"
+        self.name: str = mode
 
     def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
-        """Upscale ``rgb`` [1, 3, H, W] to [1, 3, s*H, s*W] (float32, clamped: bicubic overshoots at edges).
+        """Upscale ``rgb`` [1, 3, H, W] to [1, 3, s*H, s*W] (float32, clamped: cubic kernels overshoot at edges).
 
         Raises:
             InputError: ``rgb`` is not a [1, 3, H, W] tensor.
         """
         if rgb.ndim != 4 or rgb.shape[0] != 1 or rgb.shape[1] != 3:
-            raise InputError(f"BicubicUpscaler expects a tensor [1, 3, H, W]; got {list(rgb.shape)}")
+            raise InputError(f"{self.name} upscaler expects a tensor [1, 3, H, W]; got {list(rgb.shape)}")
         start = time.perf_counter()
         h, w = rgb.shape[-2:]
-        out = F.interpolate(
-            rgb.float(),
-            size=(h * self.native_scale, w * self.native_scale),
-            mode="bicubic",
-            align_corners=False,
-        ).clamp_(0.0, 1.0)
+        size = (h * self.native_scale, w * self.native_scale)
+        if self.mode == "lanczos":
+            out = _lanczos(rgb.float(), size)
+        elif self.mode == "nearest":
+            out = F.interpolate(rgb.float(), size=size, mode="nearest")
+        else:
+            out = F.interpolate(rgb.float(), size=size, mode=self.mode, align_corners=False)
         return UpscaleResult(
-            image=out,
+            image=out.clamp_(0.0, 1.0),
             seed=seed,
-            settings={"method": "bicubic", "scale": self.native_scale},
+            settings={"method": self.mode, "scale": self.native_scale},
             timings={"upscale": time.perf_counter() - start},
         )
+
+
+def _lanczos(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    from PIL import Image as PILImage
+
+    channels = []
+    for c in rgb[0].numpy():
+        im = PILImage.fromarray(c.astype(np.float32), mode="F")
+        channels.append(
+            np.asarray(im.resize((size[1], size[0]), PILImage.Resampling.LANCZOS), dtype=np.float32)
+        )
+    return torch.from_numpy(np.stack(channels))[None]
+
+
+class BicubicUpscaler(InterpolationUpscaler):
+    """The bicubic baseline (``InterpolationUpscaler("bicubic", scale)``)."""
+
+    def __init__(self, scale: int = 4) -> None:
+        super().__init__("bicubic", scale)
+
+
+INTERPOLATION_MODES = ("bicubic", "bilinear", "nearest", "lanczos")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -430,3 +430,23 @@ def test_options_validation_and_report_json(tmp_path: Path) -> None:
     data = json.loads(json.dumps(report.to_dict()))
     assert data["totals"]["done"] == 1 and data["records"][0]["size_out"] == [40, 24]
     assert data["records"][0]["seed"] == 1 and data["upscaler"] == "bicubic"
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear", "nearest", "lanczos"])
+def test_interpolation_baselines(mode: str) -> None:
+    from nsarm_core.upscale import InterpolationUpscaler
+
+    x = torch.rand(1, 3, 9, 7, generator=torch.Generator().manual_seed(0))
+    out = InterpolationUpscaler(mode, scale=4).upscale(x, seed=0, prompt=None).image
+    assert out.shape == (1, 3, 36, 28) and 0 <= out.min() and out.max() <= 1
+    # interpolation keeps the mean level (up to edge effects of the kernels)
+    assert abs(float(out.mean() - x.mean())) < 0.03
+    if mode == "nearest":
+        assert torch.equal(out[..., ::4, ::4], x)
+
+
+def test_unknown_baseline_is_refused() -> None:
+    from nsarm_core.upscale import InterpolationUpscaler
+
+    with pytest.raises(ConfigError, match="valid"):
+        InterpolationUpscaler("cubic-spline")
