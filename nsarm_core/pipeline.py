@@ -98,14 +98,15 @@ class SRPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self.offload = bool(offload)
-        self.model.transformer.to(self.device)
-        self.model.transform_net.to(self.device)
-        self.model.vae.to("cpu" if self.offload else self.device)
+        # Cast before moving: an 8B transformer in fp32 would need 35 GB on the device for a moment.
         self.model.vae.encoder.float()
         if dtype != torch.float32:
             self.model.transform_net.to(dtype)
             self.model.transformer.cast_blocks(dtype)
             self.model.vae.decoder.to(dtype)
+        self.model.transformer.to(self.device)
+        self.model.transform_net.to(self.device)
+        self.model.vae.to("cpu" if self.offload else self.device)
         self.name = self.config.name
         self.native_scale = self.config.scale
         self._text_cache: dict[str, Any] = {}
@@ -375,9 +376,9 @@ def _from_registry(
         local["vae"] = Path(vae_weights)
     if text_encoder is not None and "text_encoder" in spec.files:
         local["text_encoder"] = Path(text_encoder)
-    if spec.preset in PRESETS_WITH_OFFICIAL_LAYOUT:
+    if spec.name in PRESETS_WITH_OFFICIAL_LAYOUT:
         files = W.resolve_all(spec, local_paths=local)
-        config = get_preset(spec.preset)
+        config = get_preset(spec.name)
         logger.info("building %s on the meta device, then loading %s", name, files["checkpoint"])
         with torch.device("meta"):
             model = NSARM(config, init=False)
