@@ -10,7 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-PARITY_DIR = Path(os.environ.get("NSARM_PARITY_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "parity"))
+PARITY_DIR = Path(
+    os.environ.get("NSARM_PARITY_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "parity")
+)
 
 
 @pytest.fixture(autouse=True)
