@@ -1,7 +1,7 @@
 """Parity of the Infinity transformer and its KV-cached sampler with the official implementation.
 
 Fixtures: ../shared/parity/infinity_tiny_{patchify,nopatchify} (official ``Infinity`` class, formula weights) and
-nsarm_infer_tiny (NSARM's modified sampler, the same tiny transformer). Sampler tests use replay (parity
+nsarm_infer_tiny (NSARM's modified sampler) is covered end to end by tests/test_pipeline_parity.py. Sampler tests use replay (parity
 README §4): per scale compare the logits, compare our argmax bits with the stored ones where the logit gap
 exceeds 1e-4, then continue with the stored bits.
 """
@@ -150,57 +150,6 @@ def test_sampler_free_run_matches(fixture) -> None:
     for k in range(sched.num_scales):
         assert torch.equal(out.bits_tok[k], t[f"smp.bits_tok.{k:02d}"])
     assert (out.summed_codes - t["smp.summed_codes"]).abs().max().item() <= 1e-6
-
-
-def _nsarm(parity_dir: Path):
-    manifest = load_manifest(parity_dir, "nsarm_infer_tiny")
-    t = load_tensors(parity_dir, "nsarm_infer_tiny")
-    model = build_transformer("tiny-parity-patchify", init=False).eval()
-    full = official_state_dict(manifest)  # transformer + map_transformer.* keys, as in NSARM's checkpoint
-    load_official_state_dict(model, full, ignore_prefixes=("map_transformer.",))
-    return t, model
-
-
-def _run_nsarm(parity_dir: Path, stop_after: int | None):
-    t, model = _nsarm(parity_dir)
-    sched = get_schedule(1.0, "1M", patchify=True)
-    K = sched.num_scales
-    ref_logits = [t[f"logits.{k:02d}"] for k in range(K)]
-    replay = _Replay([None] * 7 + [t[f"bits_tok.{k:02d}"] for k in range(7, K)], ref_logits)
-    out = sample_scales(
-        model,
-        TextCondition.from_compact(t["in.text_kv_compact"], [7]),
-        sched,
-        generator=torch.Generator().manual_seed(1),
-        tau=1e-8,
-        next_input_mode="area",
-        prefix_codes=[t[f"codes.{k:02d}"][:, :, 0] for k in range(7)],
-        force_bits=replay,
-        stop_after=stop_after,
-    )
-    n = len(out.logits)
-    for k in range(n):
-        assert (out.logits[k] - ref_logits[k]).abs().max().item() <= LOGIT_TOL, f"logits of scale {k}"
-        ref_bits = t[f"codes_bits.{k:02d}" if k < 7 else f"bits_vae.{k:02d}"][:, 0]
-        assert torch.equal(out.bits[k], ref_bits), f"bits of scale {k}"
-    for k in range(1, n):
-        assert (out.next_inputs[k - 1] - t[f"next_input.{k:02d}"]).abs().max().item() <= 1e-6, (
-            f"next input {k}"
-        )
-    return out, t
-
-
-def test_nsarm_prefix_sampler_first_scales(parity_dir: Path) -> None:
-    """NSARM variant on the first 9 of 13 scales: map codes replace scales 0-6, area next inputs, KV cache
-    filled from the LR-derived inputs; scales 7-8 are sampled (replayed)."""
-    out, _ = _run_nsarm(parity_dir, stop_after=9)
-    assert len(out.logits) == 9
-
-
-@pytest.mark.slow
-def test_nsarm_prefix_sampler_full(parity_dir: Path) -> None:
-    out, t = _run_nsarm(parity_dir, stop_after=None)
-    assert (out.summed_codes - t["summed_codes"]).abs().max().item() <= 1e-6
 
 
 def test_rope_table_equals_official_cache(parity_dir: Path) -> None:
