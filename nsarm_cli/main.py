@@ -126,6 +126,15 @@ app.command("degrade")(_degrade)
 from nsarm_cli.upscale import upscale as _upscale  # noqa: E402
 
 app.command("upscale")(_upscale)
+from nsarm_cli.train import export_model as _export_model  # noqa: E402
+from nsarm_cli.train import train_stage1 as _train_stage1  # noqa: E402
+from nsarm_cli.train import train_stage2 as _train_stage2  # noqa: E402
+from nsarm_cli.train import train_tokenizer as _train_tokenizer  # noqa: E402
+
+app.command("train-tokenizer")(_train_tokenizer)
+app.command("train-stage1")(_train_stage1)
+app.command("train-stage2")(_train_stage2)
+app.command("export-model")(_export_model)
 # --- end commands ---
 
 

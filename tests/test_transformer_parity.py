@@ -1,8 +1,8 @@
 """Parity of the Infinity transformer and its KV-cached sampler with the official implementation.
 
-Fixtures: ../shared/parity/infinity_tiny_{patchify,nopatchify} (official ``Infinity`` class, formula weights) and
-nsarm_infer_tiny (NSARM's modified sampler) is covered end to end by tests/test_pipeline_parity.py. Sampler tests use replay (parity
-README §4): per scale compare the logits, compare our argmax bits with the stored ones where the logit gap
+Fixtures: ../shared/parity/infinity_tiny_{patchify,nopatchify} (official ``Infinity`` class, formula weights);
+NSARM's modified sampler (nsarm_infer_tiny) is covered end to end by tests/test_pipeline_parity.py. Sampler tests
+use replay (parity README §4): per scale compare the logits, compare our argmax bits with the stored ones where the logit gap
 exceeds 1e-4, then continue with the stored bits.
 """
 
