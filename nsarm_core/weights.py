@@ -271,8 +271,10 @@ MODELS: dict[str, ModelSpec] = {
         license="Apache-2.0",
         source="bundled with the nsarm package (nsarm_core/assets/nsarm-tiny/)",
         how_to_get=(
-            "The nsarm-tiny weights ship inside the nsarm package; if they are missing, this install predates "
-            "them or is broken: reinstall nsarm (pip install --force-reinstall nsarm)."
+            "The nsarm-tiny weights will ship inside the nsarm package; this version does not have them yet "
+            "(see CHANGELOG). Meanwhile use a model folder you trained (`nsarm train-stage2` writes "
+            "runs/stage2_tiny/final/model), nsarm-8b with its weights on a GPU, or an interpolation baseline "
+            "(--model bicubic)."
         ),
     ),
 }

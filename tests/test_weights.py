@@ -259,7 +259,7 @@ def test_registered_nsarm_tiny_entry_gives_a_clear_error_when_missing() -> None:
     wf = MODELS["nsarm-tiny"].files["checkpoint"]
     if (W.PACKAGE_DIR / wf.filename).is_file():
         pytest.skip("nsarm-tiny weights are bundled in this install")
-    with pytest.raises(WeightsNotFoundError, match="reinstall nsarm"):
+    with pytest.raises(WeightsNotFoundError, match="does not have them yet"):
         resolve_file(MODELS["nsarm-tiny"], "checkpoint")
 
 
