@@ -1,0 +1,161 @@
+"""The training commands end to end through CliRunner: tokenizer -> stage 1 -> stage 2 (with resume) -> export ->
+``nsarm upscale --model <exported folder>`` gives an x4 image.
+
+The geometry is the smallest x4 one: 128 px HR (schedule tiny-128, VAE grids 2..16), 32 px LR (4x4 latent), a
+transformation network for K_t = 2 scales; everything else comes from the shipped *_tiny configs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nsarm_cli.main import app
+
+pytest.importorskip("accelerate")
+
+runner = CliRunner()
+
+NET = (
+    "stage.transform_net={in_channels: 14, latent_size: [4, 4], feature_widths: [8, 16], "
+    "branch_grids: [[2, 2], [4, 4]], branch_dims: [16, 16], branch_depths: [1, 1], branch_heads: [2, 2]}"
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state() -> None:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def _images(root: Path, n: int, size: tuple[int, int], seed: int) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        small = rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)
+        Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(root / f"{i}.png")
+    return root
+
+
+def _invoke(*args: str) -> dict:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # one process runs several trainings: reset accelerate's singleton
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def _common(run: Path, hr: Path) -> list[str]:
+    sets = [
+        "batch_size=2", "num_workers=0", "tensorboard=false", "progress=false", "cpu=true", "checkpoint_every=1",
+        f"stage.hr_dirs=[{hr}]",
+    ]  # fmt: skip
+    return ["--run-dir", str(run), *[a for s in sets for a in ("--set", s)]]
+
+
+def test_tokenizer_stage1_stage2_export_and_upscale(tmp_path: Path) -> None:
+    hr = _images(tmp_path / "hr", 4, (150, 140), 0)
+    val = _images(tmp_path / "val", 2, (64, 64), 1)
+
+    # 1. Tokenizer: 2 steps on 64 px crops, held-out PSNR on 64 px windows.
+    tok = _invoke(
+        "train-tokenizer", *_common(tmp_path / "tok", hr), "--max-steps", "2",
+        "--set", "stage.schedule=tiny-64", "--set", "stage.eval_schedule=tiny-64", "--set", f"stage.val_dir={val}",
+    )  # fmt: skip
+    assert tok["step"] == 2 and all(np.isfinite(tok["losses"])) and np.isfinite(tok["psnr"])
+    vae_dir = tmp_path / "tok" / "final" / "vae"
+    assert (vae_dir / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "tok" / "final" / "reconstruction.json").read_text())["psnr"] == tok["psnr"]
+
+    # 2. Stage 1: stop after one step, then --resume latest finishes the second.
+    s1_args = [
+        "train-stage1", *_common(tmp_path / "s1", hr), "--set", "stage.schedule=tiny-128",
+        "--set", f"stage.vae_weights={vae_dir}", "--set", NET, "--set", "stage.degradation=bicubic",
+    ]  # fmt: skip
+    first = _invoke(*s1_args, "--max-steps", "1")
+    assert first["step"] == 1 and np.isfinite(first["last_loss"])
+    resumed = _invoke(*s1_args, "--max-steps", "2", "--resume", "latest")
+    assert (resumed["start_step"], resumed["step"]) == (1, 2) and len(resumed["losses"]) == 1
+    assert (tmp_path / "s1" / "final" / "transform_net" / "model.safetensors").is_file()
+
+    # 3. Stage 2 from the stage-1 network: 2 steps, resumable, and it assembles final/model.
+    s2_args = [
+        "train-stage2", *_common(tmp_path / "s2", hr), "--set", "stage.schedule=tiny-128",
+        "--set", f"stage.vae_weights={vae_dir}", "--set", NET, "--set", "stage.degradation=bicubic",
+        "--set", f"stage.transform_net_weights={tmp_path / 's1' / 'final' / 'transform_net'}",
+    ]  # fmt: skip
+    s2_first = _invoke(*s2_args, "--max-steps", "2", "--resume", "latest")  # no checkpoint yet: a fresh start
+    assert s2_first["step"] == 2 and all(np.isfinite(s2_first["losses"]))
+    assert s2_first["model_dir"] == str(tmp_path / "s2" / "final" / "model")
+    again = _invoke(*s2_args, "--max-steps", "2", "--resume", "latest")  # already finished: nothing to do
+    assert (again["start_step"], again["step"], again["losses"]) == (2, 2, [])
+
+    # 4. Explicit export, then upscale with the exported folder: x4.
+    out_model = tmp_path / "model"
+    res = runner.invoke(app, ["export-model", str(tmp_path / "s2"), str(out_model), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["model_dir"] == str(out_model)
+    cfg = json.loads((out_model / "config.json").read_text())
+    assert cfg["name"] == "model" and cfg["transform_net"]["latent_size"] == [4, 4]
+
+    lr = _images(tmp_path / "lr", 1, (40, 24), 2)
+    res = runner.invoke(app, ["upscale", str(lr), "-o", str(tmp_path / "up"), "--model", str(out_model)])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(tmp_path / "up" / "0.png") as im:
+        assert im.size == (160, 96)
+
+
+def test_config_names_and_errors(tmp_path: Path) -> None:
+    from nsarm_cli.train import resolve_config
+
+    assert resolve_config("stage1_tiny", "stage1").name == "stage1_tiny.yaml"
+    assert resolve_config(None, "stage2").name == "stage2_tiny.yaml"
+    res = runner.invoke(app, ["train-stage1", "--config", "stage1_tiyn"])
+    assert res.exit_code == 2 and "stage1_tiny" in res.output
+    res = runner.invoke(app, ["train-stage1", "--set", "lrr=1"])
+    assert res.exit_code == 2 and "Did you mean 'lr'" in res.output
+    res = runner.invoke(app, ["export-model", str(tmp_path), str(tmp_path / "m")])
+    assert res.exit_code == 2 and "config.yaml" in res.output
+
+
+@pytest.mark.parametrize("name", ["tokenizer_tiny", "stage1_tiny", "stage2_tiny"])
+def test_shipped_tiny_configs_fit_the_nsarm_tiny_geometry(name: str) -> None:
+    from nsarm_core.models.nsarm import get_preset
+    from nsarm_core.train.config import load_config
+
+    cfg = load_config(resolve_shipped(name))
+    tiny = get_preset("tiny")
+    if name == "tokenizer_tiny":
+        from nsarm_core.train.tokenizer import TokenizerSettings
+
+        s = TokenizerSettings.from_stage(cfg.stage)
+        assert s.vae == "tiny-d14" and s.eval_schedule == "tiny-256"
+        return
+    from nsarm_core.models.transform_net import TransformNetConfig
+    from nsarm_core.scales import get_named_schedule
+
+    assert get_named_schedule(cfg.stage["schedule"]).token_grids == tiny.schedule.token_grids
+    assert TransformNetConfig.from_dict(cfg.stage["transform_net"]) == tiny.transform_net
+    assert cfg.stage["vae"] == "tiny-d14" and cfg.stage["scale"] == tiny.scale
+    if name == "stage2_tiny":
+        from nsarm_core.models.transformer import get_preset as gpt_preset
+
+        assert gpt_preset(cfg.stage["transformer"]) == tiny.transformer
+
+
+def resolve_shipped(name: str) -> Path:
+    from nsarm_cli.train import shipped_config_dir
+
+    return shipped_config_dir() / f"{name}.yaml"
