@@ -471,21 +471,24 @@ def load_pipeline(
 def run_model_on_folder(
     model: str | Path, lr_dir: str | Path, out_dir: str | Path, **opts: Any
 ) -> list[Path]:
-    """Upscale every image of ``lr_dir`` into ``out_dir`` (PNG, same names); used by ``nsarm evaluate --model``."""
-    from nsarm_core.data.files import collect_images, output_path_for
-    from nsarm_core.data.io import from_tensor, read_image, to_tensor, write_image
+    """Upscale every image of ``lr_dir`` into ``out_dir`` as PNG (same relative names); ``nsarm evaluate --model``.
+
+    ``model`` is anything ``nsarm upscale --model`` takes: a registered name, a model folder, or an interpolation
+    baseline (``bicubic``, ``lanczos``, ...). Existing outputs are reused (the batch is resumable); ``seed`` and
+    the :func:`load_pipeline` options may be given.
+
+    Raises:
+        InputError: some images could not be upscaled (the message lists them).
+    """
+    from nsarm_core.upscale import INTERPOLATION_MODES, InterpolationUpscaler, UpscaleOptions, upscale_files
 
     seed = int(opts.pop("seed", 1))
-    pipe = load_pipeline(model, **opts)
-    outputs = []
-    root = Path(lr_dir)
-    for src in collect_images([root]):
-        dst = output_path_for(src, root, Path(out_dir), suffix=".png")
-        if dst.exists():
-            outputs.append(dst)
-            continue
-        img = read_image(src)
-        res = pipe.upscale(to_tensor(img.rgb), seed=seed)
-        write_image(dst, from_tensor(res.image))
-        outputs.append(dst)
-    return outputs
+    name = str(model)
+    upscaler = InterpolationUpscaler(name) if name in INTERPOLATION_MODES else load_pipeline(model, **opts)
+    report = upscale_files(upscaler, [Path(lr_dir)], Path(out_dir), UpscaleOptions(seed=seed, ext="png"))
+    if report.failed:
+        listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
+        raise InputError(
+            f"{len(report.failed)} image(s) of {lr_dir} could not be upscaled with {name}: {listed}"
+        )
+    return [r.output for r in report.records if r.output is not None]
