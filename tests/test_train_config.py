@@ -99,3 +99,13 @@ def test_save_round_trip(tmp_path: Path) -> None:
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
     assert set(cfg.to_dict()) == set(valid_keys())
+
+
+def test_yes_no_strings_stay_strings() -> None:
+    """YAML 1.1 reads `no` as False; `--set mixed_precision=no` and an unquoted `no` in a file must still work."""
+    from nsarm_core.train.config import TrainConfig, load_config
+
+    assert load_config(None, ["mixed_precision=no"]).mixed_precision == "no"
+    assert load_config(None, ["mixed_precision=bf16"]).mixed_precision == "bf16"
+    assert TrainConfig.from_dict({"mixed_precision": False}).mixed_precision == "no"
+    assert load_config(None, ["resume=null"]).resume is None

@@ -241,7 +241,13 @@ def _parse_yaml_scalar(raw: str) -> Any:
 
 
 def _parse_override(key: str, raw: str) -> Any:
-    # Strings from the command line: let YAML read lists/null/booleans, and let _convert do the typing.
+    # Strings from the command line: let YAML read lists/null/booleans, and let _convert do the typing. A string
+    # field keeps the text as typed: YAML would turn `mixed_precision=no` into False.
+    tp = typing.get_type_hints(TrainConfig).get(key)
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if tp is not None else []
+    textual = tp is str or typing.get_origin(tp) is Literal or (len(args) == 1 and args[0] is str)
+    if textual and raw.strip().lower() not in {"none", "null", "~"}:
+        return raw.strip()
     return _parse_yaml_scalar(raw) if raw.strip() != "" else raw
 
 
@@ -261,6 +267,8 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
         return _convert(name, value, non_none[0])
     if origin is Literal:
         choices = list(args)
+        if isinstance(value, bool) and ("no" if not value else "yes") in choices:
+            value = "no" if not value else "yes"  # YAML 1.1 reads an unquoted `no` as False
         if value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
