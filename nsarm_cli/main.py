@@ -14,6 +14,13 @@ import typer
 from typer.core import TyperGroup
 
 from nsarm_cli._console import STATE, configure_logging, err_console
+from nsarm_cli.caption import caption
+from nsarm_cli.degrade import degrade
+from nsarm_cli.evaluate import evaluate
+from nsarm_cli.models import models
+from nsarm_cli.robustness import robustness
+from nsarm_cli.train import export_model, train_stage1, train_stage2, train_tokenizer
+from nsarm_cli.upscale import upscale
 from nsarm_core import __version__
 from nsarm_core.errors import NSARMError
 
@@ -108,33 +115,17 @@ def _global_options(
     configure_logging(STATE.verbosity)
 
 
-# --- commands (one registration line per command module; modules import torch lazily) ---
-from nsarm_cli.evaluate import evaluate as _evaluate  # noqa: E402
-from nsarm_cli.robustness import robustness as _robustness  # noqa: E402
-
-app.command("evaluate")(_evaluate)
-app.command("robustness")(_robustness)
-from nsarm_cli.models import models as _models  # noqa: E402
-
-app.command("models")(_models)
-from nsarm_cli.caption import caption as _caption  # noqa: E402
-
-app.command("caption")(_caption)
-from nsarm_cli.degrade import degrade as _degrade  # noqa: E402
-
-app.command("degrade")(_degrade)
-from nsarm_cli.upscale import upscale as _upscale  # noqa: E402
-
-app.command("upscale")(_upscale)
-from nsarm_cli.train import export_model as _export_model  # noqa: E402
-from nsarm_cli.train import train_stage1 as _train_stage1  # noqa: E402
-from nsarm_cli.train import train_stage2 as _train_stage2  # noqa: E402
-from nsarm_cli.train import train_tokenizer as _train_tokenizer  # noqa: E402
-
-app.command("train-tokenizer")(_train_tokenizer)
-app.command("train-stage1")(_train_stage1)
-app.command("train-stage2")(_train_stage2)
-app.command("export-model")(_export_model)
+# --- commands, in the order `nsarm --help` lists them (command modules import torch lazily) ---
+app.command("upscale")(upscale)
+app.command("degrade")(degrade)
+app.command("caption")(caption)
+app.command("train-tokenizer")(train_tokenizer)
+app.command("train-stage1")(train_stage1)
+app.command("train-stage2")(train_stage2)
+app.command("export-model")(export_model)
+app.command("evaluate")(evaluate)
+app.command("robustness")(robustness)
+app.command("models")(models)
 # --- end commands ---
 
 
