@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError
+from nsarm_core.errors import ConfigError, InputError, MissingExtraError, NSARMError, WeightsNotFoundError
 from nsarm_core.eval import metrics as M
 from tests.parity import load_manifest, load_tensors
 
@@ -229,14 +229,64 @@ def test_pyiqa_scorer_feeds_rgb_tensors_and_is_seeded(monkeypatch: pytest.Monkey
     sr = np.zeros((20, 30, 3))
     sr[..., 0] = 255.0
     hr = np.full((20, 30, 3), 51.0)
-    fr = M.build_scorer(M.get_metric("ms_ssim"), crop_border=2)
+    fr = M.build_scorer(M.get_metric("gmsd"), crop_border=2)
     assert fr(sr, hr) == pytest.approx(1 / 3)
-    assert calls["ms_ssim"] == ((1, 3, 16, 26), 0.0, 1.0, True)
+    assert calls["gmsd"] == ((1, 3, 16, 26), 0.0, 1.0, True)
     with pytest.raises(InputError, match="full-reference"):
         fr(sr, None)
-    nr = M.build_scorer(M.get_metric("maniqa"), seed=3)
+    with pytest.raises(InputError, match="shapes differ"):
+        fr(sr, hr[:10])
+    nr = M.build_scorer(M.get_metric("maniqa"), seed=3, crop_border=2)
+    nr(sr, None)
+    assert calls["maniqa-pipal"][0] == (1, 3, 20, 30)  # crop_border is a full-reference convention only
     state = torch.random.get_rng_state()
     v1, v2 = nr(sr, None), nr(sr, None)
     assert v1 == v2  # same seed for every image -> reproducible
     assert torch.equal(state, torch.random.get_rng_state())  # caller's RNG untouched
     assert M.build_scorer(M.get_metric("maniqa"), seed=4)(sr, None) != v1
+
+
+def test_pyiqa_min_side_is_checked_before_pyiqa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ms_ssim / vif fail inside pyiqa with an opaque conv error below their smallest side; we name it."""
+
+    class Metric(torch.nn.Module):
+        def forward(self, x, y=None):
+            raise AssertionError("pyiqa must not be called on a too-small image")
+
+    monkeypatch.setitem(sys.modules, "pyiqa", _fake_pyiqa(lambda name, **kw: Metric()))
+    scorer = M.build_scorer(M.get_metric("ms_ssim"), crop_border=4)
+    img = np.zeros((168, 200, 3))
+    with pytest.raises(
+        InputError, match=r"ms_ssim needs images of at least 161x161 pixels after crop_border, got 160x192"
+    ):
+        scorer(img, img)
+    with pytest.raises(InputError, match=r"vif needs images of at least 33x33 pixels, got 32x40"):
+        M.build_scorer(M.get_metric("vif"))(img[:32, :40], img[:32, :40])
+
+
+def test_pyiqa_direction_mismatch_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Metric(torch.nn.Module):
+        lower_better = False  # contradicts the catalogue's gmsd (lower is better)
+
+    monkeypatch.setitem(sys.modules, "pyiqa", _fake_pyiqa(lambda name, **kw: Metric()))
+    with pytest.raises(NSARMError, match="'gmsd' is higher-is-better but the nsarm catalogue says lower"):
+        M.build_scorer(M.get_metric("gmsd"))
+    Metric.lower_better = True
+    M.build_scorer(M.get_metric("gmsd"))  # agreeing direction builds
+
+
+def test_pyiqa_weight_dir_follows_the_imported_pyiqa(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """pyiqa fixes its weight folder at import; after that TORCH_HOME no longer moves it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    mod = _fake_pyiqa(None)
+    mod.utils = types.SimpleNamespace(
+        download_util=types.SimpleNamespace(DEFAULT_CACHE_DIR=str(tmp_path / "w"))
+    )
+    monkeypatch.setitem(sys.modules, "pyiqa", mod)
+    assert M.pyiqa_weight_dir() == tmp_path / "w"
+    locs = dict((wf.file, path) for wf, path in M.weight_locations(M.get_metric("lpips")))
+    assert locs["LPIPS_v0.1_alex-df73285e.pth"] == tmp_path / "w" / "LPIPS_v0.1_alex-df73285e.pth"
+    assert (
+        locs["alexnet-owt-7be5be79.pth"]
+        == tmp_path / "th" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    )

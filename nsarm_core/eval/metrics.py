@@ -6,6 +6,12 @@ natively with the BasicSR convention (``basicsr/metrics/psnr_ssim.py`` at commit
 parity: ``../shared/parity/degradation_kernels`` ``metrics`` and ``color`` entries). Everything else runs
 through pyiqa, an optional, non-commercially licensed extra (``pip install 'nsarm[eval]'``; protocols.md §3).
 
+Native versus pyiqa (measured with pyiqa 0.1.16 on 4 photos, 4x bicubic SR; ``tests/test_pyiqa_backend.py``):
+pyiqa's ``psnr``/``ssim`` built with ``test_y_channel=True, color_space='ycbcr'`` differ from ours by < 1e-4 dB
+(pyiqa adds ``eps=1e-8`` to the [0, 1]-scaled MSE and runs in float32) and by about 1e-3 SSIM (pyiqa rounds Y
+to integer levels, the Matlab convention, and clamps the contrast term at 0; BasicSR keeps float Y). Our
+numbers are the BasicSR ones, which the parity fixture pins.
+
 Conventions (the BasicSR ones, so numbers compare with published tables):
 
 * images are RGB, ``H x W x 3``, in **8-bit levels**: float64 (or uint8) values in [0, 255]. A float image in
@@ -23,6 +29,7 @@ import difflib
 import importlib
 import logging
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +37,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError, missing_extra
+from nsarm_core.errors import (
+    ConfigError,
+    InputError,
+    MissingExtraError,
+    NSARMError,
+    WeightsNotFoundError,
+    missing_extra,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +265,9 @@ class MetricSpec:
     norm_scale: float
     norm_rule: str
     weights: tuple[WeightFile, ...] = field(default_factory=tuple)
+    # Smallest image side (after crop_border) the metric accepts; pyiqa fails below it with an opaque conv
+    # error, so the scorer checks first (measured on pyiqa 0.1.16: ms_ssim 161 px, vif 33 px).
+    min_side: int = 1
 
     def normalise(self, values: np.ndarray | float) -> np.ndarray:
         """Map raw scores to the composite's "higher is better" scale (see class docstring)."""
@@ -284,12 +301,28 @@ METRICS: dict[str, MetricSpec] = {
         (_ALEXNET, _pyiqa_file("LPIPS_v0.1_alex-df73285e.pth")),
     ),
     "ms_ssim": MetricSpec(
-        "ms_ssim", "FR", False, (0.0, 1.0), "pyiqa", "ms_ssim", "pyiqa ms_ssim (weight-free)", 0.0, 1.0, "x"
+        "ms_ssim", "FR", False, (0.0, 1.0), "pyiqa", "ms_ssim",
+        "pyiqa ms_ssim (Y of YIQ rounded to 8-bit levels, 5 scales; weight-free)", 0.0, 1.0, "x",
+        min_side=161,
     ),
-    "gmsd": MetricSpec("gmsd", "FR", True, (0.0, 1.0), "pyiqa", "gmsd", "pyiqa gmsd (weight-free)", 1.0, -1.0, "1 - x"),
-    "fsim": MetricSpec("fsim", "FR", False, (0.0, 1.0), "pyiqa", "fsim", "pyiqa fsim (weight-free)", 0.0, 1.0, "x"),
-    "vif": MetricSpec("vif", "FR", False, (0.0, 1.0), "pyiqa", "vif", "pyiqa vif (weight-free)", 0.0, 1.0, "x"),
-    "vsi": MetricSpec("vsi", "FR", False, (0.0, 1.0), "pyiqa", "vsi", "pyiqa vsi (weight-free)", 0.0, 1.0, "x"),
+    "gmsd": MetricSpec(
+        "gmsd", "FR", True, (0.0, 1.0), "pyiqa", "gmsd",
+        "pyiqa gmsd (Y of YIQ rounded to 8-bit levels; weight-free)", 1.0, -1.0, "1 - x",
+    ),
+    "fsim": MetricSpec(
+        "fsim", "FR", False, (0.0, 1.0), "pyiqa", "fsim", "pyiqa fsim (FSIMc, chromatic, YIQ; weight-free)",
+        0.0, 1.0, "x",
+    ),
+    # VIF exceeds 1 when the test image has more contrast than the reference (Sheikh & Bovik 2006).
+    "vif": MetricSpec(
+        "vif", "FR", False, (0.0, math.inf), "pyiqa", "vif",
+        "pyiqa vif (steerable pyramid, Y of YIQ rounded to 8-bit levels; weight-free)", 0.0, 1.0, "x",
+        min_side=33,
+    ),
+    "vsi": MetricSpec(
+        "vsi", "FR", False, (0.0, 1.0), "pyiqa", "vsi", "pyiqa vsi (LMN + Lab saliency; weight-free)",
+        0.0, 1.0, "x",
+    ),
     "niqe": MetricSpec(
         "niqe", "NR", True, (0.0, 100.0), "pyiqa", "niqe", "pyiqa niqe (Y channel)", 0.0, -1.0, "-x (negated)",
         (_pyiqa_file("niqe_modelparameters.mat"),),
@@ -378,13 +411,26 @@ def _hub_dir() -> Path:
     return Path(torch.hub.get_dir())
 
 
+def pyiqa_weight_dir() -> Path:
+    """The folder pyiqa loads its own weights from.
+
+    pyiqa fixes it at import time (``pyiqa.utils.download_util.DEFAULT_CACHE_DIR = torch.hub.get_dir() +
+    '/pyiqa'``), so once the real pyiqa is imported, a later change of TORCH_HOME no longer moves it; the
+    message must then name pyiqa's folder, not the one TORCH_HOME would give now.
+    """
+    mod = sys.modules.get("pyiqa")
+    util = getattr(getattr(mod, "utils", None), "download_util", None)
+    cache = getattr(util, "DEFAULT_CACHE_DIR", None)
+    return Path(cache) if isinstance(cache, str | Path) else _hub_dir() / TORCH_HUB_PYIQA
+
+
 def weight_locations(spec: MetricSpec) -> list[tuple[WeightFile, Path]]:
     """Where each weight file of ``spec`` is looked for on this machine (honours TORCH_HOME / HF_HOME)."""
     hub = _hub_dir()
     out = []
     for wf in spec.weights:
         if wf.store == "pyiqa":
-            path = hub / TORCH_HUB_PYIQA / wf.file
+            path = pyiqa_weight_dir() / wf.file
         elif wf.store == "torchvision":
             path = hub / "checkpoints" / wf.file
         elif wf.store == "clip":
@@ -412,9 +458,9 @@ def weights_not_found(spec: MetricSpec, cause: BaseException | None = None) -> W
     reason = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
     return WeightsNotFoundError(
         f"metric '{spec.name}' (pyiqa '{spec.pyiqa_name}') could not load its weights offline{reason}. "
-        f"Files: {detail}. pyiqa saves its own weights under $TORCH_HOME/hub/pyiqa (here: {_hub_dir()}/pyiqa); "
-        "copy the files there, or set TORCH_HOME / HF_HOME to folders that hold them, or run once with network "
-        "access."
+        f"Files: {detail}. pyiqa saves its own weights under $TORCH_HOME/hub/pyiqa "
+        f"(here: {pyiqa_weight_dir()}); copy the files there, or set TORCH_HOME / HF_HOME to folders that hold "
+        "them, or run once with network access."
     )
 
 
@@ -456,6 +502,25 @@ def _is_download_failure(exc: BaseException) -> bool:
     return False
 
 
+def _crop_for(spec: MetricSpec, img: np.ndarray, crop_border: int) -> np.ndarray:
+    """Crop ``crop_border`` on every side of ``[H, W, 3]`` and check the metric's smallest accepted side."""
+    if crop_border < 0:
+        raise ConfigError(f"crop_border must be >= 0, got {crop_border}")
+    h, w = np.shape(img)[:2]
+    if crop_border and min(h, w) <= 2 * crop_border:
+        raise InputError(f"image {h}x{w} is too small for crop_border={crop_border}")
+    if crop_border:
+        img = img[crop_border:-crop_border, crop_border:-crop_border]
+    side = min(np.shape(img)[:2])
+    if side < spec.min_side:
+        raise InputError(
+            f"{spec.name} needs images of at least {spec.min_side}x{spec.min_side} pixels"
+            f"{' after crop_border' if crop_border else ''}, got {np.shape(img)[0]}x{np.shape(img)[1]}; "
+            "score larger images or drop this metric"
+        )
+    return img
+
+
 def pyiqa_scorer(spec: MetricSpec, device: str = "cpu", seed: int = 0, crop_border: int = 0) -> Scorer:
     """Build a scorer that runs ``pyiqa.create_metric(spec.pyiqa_name)``.
 
@@ -464,11 +529,17 @@ def pyiqa_scorer(spec: MetricSpec, device: str = "cpu", seed: int = 0, crop_bord
         device: torch device string.
         seed: metrics with random test crops (MANIQA) run under ``torch.random.fork_rng`` seeded with this
             value for every image, so scores are reproducible and the caller's RNG state is untouched.
-        crop_border: pixels removed on every side of both images before a full-reference pyiqa metric.
+        crop_border: pixels removed on every side of both images before a full-reference pyiqa metric
+            (ignored by no-reference metrics).
+
+    Returns:
+        ``score(sr, hr) -> float`` on 8-bit-level RGB ``[H, W, 3]`` arrays (``hr`` None for NR metrics).
 
     Raises:
         MissingExtraError: pyiqa (or its torchvision) cannot be imported.
         WeightsNotFoundError: a weight file is missing and cannot be downloaded.
+        NSARMError: pyiqa's ``lower_better`` for the metric contradicts the catalogue.
+        InputError (when scoring): missing HR, shape mismatch, or an image below ``spec.min_side``.
     """
     import torch
 
@@ -480,11 +551,23 @@ def pyiqa_scorer(spec: MetricSpec, device: str = "cpu", seed: int = 0, crop_bord
             raise weights_not_found(spec, exc) from exc
         raise
     metric.eval()
+    # The catalogue's direction drives the summary and the robustness composite; if pyiqa ever disagrees,
+    # the numbers would be ranked the wrong way round, so stop here rather than mislabel them.
+    pyiqa_lower = getattr(metric, "lower_better", None)
+    if isinstance(pyiqa_lower, bool) and pyiqa_lower != spec.lower_better:
+        raise NSARMError(
+            f"metric '{spec.name}': pyiqa {pyiqa_version()} says '{spec.pyiqa_name}' is "
+            f"{'lower' if pyiqa_lower else 'higher'}-is-better but the nsarm catalogue says "
+            f"{'lower' if spec.lower_better else 'higher'}-is-better; install the pyiqa version nsarm was "
+            "tested with (pyproject.toml 'eval' extra) or report this"
+        )
     dev = torch.device(device)
+    # crop_border is a full-reference convention (BasicSR crops the SR/HR pair); no-reference metrics see the
+    # whole image, as the protocol record says ("crop_border: ... before full-reference metrics").
+    crop = crop_border if spec.kind == "FR" else 0
 
     def to_tensor(img: np.ndarray) -> torch.Tensor:
-        if crop_border:
-            img = img[crop_border:-crop_border, crop_border:-crop_border]
+        img = _crop_for(spec, img, crop)
         arr = np.ascontiguousarray(img, dtype=np.float32) / 255.0  # [H, W, 3] -> [1, 3, H, W] in [0, 1]
         return torch.from_numpy(arr).permute(2, 0, 1)[None].to(dev)
 
@@ -496,6 +579,11 @@ def pyiqa_scorer(spec: MetricSpec, device: str = "cpu", seed: int = 0, crop_bord
                 if hr is None:
                     raise InputError(
                         f"{spec.name} is a full-reference metric and needs an HR reference image"
+                    )
+                if np.shape(sr) != np.shape(hr):
+                    raise InputError(
+                        f"image shapes differ: {np.shape(sr)} vs reference {np.shape(hr)}; "
+                        "resize one of them first"
                     )
                 value = metric(to_tensor(sr), to_tensor(hr))
             else:
