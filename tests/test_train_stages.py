@@ -239,3 +239,20 @@ def test_stage2_with_a_text_encoder(tmp_path: Path, hr_dir: Path) -> None:
     loss.backward()
     assert models["transformer"].text_proj_for_ca[0].weight.grad is not None
     assert all(p.grad is None for p in models["text_encoder"].parameters())
+
+
+def test_infinity_token_weights() -> None:
+    """Spec C.7: a token of scale k weighs sqrt(area_K / area_k), normalised to sum 1 over the sequence."""
+    from nsarm_core.train.stage2 import token_weights, weighted_ce
+
+    lengths = [1, 4, 16]
+    w = token_weights(lengths, "infinity")
+    raw = torch.tensor([4.0] + [2.0] * 4 + [1.0] * 16)  # sqrt(16/1), sqrt(16/4), sqrt(16/16)
+    assert torch.allclose(w, raw / raw.sum())
+    assert torch.allclose(token_weights(lengths, "tokens"), torch.full((21,), 1 / 21))
+    per_scale = [float(x.sum()) for x in token_weights(lengths, "scales").split(lengths)]
+    assert per_scale == pytest.approx([1 / 3] * 3)
+    ce = torch.arange(42, dtype=torch.float32).reshape(2, 21)
+    assert torch.allclose(weighted_ce(ce, lengths, "infinity"), (ce * w).sum(1).mean())
+    with pytest.raises(ConfigError, match="valid"):
+        token_weights(lengths, "area")

@@ -10,7 +10,7 @@ weighting). One micro-batch:
                                                                        then the HR residual given those codes
     inputs      = teacher_forcing_inputs(codes, grids, bilinear)     scales 1..K-1 (E.4: trilinear in training)
     logits      = transformer(text, patchify(inputs) as tokens)       [B, L, 2 d_vae]
-    loss        = bitwise CE(logits, labels), each scale weighted equally (Infinity reweight_loss_by_scale=1)
+    loss        = bitwise CE(logits, labels), tokens weighted as Infinity (reweight_loss_by_scale=1, C.7)
 
 The BSQ of the network's maps is straight-through, so the CE reaches the transformation network through the
 word-embedded inputs (E.4, inferred) when it trains too.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,7 +87,9 @@ class Stage2Settings:
         text_encoder: Flan-T5 folder or hub id for transformers with ``use_text``.
         flip_layers, flip_strength: bitwise self-correction (C.9); ``flip_layers=0`` disables it (NSARM's
             run name says "NOFlip", E.4).
-        loss_weighting: "scales" (each scale weighs the same, Infinity's reweight_loss_by_scale=1) or "tokens".
+        loss_weighting: "infinity" (Infinity's ``reweight_loss_by_scale=1``, spec C.7: a token of scale k weighs
+            ``sqrt(area_K / area_k)``, normalised to sum 1 over the sequence, so scale k's total weight grows as
+            ``sqrt(area_k)``), "scales" (every scale weighs the same) or "tokens" (every token 1/L).
         data: the training data.
     """
 
@@ -102,13 +104,13 @@ class Stage2Settings:
     text_encoder: str = "google/flan-t5-xl"
     flip_layers: int = 0
     flip_strength: float = 0.3
-    loss_weighting: Literal["scales", "tokens"] = "scales"
+    loss_weighting: Literal["infinity", "scales", "tokens"] = "infinity"
     data: DataSettings = field(default_factory=DataSettings)
 
     def __post_init__(self) -> None:
-        if self.loss_weighting not in ("tokens", "scales"):
+        if self.loss_weighting not in ("infinity", "scales", "tokens"):
             raise ConfigError(
-                f"stage.loss_weighting must be 'scales' or 'tokens', got {self.loss_weighting!r}"
+                f"stage.loss_weighting must be 'infinity', 'scales' or 'tokens', got {self.loss_weighting!r}"
             )
         if self.flip_layers < 0 or not 0.0 <= self.flip_strength <= 1.0:
             raise ConfigError(
@@ -136,6 +138,32 @@ def bitwise_ce(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     ce = F.cross_entropy(pairs.reshape(-1, 2), labels.reshape(-1).long(), reduction="none").reshape(b, n, -1)
     correct = (pairs.argmax(-1) == labels.long()).float()
     return ce.mean(-1), correct.mean(-1)
+
+
+def token_weights(lengths: Sequence[int], mode: str) -> Tensor:
+    """Per-token loss weights ``[L]`` summing to 1 (spec C.7).
+
+    ``"infinity"``: a token of scale k weighs ``sqrt(area_K / area_k)`` before normalisation (Infinity's
+    ``reweight_loss_by_scale=1``), so coarse scales are not drowned by the many tokens of the fine ones;
+    ``"scales"``: every scale weighs ``1/K``; ``"tokens"``: every token ``1/L``.
+    """
+    areas = torch.tensor([float(n) for n in lengths])
+    if mode == "infinity":
+        per_token = (areas[-1] / areas).sqrt()
+    elif mode == "scales":
+        per_token = 1.0 / areas
+    elif mode == "tokens":
+        per_token = torch.ones_like(areas)
+    else:
+        raise ConfigError(f"unknown loss weighting {mode!r}; valid: infinity, scales, tokens")
+    w = torch.repeat_interleave(per_token, areas.long())
+    return w / w.sum()
+
+
+def weighted_ce(ce: Tensor, lengths: Sequence[int], mode: str) -> Tensor:
+    """Batch mean of the weighted sum over tokens of the per-token CE ``ce [B, L]``."""
+    w = token_weights(lengths, mode).to(ce.device)
+    return (ce * w).sum(dim=1).mean()
 
 
 class Stage2Recipe:
@@ -249,7 +277,7 @@ class Stage2Recipe:
         lengths = list(self.schedule.scale_lengths)
         per_scale_ce = [c.mean() for c in ce.split(lengths, dim=1)]
         per_scale_acc = [a.mean() for a in correct.split(lengths, dim=1)]
-        loss = torch.stack(per_scale_ce).mean() if self.settings.loss_weighting == "scales" else ce.mean()
+        loss = weighted_ce(ce, lengths, self.settings.loss_weighting)
         metrics: dict[str, float] = {}
         for k, (c, a) in enumerate(zip(per_scale_ce, per_scale_acc, strict=True)):
             metrics[f"ce/scale_{k:02d}"] = float(c.detach())
