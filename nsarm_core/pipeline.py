@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from nsarm_core.color_fix import COLOR_FIX_MODES, color_fix
@@ -223,9 +222,10 @@ class SRPipeline:
             hr = (self.model.vae.decode(sample.summed_codes).float() + 1) / 2
         t4 = time.perf_counter()
 
-        # 5. Colour fix against the bicubic-upsampled LR (AdaIN then wavelet by default, spec E.7).
+        # 5. Colour fix against the LR upsampled with Pillow's bicubic, as NSARM's color_adjust does (spec E.7;
+        # Pillow's kernel is a = -0.5, torch's a = -0.75), then AdaIN and the wavelet fix (both by default).
         if st.color_fix != "none":
-            lr_up = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+            lr_up = pil_bicubic(lr.cpu(), tuple(hr.shape[-2:])).to(hr.device)
             hr = color_fix(hr, lr_up, st.color_fix)  # type: ignore[arg-type]
         t5 = time.perf_counter()
         for key, dt in (
@@ -332,6 +332,21 @@ class SRPipeline:
     def __call__(self, rgb: Tensor, **kwargs: Any) -> UpscaleResult:
         """Alias of :meth:`upscale`."""
         return self.upscale(rgb, **kwargs)
+
+
+def pil_bicubic(x: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Resize ``[1, C, h, w]`` (float, [0, 1]) to ``size`` with Pillow's bicubic on float channels, clamped."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    h, w = int(size[0]), int(size[1])
+    channels = [
+        np.asarray(
+            PILImage.fromarray(c, mode="F").resize((w, h), PILImage.Resampling.BICUBIC), dtype=np.float32
+        )
+        for c in x[0].float().numpy()
+    ]
+    return torch.from_numpy(np.stack(channels))[None].clamp_(0, 1)
 
 
 class _null_context:
