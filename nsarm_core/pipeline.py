@@ -29,7 +29,7 @@ from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
 from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
 from nsarm_core.tiling import plan_tiles, resize_to_scale, run_tiled
-from nsarm_core.upscale import UpscaleResult
+from nsarm_core.upscale import UpscaleResult, pil_resize
 
 logger = logging.getLogger(__name__)
 
@@ -335,18 +335,8 @@ class SRPipeline:
 
 
 def pil_bicubic(x: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Resize ``[1, C, h, w]`` (float, [0, 1]) to ``size`` with Pillow's bicubic on float channels, clamped."""
-    import numpy as np
-    from PIL import Image as PILImage
-
-    h, w = int(size[0]), int(size[1])
-    channels = [
-        np.asarray(
-            PILImage.fromarray(c, mode="F").resize((w, h), PILImage.Resampling.BICUBIC), dtype=np.float32
-        )
-        for c in x[0].float().numpy()
-    ]
-    return torch.from_numpy(np.stack(channels))[None].clamp_(0, 1)
+    """Resize ``[1, C, h, w]`` in [0, 1] to ``size`` with Pillow's bicubic (as NSARM's color_adjust), clamped."""
+    return pil_resize(x, size, "bicubic").clamp_(0, 1)
 
 
 class _null_context:

@@ -162,7 +162,7 @@ class InterpolationUpscaler:
         h, w = rgb.shape[-2:]
         size = (h * self.native_scale, w * self.native_scale)
         if self.mode == "lanczos":
-            out = _lanczos(rgb.float(), size)
+            out = pil_resize(rgb, size, "lanczos")
         elif self.mode == "nearest":
             out = F.interpolate(rgb.float(), size=size, mode="nearest")
         else:
@@ -175,15 +175,20 @@ class InterpolationUpscaler:
         )
 
 
-def _lanczos(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def pil_resize(x: torch.Tensor, size: Sequence[int], resample: str = "bicubic") -> torch.Tensor:
+    """Resize ``[1, C, h, w]`` float to ``size = (H, W)`` with Pillow's filter on float ("F") channels.
+
+    Pillow's kernels differ from torch's (bicubic a = -0.5 vs -0.75; torch has no Lanczos); float channels avoid
+    the uint8 rounding and clipping between Pillow's two passes. The result is not clamped.
+    """
     from PIL import Image as PILImage
 
-    channels = []
-    for c in rgb[0].numpy():
-        im = PILImage.fromarray(c.astype(np.float32), mode="F")
-        channels.append(
-            np.asarray(im.resize((size[1], size[0]), PILImage.Resampling.LANCZOS), dtype=np.float32)
-        )
+    filt = {"bicubic": PILImage.Resampling.BICUBIC, "lanczos": PILImage.Resampling.LANCZOS}[resample]
+    h, w = int(size[0]), int(size[1])
+    channels = [
+        np.asarray(PILImage.fromarray(c, mode="F").resize((w, h), filt), dtype=np.float32)
+        for c in x[0].detach().float().cpu().numpy()
+    ]
     return torch.from_numpy(np.stack(channels))[None]
 
 

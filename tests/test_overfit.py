@@ -24,13 +24,7 @@ NET = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state() -> None:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture()

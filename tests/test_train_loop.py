@@ -29,14 +29,7 @@ from nsarm_core.train.loop import (
 pytest.importorskip("accelerate")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state() -> None:
-    # AcceleratorState is a process-wide singleton; each test builds its own Accelerator.
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 class _ToyData(Dataset):

@@ -18,13 +18,7 @@ from nsarm_core.train.stage1 import Stage1Recipe, Stage1Settings
 pytest.importorskip("accelerate")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state() -> None:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture()

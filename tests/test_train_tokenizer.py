@@ -29,13 +29,7 @@ from nsarm_core.train.tokenizer import (
 pytest.importorskip("accelerate")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state() -> None:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _images(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:
