@@ -19,7 +19,7 @@ from nsarm_cli.degrade import degrade
 from nsarm_cli.evaluate import evaluate
 from nsarm_cli.models import models
 from nsarm_cli.robustness import robustness
-from nsarm_cli.train import export_model, train_stage1, train_stage2, train_tokenizer
+from nsarm_cli.train import export_model, train_base, train_stage1, train_stage2, train_tokenizer
 from nsarm_cli.upscale import upscale
 from nsarm_core import __version__
 from nsarm_core.errors import NSARMError
@@ -120,6 +120,7 @@ app.command("upscale")(upscale)
 app.command("degrade")(degrade)
 app.command("caption")(caption)
 app.command("train-tokenizer")(train_tokenizer)
+app.command("train-base")(train_base)
 app.command("train-stage1")(train_stage1)
 app.command("train-stage2")(train_stage2)
 app.command("export-model")(export_model)

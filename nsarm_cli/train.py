@@ -1,4 +1,4 @@
-"""``nsarm train-tokenizer``, ``train-stage1``, ``train-stage2`` and ``export-model``: the training commands.
+"""``nsarm train-tokenizer``, ``train-base``, ``train-stage1``, ``train-stage2``, ``export-model``: training.
 
 Thin wrappers over ``nsarm_core.train`` (spec ../shared/docs/architecture.md E.4): a YAML config (a path, or the
 name of a shipped config such as ``stage1_tiny``), ``--set key=value`` overrides (``--set stage.KEY=VALUE`` for
@@ -22,7 +22,12 @@ import typer
 from nsarm_cli._console import STATE, info, print_json, warn
 from nsarm_core.errors import ConfigError
 
-STAGES = {"tokenizer": "tokenizer_tiny", "stage1": "stage1_tiny", "stage2": "stage2_tiny"}
+STAGES = {
+    "tokenizer": "tokenizer_tiny",
+    "base": "base_tiny",
+    "stage1": "stage1_tiny",
+    "stage2": "stage2_tiny",
+}
 """Stage -> the shipped config used when ``--config`` is not given."""
 
 ConfigOpt = Annotated[
@@ -30,8 +35,8 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-c",
-        help="YAML config file, or the name of a shipped one (tokenizer_tiny, stage1_tiny, stage2_tiny, "
-        "stage1_nsarm, stage2_nsarm). Default: the stage's *_tiny config.",
+        help="YAML config file, or the name of a shipped one (tokenizer_tiny, base_tiny, stage1_tiny, "
+        "stage2_tiny, stage1_nsarm, stage2_nsarm). Default: the stage's *_tiny config.",
     ),
 ]
 SetOpt = Annotated[
@@ -153,9 +158,14 @@ def _train(stage: str, cfg: Any) -> tuple[Any, Any]:
         from nsarm_core.train.stage1 import Stage1Recipe
 
         recipe = Stage1Recipe.from_config(cfg)
-    else:
+    else:  # stage 2, and base pretraining (stage 2's recipe without a transformation network)
         from nsarm_core.train.stage2 import Stage2Recipe
 
+        if stage == "base" and cfg.stage.get("transform_net", "missing") is not None:
+            raise ConfigError(
+                "train-base trains the transformer alone: its config needs `stage.transform_net: null` "
+                "(use train-stage2 for the NSARM fine-tune)"
+            )
         recipe = Stage2Recipe.from_config(cfg)
     return recipe, train(recipe, cfg)
 
@@ -178,6 +188,24 @@ def train_tokenizer(
     summary = _summary("tokenizer", cfg, result)
     summary["psnr"] = recipe.val_psnr
     _report(summary, json_out)
+
+
+def train_base(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    resume: ResumeOpt = None,
+    max_steps: MaxStepsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Pretrain the base next-scale transformer (Infinity's bitwise CE on the HR scales, no LR condition).
+
+    The starting point of stage 2 and the transformer of the stage-1-only ablation when no released base model
+    exists (our small models). Writes RUN/final/transformer.
+    """
+    cfg = _build_config("base", config, overrides, run_dir, resume, max_steps)
+    _, result = _train("base", cfg)
+    _report(_summary("base", cfg, result), json_out)
 
 
 def train_stage1(
@@ -215,7 +243,9 @@ def train_stage2(
     summary = _summary("stage2", cfg, result)
     summary["model_dir"] = None
     if result.final_dir is not None and _is_main_process():
-        if cfg.stage.get("vae_weights") is None:
+        if cfg.stage.get("transform_net", "missing") is None:
+            pass  # base pretraining through train-stage2: a transformer only, nothing to assemble
+        elif cfg.stage.get("vae_weights") is None:
             warn(
                 "stage.vae_weights is not set (random VAE): no upscale-ready model was assembled; run "
                 "`nsarm export-model RUN OUT --tokenizer VAE_FOLDER` with the trained tokenizer"

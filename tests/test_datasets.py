@@ -62,6 +62,25 @@ def test_workers_give_the_same_batches(hr_folder: Path) -> None:
     assert torch.equal(serial["hr"], parallel["hr"]) and torch.equal(serial["lr"], parallel["lr"])
 
 
+def test_preloaded_images_give_the_same_samples_and_stay_unchanged(hr_folder: Path) -> None:
+    from nsarm_core.train.tokenizer import ImageCropDataset
+
+    disk = HRFolderDataset(hr_folder, (32, 32), "realesrgan", scale=4, seed=5)
+    held = HRFolderDataset(hr_folder, (32, 32), "realesrgan", scale=4, seed=5, preload=True)
+    cached = {p: a.copy() for p, a in held.images._cache.items()}  # type: ignore[union-attr]
+    for epoch in (0, 1):
+        disk.set_epoch(epoch)
+        held.set_epoch(epoch)
+        for i in range(len(disk)):
+            a, b = disk[i], held[i]
+            assert torch.equal(a["hr"], b["hr"]) and torch.equal(a["lr"], b["lr"])
+    # making samples (crops, flips, degradations) never writes into the held arrays
+    assert all(np.array_equal(cached[p], a) for p, a in held.images._cache.items())  # type: ignore[union-attr]
+    crops = ImageCropDataset([hr_folder], (16, 16), seed=2)
+    crops_held = ImageCropDataset([hr_folder], (16, 16), seed=2, preload=True)
+    assert all(torch.equal(crops[i]["image"], crops_held[i]["image"]) for i in range(len(crops)))
+
+
 def test_center_crop_is_the_cover_resize(tmp_path: Path) -> None:
     # A 32x64 image, centre mode, 32x32 target: cover scale 1, so the crop is exactly the middle columns.
     arr = _save(tmp_path / "hr" / "x.png", 32, 64, 5)

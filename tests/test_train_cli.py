@@ -82,11 +82,28 @@ def test_tokenizer_stage1_stage2_export_and_upscale(tmp_path: Path) -> None:
     assert (resumed["start_step"], resumed["step"]) == (1, 2) and len(resumed["losses"]) == 1
     assert (tmp_path / "s1" / "final" / "transform_net" / "model.safetensors").is_file()
 
-    # 3. Stage 2 from the stage-1 network: 2 steps, resumable, and it assembles final/model.
+    # 2b. Base pretraining (no transformation network), then the stage-1-only model: stage-1 net + base.
+    base = _invoke(
+        "train-base", *_common(tmp_path / "base", hr), "--max-steps", "2", "--set", "stage.schedule=tiny-128",
+        "--set", f"stage.vae_weights={vae_dir}", "--set", "stage.transformer=tiny",
+    )  # fmt: skip
+    assert base["step"] == 2 and all(np.isfinite(base["losses"])) and "model_dir" not in base
+    base_gpt = tmp_path / "base" / "final" / "transformer" / "model.safetensors"
+    assert base_gpt.is_file() and not (tmp_path / "base" / "final" / "transform_net").exists()
+    res = runner.invoke(
+        app,
+        ["export-model", str(tmp_path / "base"), str(tmp_path / "s1only"), "--stage1", str(tmp_path / "s1")],
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train-base", "--config", "stage2_tiny", "--max-steps", "1"])
+    assert res.exit_code == 2 and "stage.transform_net: null" in res.output
+
+    # 3. Stage 2 from the stage-1 network and the base transformer: 2 steps, resumable, assembles final/model.
     s2_args = [
         "train-stage2", *_common(tmp_path / "s2", hr), "--set", "stage.schedule=tiny-128",
         "--set", f"stage.vae_weights={vae_dir}", "--set", NET, "--set", "stage.degradation=bicubic",
         "--set", f"stage.transform_net_weights={tmp_path / 's1' / 'final' / 'transform_net'}",
+        "--set", "stage.transformer=tiny", "--set", f"stage.transformer_weights={base_gpt}",
     ]  # fmt: skip
     s2_first = _invoke(*s2_args, "--max-steps", "2", "--resume", "latest")  # no checkpoint yet: a fresh start
     assert s2_first["step"] == 2 and all(np.isfinite(s2_first["losses"]))
@@ -124,28 +141,30 @@ def test_config_names_and_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "config.yaml" in res.output
 
 
-@pytest.mark.parametrize("name", ["tokenizer_tiny", "stage1_tiny", "stage2_tiny"])
+@pytest.mark.parametrize("name", ["tokenizer_tiny", "base_tiny", "stage1_tiny", "stage2_tiny"])
 def test_shipped_tiny_configs_fit_the_nsarm_tiny_geometry(name: str) -> None:
     from nsarm_core.models.nsarm import get_preset
     from nsarm_core.train.config import load_config
 
     cfg = load_config(resolve_shipped(name))
-    tiny = get_preset("tiny")
+    tiny = get_preset("nsarm-tiny")
     if name == "tokenizer_tiny":
         from nsarm_core.train.tokenizer import TokenizerSettings
 
         s = TokenizerSettings.from_stage(cfg.stage)
         assert s.vae == "tiny-d14" and s.eval_schedule == "tiny-256"
         return
-    from nsarm_core.models.transform_net import TransformNetConfig
+    from nsarm_core.models.transform_net import get_preset as net_preset
+    from nsarm_core.models.transformer import get_preset as gpt_preset
     from nsarm_core.scales import get_named_schedule
 
     assert get_named_schedule(cfg.stage["schedule"]).token_grids == tiny.schedule.token_grids
-    assert TransformNetConfig.from_dict(cfg.stage["transform_net"]) == tiny.transform_net
     assert cfg.stage["vae"] == "tiny-d14" and cfg.stage["scale"] == tiny.scale
-    if name == "stage2_tiny":
-        from nsarm_core.models.transformer import get_preset as gpt_preset
-
+    if name == "base_tiny":
+        assert cfg.stage["transform_net"] is None
+    else:
+        assert net_preset(cfg.stage["transform_net"]) == tiny.transform_net
+    if name != "stage1_tiny":
         assert gpt_preset(cfg.stage["transformer"]) == tiny.transformer
 
 

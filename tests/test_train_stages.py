@@ -153,6 +153,40 @@ def test_stage2_gradient_reaches_the_transformation_network(hr_dir: Path) -> Non
     assert all(p.grad is None for p in models["vae"].parameters())
 
 
+def test_base_pretraining_uses_the_plain_hr_decomposition(hr_dir: Path) -> None:
+    from nsarm_core.models.bsq import decompose_into_residual_scales
+    from nsarm_core.models.sampler import vae_bits_to_tokens
+    from nsarm_core.train.stage1 import encode_frozen
+    from nsarm_core.train.stage2 import Stage2Recipe, Stage2Settings, bitwise_ce
+
+    stage = {**STAGE2, "hr_dirs": [str(hr_dir)], "flip_layers": 0, "transform_net": None}
+    recipe = Stage2Recipe(Stage2Settings.from_stage(stage))
+    models = recipe.build_models()
+    assert set(models) == {"vae", "transformer"}
+    assert [n for g in recipe.trainable_parameters(models) for n in g["params"]]  # the transformer trains
+    batch = torch.utils.data.default_collate([recipe.make_dataset()[i] for i in range(2)])
+
+    # A transformer that predicts exactly the Alg. 1 bits of the HR latent gets a near-zero loss, so the labels
+    # are the plain decomposition (no LR-derived scales).
+    hr_bits = decompose_into_residual_scales(
+        encode_frozen(models["vae"], batch["hr"]), recipe.schedule.vae_grids
+    ).bits
+    labels = torch.cat([vae_bits_to_tokens(b, True) for b in hr_bits], dim=1)  # [B, L, d_vae]
+
+    class Oracle(torch.nn.Module):
+        def forward(self, text, x_blc, schedule, cond_drop=None):  # noqa: ANN001, ANN201
+            logits = torch.full((*labels.shape, 2), -20.0)
+            logits.scatter_(-1, labels.long()[..., None], 20.0)
+            return logits.reshape(*labels.shape[:2], -1)
+
+    loss, _ = recipe.compute_loss({"vae": models["vae"], "transformer": Oracle()}, batch, torch.Generator())
+    assert float(loss) < 1e-6
+    assert float(bitwise_ce(Oracle()(None, None, None), 1 - labels)[0].mean()) > 10  # and not any labels
+
+    with pytest.raises(ConfigError, match="base pretraining"):
+        Stage2Recipe(Stage2Settings.from_stage({**stage, "transform_net_weights": "x"})).build_models()
+
+
 def test_bitwise_ce_layout() -> None:
     from nsarm_core.train.stage2 import bitwise_ce
 

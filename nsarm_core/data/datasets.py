@@ -165,6 +165,30 @@ def _to_chw(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32).transpose(2, 0, 1).copy())
 
 
+class ImageStore:
+    """Decoded training images by path, read from disk on each use or held in memory (``preload``).
+
+    Small photo sets are read again for every crop otherwise: on 2 CPU cores decoding one ~1 MP PNG costs
+    ~25 ms, two thirds of making a 128 px tokenizer sample. Preloading decodes each file once in the process
+    that builds the dataset (forked DataLoader workers share those pages), at ``H*W*3`` float32 bytes per
+    image; use it when the set fits in memory.
+    """
+
+    def __init__(self, files: Sequence[Path], preload: bool = False) -> None:
+        self.files = list(files)
+        self._cache: dict[Path, np.ndarray] | None = None
+        if preload:
+            self._cache = {p: read_image(p).rgb for p in self.files}
+            mib = sum(a.nbytes for a in self._cache.values()) / 2**20
+            logger.info("preloaded %d training images (%.0f MiB)", len(self._cache), mib)
+
+    def rgb(self, path: Path) -> np.ndarray:
+        """The image ``[H, W, 3]`` float32 in [0, 1] (treat it as read-only: it may be the cached array)."""
+        if self._cache is not None:
+            return self._cache[path]
+        return read_image(path).rgb
+
+
 def _check_size(pixel_size: Sequence[int], scale: int) -> tuple[int, int]:
     if len(pixel_size) != 2 or min(pixel_size) < 1:
         raise ConfigError(f"pixel_size must be (height, width) with positive values, got {tuple(pixel_size)}")
@@ -203,6 +227,7 @@ class HRFolderDataset(Dataset):
         crop: "random" or "center" (see above).
         hflip: random horizontal flips in "random" mode.
         sharpened_target: return the degradation's (USM-sharpened) HR target rather than the plain crop.
+        preload: decode every image once and keep it in memory (:class:`ImageStore`).
     """
 
     def __init__(
@@ -219,6 +244,7 @@ class HRFolderDataset(Dataset):
         crop: CropMode = "random",
         hflip: bool = True,
         sharpened_target: bool = True,
+        preload: bool = False,
     ) -> None:
         if int(scale) != scale or scale < 1:
             raise ConfigError(f"scale must be a positive integer, got {scale!r}")
@@ -230,6 +256,7 @@ class HRFolderDataset(Dataset):
         self.pixel_size = _check_size(pixel_size, self.scale)
         self.degradation = get_preset(degradation) if isinstance(degradation, str) else degradation
         self.files = collect_images(_as_list(roots), recursive=True)
+        self.images = ImageStore(self.files, preload)
         self.captions = Captions.load(captions)
         self.default_caption = default_caption
         self.caption_dropout = caption_dropout
@@ -254,7 +281,7 @@ class HRFolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
         rng = _rng(self.seed, self.epoch, index)
-        rgb = read_image(path).rgb
+        rgb = self.images.rgb(path)
         hr = _to_chw(_crop_resize(rgb, self.pixel_size, self.crop, self.hflip, rng, path))
         params = sample_params(self.degradation, self.scale, rng)
         target, lr = apply_pair(hr[None], params)

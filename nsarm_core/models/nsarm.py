@@ -211,6 +211,14 @@ PRESETS: dict[str, NSARMConfig] = {
         tf.get_preset("tiny-parity-patchify"), "nsarm-parity-tiny", "precomputed"
     ),
     "tiny": _tiny_config(),
+    # The shipped CPU model (nsarm_core/assets/nsarm-tiny; docs/model_card.md): the tiny geometry with the
+    # "nsarm-tiny" transformer and transformation network, trained by scripts/train_nsarm_tiny.sh.
+    "nsarm-tiny": replace(
+        _tiny_config(),
+        name="nsarm-tiny",
+        transformer=tf.get_preset("nsarm-tiny"),
+        transform_net=tn.get_preset("nsarm-tiny"),
+    ),
 }
 
 

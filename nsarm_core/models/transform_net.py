@@ -175,6 +175,18 @@ PRESETS: dict[str, TransformNetConfig] = {
         branch_depths=(1, 1, 2),
         branch_heads=(2, 2, 4),
     ),
+    # The transformation network of the shipped nsarm-tiny: 64x64 LR -> 8x8 latent (stride-8 VAE, d = 14)
+    # -> the first K_t = 3 scales of the 256x256 HR (VAE grids 2, 4, 8: up to a quarter of the final 32x32
+    # grid, the scales the LR can explain, as NSARM's 256 -> 1024 model predicts 2..32 of 128).
+    "nsarm-tiny": TransformNetConfig(
+        in_channels=14,
+        latent_size=(8, 8),
+        feature_widths=(32, 64),
+        branch_grids=((2, 2), (4, 4), (8, 8)),
+        branch_dims=(64, 64, 96),
+        branch_depths=(2, 2, 2),
+        branch_heads=(2, 2, 4),
+    ),
 }
 
 

@@ -61,6 +61,7 @@ class DataSettings:
         default_caption: caption of images without one.
         caption_dropout: probability of an empty caption (condition dropout, C.10).
         crop: "random" or "center".
+        preload_images: decode the ``hr_dirs`` images once and keep them in memory (small photo sets).
     """
 
     hr_dirs: tuple[str, ...] = ()
@@ -72,6 +73,7 @@ class DataSettings:
     default_caption: str = ""
     caption_dropout: float = 0.0
     crop: Literal["random", "center"] = "random"
+    preload_images: bool = False
 
     def __post_init__(self) -> None:
         hr_dirs = (self.hr_dirs,) if isinstance(self.hr_dirs, str) else tuple(str(p) for p in self.hr_dirs)
@@ -101,7 +103,13 @@ class DataSettings:
         )
         if self.hr_dirs:
             return HRFolderDataset(
-                list(self.hr_dirs), pixel_size, self.degradation, self.scale, seed, **common
+                list(self.hr_dirs),
+                pixel_size,
+                self.degradation,
+                self.scale,
+                seed,
+                preload=self.preload_images,
+                **common,
             )
         assert self.lr_dir is not None and self.hr_dir is not None
         return PairedFolderDataset(self.lr_dir, self.hr_dir, self.scale, pixel_size, seed, **common)

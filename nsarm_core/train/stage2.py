@@ -15,6 +15,12 @@ weighting). One micro-batch:
 The BSQ of the network's maps is straight-through, so the CE reaches the transformation network through the
 word-embedded inputs (E.4, inferred) when it trains too.
 
+Base pretraining (``stage.transform_net: null``, ``nsarm train-base``): without a transformation network the
+labels are the plain HR decomposition (Alg. 1; ``modified_gt_labels`` with no predicted scales), i.e. Infinity's
+own next-scale objective with no LR condition. That is the pretrained text-to-image model NSARM starts from; for
+our small models, which have no released Infinity to start from, it gives the base transformer of the stage-1-only
+ablation (paper Sec. 4.3: stage-1 network + the untouched base model) and the starting point of stage 2.
+
 Shape legend:
     B  batch     d  VAE channels     d_vae = 4d bits per token (patchify) or d     K scales, L = sum_k h_k w_k
     grids: VAE grids (h_k, w_k) of the schedule; token grids are half of them with patchify
@@ -82,7 +88,8 @@ class Stage2Settings:
         vae, vae_weights: the frozen VAE (preset name or ``VAEConfig`` mapping; weights folder or file).
         transformer: preset name or a mapping of ``TransformerConfig`` fields; transformer_weights: initial
             weights (official ``.pth``/``.safetensors``/sharded folder, e.g. Infinity-8B).
-        transform_net, transform_net_weights: the network (stage-1 export folder for the weights).
+        transform_net, transform_net_weights: the network (stage-1 export folder for the weights);
+            ``transform_net: None`` trains the base model alone (Infinity's objective, see the module docstring).
         train_transform_net: fine-tune the transformation network too (end to end), else keep it frozen.
         text_encoder: Flan-T5 folder or hub id for transformers with ``use_text``.
         flip_layers, flip_strength: bitwise self-correction (C.9); ``flip_layers=0`` disables it (NSARM's
@@ -98,7 +105,7 @@ class Stage2Settings:
     vae_weights: str | None = None
     transformer: str | Mapping[str, Any] = "infinity-8b"
     transformer_weights: str | None = None
-    transform_net: str | Mapping[str, Any] = "nsarm-8b"
+    transform_net: str | Mapping[str, Any] | None = "nsarm-8b"
     transform_net_weights: str | None = None
     train_transform_net: bool = True
     text_encoder: str = "google/flan-t5-xl"
@@ -191,12 +198,20 @@ class Stage2Recipe:
         torch.manual_seed(self.seed)  # module initialisers read the global RNG (see stage1)
         vae = load_frozen_vae(s.vae, s.vae_weights)
         tn = s.transform_net
-        if s.transform_net_weights is not None:
+        net: TransformNet | None = None
+        if tn is None:
+            if s.transform_net_weights is not None:
+                raise ConfigError(
+                    "stage.transform_net is null (base pretraining) but stage.transform_net_weights is set; "
+                    "drop one of them"
+                )
+        elif s.transform_net_weights is not None:
             net = TransformNet.from_pretrained(s.transform_net_weights)
         else:
             logger.warning("stage.transform_net_weights is not set: the transformation network starts random")
             net = build_transform_net(tn if isinstance(tn, str) else TransformNetConfig.from_dict(tn))
-        net.requires_grad_(s.train_transform_net)
+        if net is not None:
+            net.requires_grad_(s.train_transform_net)
         if isinstance(s.transformer, str):
             gcfg = get_preset(s.transformer)
         else:
@@ -209,14 +224,19 @@ class Stage2Recipe:
         gpt = InfinityTransformer(gcfg, generator=torch.Generator().manual_seed(self.seed))
         if s.transformer_weights is not None:
             load_transformer_weights(gpt, s.transformer_weights)
-        self.pixel_size = check_geometry(self.schedule, vae, net, s.data.scale)
+        if net is not None:
+            self.pixel_size = check_geometry(self.schedule, vae, net, s.data.scale)
+        else:
+            self.pixel_size = (int(self.schedule.pixel_size[0]), int(self.schedule.pixel_size[1]))
         if gcfg.patchify != self.schedule.patchify or gcfg.vae_channels != vae.config.codebook_dim:
             raise ConfigError(
                 f"transformer (patchify={gcfg.patchify}, {gcfg.vae_channels} VAE channels) does not fit the "
                 f"schedule (patchify={self.schedule.patchify}) and VAE ({vae.config.codebook_dim} channels)"
             )
-        self.net_config, self.gpt_config = net.config, gcfg
-        models: dict[str, nn.Module] = {"vae": vae, "transform_net": net, "transformer": gpt}
+        self.net_config, self.gpt_config = (net.config if net is not None else None), gcfg
+        models: dict[str, nn.Module] = {"vae": vae, "transformer": gpt}
+        if net is not None:
+            models["transform_net"] = net
         if gcfg.use_text:
             from nsarm_core.models.text_encoder import TextEncoder
 
@@ -227,7 +247,7 @@ class Stage2Recipe:
 
     def trainable_parameters(self, models: Mapping[str, nn.Module]) -> list[dict[str, Any]]:
         groups = param_groups(models["transformer"], no_decay=NO_DECAY)
-        if self.settings.train_transform_net:
+        if self.settings.train_transform_net and "transform_net" in models:
             groups += param_groups(models["transform_net"])
         return groups
 
@@ -245,12 +265,15 @@ class Stage2Recipe:
     def compute_loss(
         self, models: Mapping[str, nn.Module], batch: Mapping[str, Any], generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
-        assert self.net_config is not None and self.gpt_config is not None, "build_models() runs first"
-        vae, net, gpt = models["vae"], models["transform_net"], models["transformer"]
+        assert self.gpt_config is not None, "build_models() runs first"
+        vae, gpt = models["vae"], models["transformer"]
         grids = self.schedule.vae_grids
         hr_latent = encode_frozen(vae, batch["hr"])  # [B, d, H, W]
-        lr_latent = encode_frozen(vae, batch["lr"])
-        maps = outputs_to_latent_maps(net(lr_latent), self.net_config.branch_grids)  # K_t x [B, d, h_k, w_k]
+        maps: list[Tensor] = []  # base pretraining: no LR-derived scales, the labels are Alg. 1's
+        if "transform_net" in models:
+            assert self.net_config is not None
+            lr_latent = encode_frozen(vae, batch["lr"])
+            maps = outputs_to_latent_maps(models["transform_net"](lr_latent), self.net_config.branch_grids)
         # Alg. 2: labels of scales < K_t are the bits of BSQ(maps) (straight-through, so the CE reaches T);
         # the later ones are the HR residual given those codes (optionally with flipped history, C.9).
         rs = modified_gt_labels(
@@ -289,7 +312,7 @@ class Stage2Recipe:
 
         from safetensors.torch import save_file
 
-        assert self.net_config is not None and self.gpt_config is not None, "build_models() runs first"
+        assert self.gpt_config is not None, "build_models() runs first"
         gpt_dir = out_dir / "transformer"
         gpt_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in state_dicts["transformer"].items()}
@@ -300,6 +323,7 @@ class Stage2Recipe:
         )
         (gpt_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.gpt_config), indent=2) + "\n")
         if "transform_net" in state_dicts:
+            assert self.net_config is not None
             net = TransformNet(self.net_config)
             net.load_state_dict({k: v.float() for k, v in state_dicts["transform_net"].items()})
             net.save_pretrained(out_dir / "transform_net")

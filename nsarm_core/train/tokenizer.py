@@ -106,6 +106,7 @@ class TokenizerSettings:
         entropy_gamma: codebook-entropy factor ``gamma`` (A.6 default 1).
         inv_temperature: ``inv_temperature`` of the soft bit probabilities (A.6 default 100).
         grad_weight: L1 on image finite differences (edge term; 0 = off).
+        preload_images: decode the training images once and keep them in memory (small photo sets).
     """
 
     schedule: str = "tiny-128"
@@ -123,6 +124,7 @@ class TokenizerSettings:
     entropy_gamma: float = 1.0
     inv_temperature: float = 100.0
     grad_weight: float = 0.0
+    preload_images: bool = False
 
     def __post_init__(self) -> None:
         hr = (self.hr_dirs,) if isinstance(self.hr_dirs, str) else tuple(str(p) for p in self.hr_dirs)
@@ -175,13 +177,20 @@ class ImageCropDataset(Dataset):
     """
 
     def __init__(
-        self, roots: Sequence[str | Path], pixel_size: tuple[int, int], seed: int, crop: str = "random"
+        self,
+        roots: Sequence[str | Path],
+        pixel_size: tuple[int, int],
+        seed: int,
+        crop: str = "random",
+        preload: bool = False,
     ) -> None:
+        from nsarm_core.data.datasets import ImageStore
         from nsarm_core.data.files import collect_images
 
         self.files = collect_images([str(r) for r in roots], recursive=True)
         if not self.files:
             raise InputError(f"no images found in {list(roots)}; stage.hr_dirs must point at image folders")
+        self.images = ImageStore(self.files, preload)
         self.pixel_size = pixel_size
         self.seed = int(seed)
         self.crop = crop
@@ -196,11 +205,10 @@ class ImageCropDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from nsarm_core.data.datasets import _crop_resize, _rng, _to_chw
-        from nsarm_core.data.io import read_image
 
         path = self.files[index]
         rng = _rng(self.seed, self.epoch, index)
-        rgb = _crop_resize(read_image(path).rgb, self.pixel_size, self.crop, True, rng, path)  # type: ignore[arg-type]
+        rgb = _crop_resize(self.images.rgb(path), self.pixel_size, self.crop, True, rng, path)  # type: ignore[arg-type]
         return {"image": _to_chw(rgb) * 2.0 - 1.0, "index": index}
 
 
@@ -387,7 +395,11 @@ class TokenizerRecipe:
 
     def make_dataset(self) -> Dataset:
         return ImageCropDataset(
-            self.settings.hr_dirs, tuple(self.schedule.pixel_size), self.seed, self.settings.crop
+            self.settings.hr_dirs,
+            tuple(self.schedule.pixel_size),
+            self.seed,
+            self.settings.crop,
+            preload=self.settings.preload_images,
         )
 
     def compute_loss(
