@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Reproduces nsarm-tiny, the model bundled in nsarm_core/assets/nsarm-tiny (model card: docs/model_card.md),
+# with the project's own commands on CPU:
+#
+#   1. data       scripts/prepare_data.py: 32 training photos + 5 held-out photos from Debian packages
+#   2. tokenizer  nsarm train-tokenizer --config tokenizer_tiny
+#   3. base       nsarm train-base --config base_tiny        } run side by side, one CPU thread each
+#      stage 1    nsarm train-stage1 --config stage1_tiny    }
+#   4. stage 2    nsarm train-stage2 --config stage2_tiny, from the base transformer and the stage-1 network
+#   5. models     runs/nsarm-tiny (stage 2) and runs/nsarm-tiny-stage1-only (stage-1 net + base transformer)
+#   6. evaluate   scripts/evaluate_nsarm_tiny.sh (bicubic vs stage-1-only vs nsarm-tiny on the held-out photos)
+#
+# Every training step is resumable: run the script again after an interruption and each stage continues from
+# its newest checkpoint (finished stages are skipped). `INSTALL=1` lets prepare_data.py apt-get the photo
+# packages. Set STEPS_* to shorten a trial run (the shipped model used the defaults below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+STEPS_TOKENIZER=${STEPS_TOKENIZER:-4000}
+STEPS_BASE=${STEPS_BASE:-800}
+STEPS_STAGE1=${STEPS_STAGE1:-800}
+STEPS_STAGE2=${STEPS_STAGE2:-1200}
+VAE=runs/tokenizer_tiny/final/vae
+
+# 1. Data (skipped when data/train and data/val exist).
+if [ ! -d data/train ] || [ ! -d data/val ]; then
+  python scripts/prepare_data.py ${INSTALL:+--install}
+fi
+
+# 2. Tokenizer (~4000 steps of batch 8 at 128 px, bf16 autocast).
+nsarm train-tokenizer --config tokenizer_tiny --max-steps "$STEPS_TOKENIZER" --resume latest
+
+# 3. Base transformer and stage 1 need only the tokenizer: one thread each, side by side.
+OMP_NUM_THREADS=1 nsarm train-base --config base_tiny --max-steps "$STEPS_BASE" --resume latest \
+  --set stage.vae_weights="$VAE" > runs/base_tiny.log 2>&1 &
+base_pid=$!
+OMP_NUM_THREADS=1 nsarm train-stage1 --config stage1_tiny --max-steps "$STEPS_STAGE1" --resume latest \
+  --set stage.vae_weights="$VAE" > runs/stage1_tiny.log 2>&1 &
+stage1_pid=$!
+wait "$base_pid" || { echo "train-base failed: see runs/base_tiny.log" >&2; exit 1; }
+wait "$stage1_pid" || { echo "train-stage1 failed: see runs/stage1_tiny.log" >&2; exit 1; }
+
+# 4. Stage 2: the base transformer + the stage-1 network, fine-tuned end to end (Alg. 2).
+nsarm train-stage2 --config stage2_tiny --max-steps "$STEPS_STAGE2" --resume latest \
+  --set stage.vae_weights="$VAE" \
+  --set stage.transformer_weights=runs/base_tiny/final/transformer/model.safetensors \
+  --set stage.transform_net_weights=runs/stage1_tiny/final/transform_net
+
+# 5. The two models: nsarm-tiny, and the paper's stage-1-only ablation (stage-1 network, base transformer).
+nsarm export-model runs/stage2_tiny runs/nsarm-tiny --name nsarm-tiny
+nsarm export-model runs/base_tiny runs/nsarm-tiny-stage1-only --stage1 runs/stage1_tiny \
+  --name nsarm-tiny-stage1-only
+sha256sum runs/nsarm-tiny/model.safetensors
+echo "To ship it: cp runs/nsarm-tiny/{config.json,model.safetensors} nsarm_core/assets/nsarm-tiny/ and put the"
+echo "sha256 above into nsarm_core/weights.py (MODELS['nsarm-tiny'])."
+
+# 6. Evaluation (needs the eval extra for MS-SSIM/GMSD/FSIM/VIF; see the script).
+bash scripts/evaluate_nsarm_tiny.sh
