@@ -16,10 +16,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
+# glibc hands every freed block over 32 MiB back to the kernel, so each step re-faults its large activations
+# (measured on stage 1: ~350k page faults/s, half of the CPU time in the kernel). jemalloc without page
+# purging keeps them mapped: 2.5x faster steps (apt-get install libjemalloc2). Used when present.
+JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+if [ -z "${LD_PRELOAD:-}" ] && [ -f "$JEMALLOC" ]; then
+  export LD_PRELOAD=$JEMALLOC MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1,background_thread:false
+fi
 STEPS_TOKENIZER=${STEPS_TOKENIZER:-4000}
-STEPS_BASE=${STEPS_BASE:-800}
-STEPS_STAGE1=${STEPS_STAGE1:-800}
-STEPS_STAGE2=${STEPS_STAGE2:-1200}
+STEPS_BASE=${STEPS_BASE:-1500}
+STEPS_STAGE1=${STEPS_STAGE1:-1500}
+STEPS_STAGE2=${STEPS_STAGE2:-2000}
 VAE=runs/tokenizer_tiny/final/vae
 
 # 1. Data (skipped when data/train and data/val exist).

@@ -73,7 +73,9 @@ def test_nsarm_sampler_parity_with_replay(fixture) -> None:
     lr = torch.from_numpy(t["in.lr_rgb_u8"].numpy()).permute(2, 0, 1)[None].float() / 255
     assert (lr * 2 - 1 - _squeeze_t(t["lr_image_tensor"])).abs().max() <= 1e-6
     latent = vae.encode_raw(lr * 2 - 1)
-    assert (latent - _squeeze_t(t["lr_raw_latent"])).abs().max() <= 1e-4
+    # 5e-4: with one torch thread the convolution sums round differently and this latent moves by 2e-4
+    # (measured); with two threads it matches to 1e-4.
+    assert (latent - _squeeze_t(t["lr_raw_latent"])).abs().max() <= 5e-4
 
     # 2. map outputs -> raw reshape -> BSQ: the codes that replace scales 0..6
     outs = [t[f"map.out.{i}"] for i in range(7)]

@@ -83,7 +83,9 @@ def test_strict_load_fills_every_parameter(fx: _Fixture) -> None:
 def test_raw_latent(fx: _Fixture) -> None:
     ref = fx.tensors["raw_latent"]
     assert fx.raw_latent.shape == ref.shape
-    assert float((fx.raw_latent - ref).abs().max()) <= 1e-4
+    # 5e-4: with one torch thread the d14 encoder's convolution sums round differently and the latent moves by
+    # 2e-4 (measured); with two threads it matches to 1e-4.
+    assert float((fx.raw_latent - ref).abs().max()) <= 5e-4
 
 
 @SCHEDULE_CASES
