@@ -26,7 +26,7 @@ fi
 STEPS_TOKENIZER=${STEPS_TOKENIZER:-4000}
 STEPS_BASE=${STEPS_BASE:-1500}
 STEPS_STAGE1=${STEPS_STAGE1:-1500}
-STEPS_STAGE2=${STEPS_STAGE2:-2000}
+STEPS_STAGE2=${STEPS_STAGE2:-1300}
 VAE=runs/tokenizer_tiny/final/vae
 
 # 1. Data (skipped when data/train and data/val exist).

@@ -89,9 +89,12 @@ def _noise(h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 def _registry_with(monkeypatch: pytest.MonkeyPatch, **checkpoint_fields: Any) -> None:
-    """Register ``nsarm-tiny`` with changed checkpoint fields (e.g. a sha256) for this test only."""
+    """Register ``nsarm-tiny`` with changed checkpoint fields (e.g. a sha256) for this test only.
+
+    The registered size of the bundled file is dropped unless given: the test model is a different file.
+    """
     spec = W.MODELS["nsarm-tiny"]
-    ckpt = dataclasses.replace(spec.files["checkpoint"], **checkpoint_fields)
+    ckpt = dataclasses.replace(spec.files["checkpoint"], **{"size": None, **checkpoint_fields})
     monkeypatch.setitem(
         W.MODELS, "nsarm-tiny", dataclasses.replace(spec, files={**spec.files, "checkpoint": ckpt})
     )
@@ -143,7 +146,7 @@ def test_missing_weights_name_the_file_and_how_to_get_it(
     with pytest.raises(WeightsNotFoundError) as err:
         SRPipeline.from_pretrained("nsarm-tiny")
     msg = str(err.value)
-    assert "'model.safetensors'" in msg and "does not have them yet" in msg and "--weights PATH" in msg
+    assert "'model.safetensors'" in msg and "ships inside the nsarm package" in msg and "--weights PATH" in msg
 
     with pytest.raises(WeightsNotFoundError, match=r"missing\.safetensors.*--weights"):
         SRPipeline.from_pretrained("nsarm-tiny", weights=tmp_path / "missing.safetensors")
