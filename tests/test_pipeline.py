@@ -146,7 +146,9 @@ def test_missing_weights_name_the_file_and_how_to_get_it(
     with pytest.raises(WeightsNotFoundError) as err:
         SRPipeline.from_pretrained("nsarm-tiny")
     msg = str(err.value)
-    assert "'model.safetensors'" in msg and "ships inside the nsarm package" in msg and "--weights PATH" in msg
+    assert (
+        "'model.safetensors'" in msg and "ships inside the nsarm package" in msg and "--weights PATH" in msg
+    )
 
     with pytest.raises(WeightsNotFoundError, match=r"missing\.safetensors.*--weights"):
         SRPipeline.from_pretrained("nsarm-tiny", weights=tmp_path / "missing.safetensors")
