@@ -153,6 +153,29 @@ def test_stage2_gradient_reaches_the_transformation_network(hr_dir: Path) -> Non
     assert all(p.grad is None for p in models["vae"].parameters())
 
 
+def test_stage2_transform_net_learning_rate_scale(hr_dir: Path) -> None:
+    from nsarm_core.train.stage2 import Stage2Recipe, Stage2Settings
+
+    stage = {**STAGE2, "hr_dirs": [str(hr_dir)], "transform_net_lr_scale": 0.1}
+    recipe = Stage2Recipe(Stage2Settings.from_stage(stage), base_lr=2e-4)
+    models = recipe.build_models()
+    groups = recipe.trainable_parameters(models)
+    net_ids = {id(p) for p in models["transform_net"].parameters()}
+    net_groups = [g for g in groups if id(g["params"][0]) in net_ids]
+    other = [g for g in groups if id(g["params"][0]) not in net_ids]
+    assert net_groups and all(g["lr"] == pytest.approx(2e-5) for g in net_groups)
+    assert other and all("lr" not in g for g in other)  # the transformer takes the optimiser's lr
+    # The scheduler multiplies each group's own starting rate, so the ratio holds through training.
+    opt = torch.optim.AdamW(groups, lr=2e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    assert sorted({round(lr, 9) for lr in sched.get_last_lr()}) == [1e-5, 1e-4]
+
+    with pytest.raises(ConfigError, match="base learning rate"):
+        Stage2Recipe(Stage2Settings.from_stage(stage)).trainable_parameters(models)
+    with pytest.raises(ConfigError, match="transform_net_lr_scale must be > 0"):
+        Stage2Settings.from_stage({**stage, "transform_net_lr_scale": 0})
+
+
 def test_base_pretraining_uses_the_plain_hr_decomposition(hr_dir: Path) -> None:
     from nsarm_core.models.bsq import decompose_into_residual_scales
     from nsarm_core.models.sampler import vae_bits_to_tokens
