@@ -144,6 +144,8 @@ def test_config_names_and_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["tokenizer_tiny", "base_tiny", "stage1_tiny", "stage2_tiny"])
 def test_shipped_tiny_configs_fit_the_nsarm_tiny_geometry(name: str) -> None:
     from nsarm_core.models.nsarm import get_preset
+    from nsarm_core.models.vae import get_preset as get_vae_preset
+    from nsarm_core.scales import get_named_schedule
     from nsarm_core.train.config import load_config
 
     cfg = load_config(resolve_shipped(name))
@@ -152,14 +154,14 @@ def test_shipped_tiny_configs_fit_the_nsarm_tiny_geometry(name: str) -> None:
         from nsarm_core.train.tokenizer import TokenizerSettings
 
         s = TokenizerSettings.from_stage(cfg.stage)
-        assert s.vae == "tiny-d14" and s.eval_schedule == "tiny-256"
+        assert s.vae == "tiny-d14" and tiny.vae == get_vae_preset(s.vae)
+        assert get_named_schedule(s.eval_schedule) == tiny.schedule  # held-out PSNR on nsarm-tiny's HR window
         return
     from nsarm_core.models.transform_net import get_preset as net_preset
     from nsarm_core.models.transformer import get_preset as gpt_preset
-    from nsarm_core.scales import get_named_schedule
 
-    assert get_named_schedule(cfg.stage["schedule"]).token_grids == tiny.schedule.token_grids
-    assert cfg.stage["vae"] == "tiny-d14" and cfg.stage["scale"] == tiny.scale
+    assert get_named_schedule(cfg.stage["schedule"]) == tiny.schedule
+    assert get_vae_preset(cfg.stage["vae"]) == tiny.vae and cfg.stage["scale"] == tiny.scale
     if name == "base_tiny":
         assert cfg.stage["transform_net"] is None
     else:
