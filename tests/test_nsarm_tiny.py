@@ -27,12 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "nsarm_core" / "assets" / "nsarm-tiny"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_bundled_weights_match_the_registered_checksum_and_preset() -> None:

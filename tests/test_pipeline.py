@@ -36,14 +36,7 @@ SEAM_BOUND = 1.5  # max |difference| across a tile border / mean |difference| ov
 
 # --------------------------------------------------------------------------------------------- fixtures
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """One torch thread: on 2 cores shared with other work, 2 threads straggle (timings varied 10x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _script() -> ModuleType:
@@ -32,12 +33,7 @@ def test_prefix_ceiling_on_an_example_photo(tmp_path: Path, capsys: pytest.Captu
     hr.save(hr_dir / "a.png")
     hr.resize((64, 64), Image.BICUBIC).save(lr_dir / "a.png")
     out = tmp_path / "ceiling.json"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert _script().main(["nsarm-tiny", str(hr_dir), str(lr_dir), "--json-out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert _script().main(["nsarm-tiny", str(hr_dir), str(lr_dir), "--json-out", str(out)]) == 0
     mean = json.loads(out.read_text())["mean"]
     assert set(mean) == {"gt_prefix", "gt_prefix_ar", "gt_all", "net_prefix", "bicubic"}
     assert all(np.isfinite(v) for s in mean.values() for v in s.values())
