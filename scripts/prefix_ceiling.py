@@ -33,8 +33,8 @@ import torch
 
 from nsarm_core.color_fix import color_fix
 from nsarm_core.data.files import collect_images
-from nsarm_core.data.io import read_image
-from nsarm_core.eval.metrics import psnr, ssim
+from nsarm_core.data.io import atomic_write_text, read_image
+from nsarm_core.eval.metrics import psnr, ssim, to_8bit_levels
 from nsarm_core.models.bsq import bsq_quantize, resize_latent
 from nsarm_core.models.nsarm import NSARM
 from nsarm_core.models.sampler import sample_scales
@@ -43,8 +43,8 @@ from nsarm_core.pipeline import SamplingSettings, pil_bicubic
 
 
 def _to_levels(x: torch.Tensor) -> np.ndarray:
-    """[1, 3, H, W] in [0, 1] -> uint8 [H, W, 3], as a saved PNG."""
-    return (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    """[1, 3, H, W] in [0, 1] -> [H, W, 3] 8-bit levels, as a saved PNG."""
+    return to_8bit_levels(x[0].permute(1, 2, 0).numpy())
 
 
 @torch.no_grad()
@@ -158,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in summary.items():
         print(f"{name:<13} {s['psnr']:7.2f} {s['ssim']:7.4f}")
     if args.json_out:
-        args.json_out.write_text(
-            json.dumps({"model": cfg.name, "mean": summary, "per_image": rows}, indent=2) + "\n"
-        )
+        report = {"model": cfg.name, "mean": summary, "per_image": rows}
+        atomic_write_text(args.json_out, json.dumps(report, indent=2) + "\n")
     return 0
 
 

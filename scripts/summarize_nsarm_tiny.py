@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nsarm_core.data.io import atomic_open, atomic_write_text
+
 METHODS = ("bicubic", "stage1-only", "nsarm-tiny")
 PRESETS = ("realesrgan", "light")
 METRICS = ("psnr", "ssim", "ms_ssim", "gmsd", "fsim", "vif")
@@ -98,7 +100,8 @@ def side_by_side(work: Path, out: Path, hr_dir: Path = Path("data/val")) -> Path
     grid = np.concatenate(tiles_rows, axis=0)
     img = Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST)
     path = out / "side_by_side.png"
-    img.save(path)
+    with atomic_open(path) as handle:
+        img.save(handle, format="PNG")
     return path
 
 
@@ -123,9 +126,10 @@ def main(argv: list[str]) -> int:
             "counts": counts,
         },
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results, robustness))
-    print(markdown(results, robustness))
+    tables = markdown(results, robustness)
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out / "results.md", tables)
+    print(tables)
     print(f"side by side: {side_by_side(work, out)}")
     return 0
 

@@ -61,8 +61,9 @@ def test_readme_main_command_upscales_the_examples_offline(tmp_path: Path, monke
 
 def _levels(x: torch.Tensor) -> Any:
     from nsarm_core.data.io import from_tensor
+    from nsarm_core.eval.metrics import to_8bit_levels
 
-    return (from_tensor(x) * 255.0).round()  # [H, W, 3] in 8-bit levels, as the saved PNGs
+    return to_8bit_levels(from_tensor(x))  # [H, W, 3] in 8-bit levels, as the saved PNGs
 
 
 def test_nsarm_tiny_is_trained_and_deterministic() -> None:
