@@ -34,12 +34,13 @@ import torch
 from nsarm_core.color_fix import color_fix
 from nsarm_core.data.files import collect_images
 from nsarm_core.data.io import atomic_write_text, read_image
+from nsarm_core.errors import NSARMError
 from nsarm_core.eval.metrics import psnr, ssim, to_8bit_levels
 from nsarm_core.models.bsq import bsq_quantize, resize_latent
 from nsarm_core.models.nsarm import NSARM
 from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
-from nsarm_core.pipeline import SamplingSettings, pil_bicubic
+from nsarm_core.pipeline import SamplingSettings, load_pipeline, pil_bicubic
 
 
 def _to_levels(x: torch.Tensor) -> np.ndarray:
@@ -141,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from nsarm_core.pipeline import load_pipeline
-
-    model = load_pipeline(args.model, device="cpu", dtype="fp32").model
-    rows = ceilings(model, args.hr_dir, args.lr_dir, args.prefix_scales)
+    try:
+        model = load_pipeline(args.model, device="cpu", dtype="fp32").model
+        rows = ceilings(model, args.hr_dir, args.lr_dir, args.prefix_scales)
+    except NSARMError as exc:  # unknown model, unreadable image, ...: one line, as the nsarm commands
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cfg = model.config
     summary = {
         name: {m: float(np.mean([r[m] for r in per])) for m in ("psnr", "ssim")} for name, per in rows.items()

@@ -49,3 +49,9 @@ def test_prefix_ceiling_names_a_missing_lr(tmp_path: Path) -> None:
     Image.new("RGB", (256, 256)).save(hr_dir / "a.png")
     with pytest.raises(SystemExit, match="no LR image .*a.png"):
         _script().main(["nsarm-tiny", str(hr_dir), str(tmp_path)])
+
+
+def test_prefix_ceiling_bad_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _script().main(["no-such-model", str(tmp_path), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown model 'no-such-model'") and "\n" not in err
