@@ -19,7 +19,14 @@ from nsarm_cli.degrade import degrade
 from nsarm_cli.evaluate import evaluate
 from nsarm_cli.models import models
 from nsarm_cli.robustness import robustness
-from nsarm_cli.train import export_model, train_base, train_stage1, train_stage2, train_tokenizer
+from nsarm_cli.train import (
+    export_model,
+    train_base,
+    train_cfw,
+    train_stage1,
+    train_stage2,
+    train_tokenizer,
+)
 from nsarm_cli.upscale import upscale
 from nsarm_core import __version__
 from nsarm_core.errors import NSARMError
@@ -123,6 +130,7 @@ app.command("train-tokenizer")(train_tokenizer)
 app.command("train-base")(train_base)
 app.command("train-stage1")(train_stage1)
 app.command("train-stage2")(train_stage2)
+app.command("train-cfw")(train_cfw)
 app.command("export-model")(export_model)
 app.command("evaluate")(evaluate)
 app.command("robustness")(robustness)

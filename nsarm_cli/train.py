@@ -27,6 +27,7 @@ STAGES = {
     "base": "base_tiny",
     "stage1": "stage1_tiny",
     "stage2": "stage2_tiny",
+    "cfw": "cfw_tiny",
 }
 """Stage -> the shipped config used when ``--config`` is not given."""
 
@@ -36,7 +37,7 @@ ConfigOpt = Annotated[
         "--config",
         "-c",
         help="YAML config file, or the name of a shipped one (tokenizer_tiny, base_tiny, stage1_tiny, "
-        "stage2_tiny, stage1_nsarm, stage2_nsarm). Default: the stage's *_tiny config.",
+        "stage2_tiny, cfw_tiny, stage1_nsarm, stage2_nsarm). Default: the stage's *_tiny config.",
     ),
 ]
 SetOpt = Annotated[
@@ -158,6 +159,10 @@ def _train(stage: str, cfg: Any) -> tuple[Any, Any]:
         from nsarm_core.train.stage1 import Stage1Recipe
 
         recipe = Stage1Recipe.from_config(cfg)
+    elif stage == "cfw":
+        from nsarm_core.train.cfw import CFWRecipe
+
+        recipe = CFWRecipe.from_config(cfg)
     else:  # stage 2, and base pretraining (stage 2's recipe without a transformation network)
         from nsarm_core.train.stage2 import Stage2Recipe
 
@@ -255,6 +260,28 @@ def train_stage2(
 
             out = export_nsarm_model(result.run_dir, result.final_dir / MODEL_SUBDIR)
             summary["model_dir"] = str(out)
+    _report(summary, json_out)
+
+
+def train_cfw(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    resume: ResumeOpt = None,
+    max_steps: MaxStepsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit controllable feature wrapping (CFW) and the decoder on top of a frozen NSARM model (stage.model).
+
+    The model's own sampled latents of degraded training windows are cached in the run folder; the decoder and
+    CFW learn L1 + an adversarial loss against a PatchGAN trained from scratch, with the fidelity w drawn per
+    sample. Writes RUN/final/model, which `nsarm upscale --model RUN/final/model --fidelity W` loads.
+    """
+    cfg = _build_config("cfw", config, overrides, run_dir, resume, max_steps)
+    _, result = _train("cfw", cfg)
+    summary = _summary("cfw", cfg, result)
+    if result.final_dir is not None:
+        summary["model_dir"] = str(result.final_dir / "model")
     _report(summary, json_out)
 
 

@@ -52,10 +52,14 @@ def _build_upscaler(
     color_fix: str,
     tile: int | None,
     tile_overlap: int | None,
+    fidelity: float | None = None,
 ) -> Any:
     """An interpolation baseline, or the NSARM pipeline from ``nsarm_core.pipeline.load_pipeline`` (lazy import)."""
     if model in BASELINES:
         from nsarm_core.upscale import InterpolationUpscaler
+
+        if fidelity is not None:
+            raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {model}")
 
         # An integer factor is one interpolation step; other factors are x4 plus the stated final resize.
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
@@ -76,7 +80,7 @@ def _build_upscaler(
         weights=weights,
         vae_weights=vae_weights,
         text_encoder=text_encoder,
-        sampling=dict(tau=tau, top_p=top_p, cfg=cfg),
+        sampling=dict(tau=tau, top_p=top_p, cfg=cfg, fidelity=fidelity),
         color_fix=color_fix,
         tile=tile,
         tile_overlap=tile_overlap,
@@ -185,6 +189,14 @@ def upscale(
     color_fix: Annotated[
         str, typer.Option("--color-fix", help="Colour correction: none|adain|wavelet|both.")
     ] = "both",
+    fidelity: Annotated[
+        float | None,
+        typer.Option(
+            "--fidelity",
+            help="Fidelity-realism knob w in [0, 1] of models with CFW: 0 = NSARM's generative output, "
+            "1 = most faithful to the input (default: the model's own, 0.5 for nsarm-tiny).",
+        ),
+    ] = None,
     tile: Annotated[
         int | None, typer.Option("--tile", help="Tile side in input pixels (default: the model's).")
     ] = None,
@@ -246,7 +258,7 @@ def upscale(
     upscaler = _build_upscaler(
         model, scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
         text_encoder=text_encoder, tau=tau, top_p=top_p, cfg=cfg, color_fix=color_fix, tile=tile,
-        tile_overlap=tile_overlap,
+        tile_overlap=tile_overlap, fidelity=fidelity,
     )  # fmt: skip
     if world > 1:
         info(f"process {rank + 1} of {world}: taking every {world}th file")

@@ -11,6 +11,7 @@ Shape legend: LR window ``[1, 3, h, w]`` in [0, 1]; latent ``[1, d, h/p, w/p]``;
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +26,7 @@ from torch import Tensor
 from nsarm_core.color_fix import COLOR_FIX_MODES, color_fix
 from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.models.bsq import bsq_quantize
+from nsarm_core.models.cfw import check_fidelity
 from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
 from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
@@ -54,6 +56,7 @@ class SamplingSettings:
     cfg: float = 1.0
     color_fix: str = "both"
     tile_overlap: int | None = None  # LR pixels; None = a quarter of the window
+    fidelity: float | None = None  # CFW w in [0, 1]; None = the model's default (0 for models without CFW)
 
     def __post_init__(self) -> None:
         if self.tau <= 0:
@@ -62,6 +65,8 @@ class SamplingSettings:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.color_fix not in COLOR_FIX_MODES:
             raise ConfigError(f"unknown colour fix {self.color_fix!r}; valid: {list(COLOR_FIX_MODES)}")
+        if self.fidelity is not None:
+            check_fidelity(self.fidelity)
 
 
 class SRPipeline:
@@ -103,9 +108,13 @@ class SRPipeline:
             self.model.transform_net.to(dtype)
             self.model.transformer.cast_blocks(dtype)
             self.model.vae.decoder.to(dtype)
+            if self.model.cfw is not None:
+                self.model.cfw.to(dtype)
         self.model.transformer.to(self.device)
         self.model.transform_net.to(self.device)
         self.model.vae.to("cpu" if self.offload else self.device)
+        if self.model.cfw is not None:
+            self.model.cfw.to("cpu" if self.offload else self.device)
         self.name = self.config.name
         self.native_scale = self.config.scale
         self._text_cache: dict[str, Any] = {}
@@ -180,11 +189,59 @@ class SRPipeline:
             )
         t = timings if timings is not None else {}
         lr = lr.to(self.device, torch.float32).clamp(0, 1)
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        summed_codes = self.sample_latent(lr, generator=generator, prompt=prompt, settings=st, timings=t)
+        t3 = time.perf_counter()
+
+        # 4. VAE decode of the accumulated latent -> HR window in [0, 1]. With a CFW module and w > 0 the LR
+        # window's own features are fused into each decoder level (cfw.py, StableSR Eq. 4); w = 0 is the paper's
+        # decoder, bit for bit.
+        fidelity = self.fidelity(st)
+        with self._resident(self.model.vae.decoder):
+            wrap = None
+            if fidelity > 0:
+                assert self.model.cfw is not None  # self.fidelity() refuses w > 0 without CFW
+                with self._resident(self.model.cfw):
+                    wrap = self.model.cfw.wrap((lr * 2 - 1).to(self.device), fidelity)
+                    hr = (self.model.vae.decode(summed_codes, wrap).float() + 1) / 2
+            else:
+                hr = (self.model.vae.decode(summed_codes).float() + 1) / 2
+        t4 = time.perf_counter()
+
+        # 5. Colour fix against the LR upsampled with Pillow's bicubic, as NSARM's color_adjust does (spec E.7;
+        # Pillow's kernel is a = -0.5, torch's a = -0.75), then AdaIN and the wavelet fix (both by default).
+        if st.color_fix != "none":
+            lr_up = pil_bicubic(lr.cpu(), tuple(hr.shape[-2:])).to(hr.device)
+            hr = color_fix(hr, lr_up, st.color_fix)  # type: ignore[arg-type]
+        t5 = time.perf_counter()
+        for key, dt in (("decode", t4 - t3), ("color_fix", t5 - t4)):
+            t[key] = t.get(key, 0.0) + dt
+        return hr.clamp(0, 1).cpu()
+
+    @torch.no_grad()
+    def sample_latent(
+        self,
+        lr: Tensor,
+        *,
+        generator: torch.Generator,
+        prompt: str | None = None,
+        settings: SamplingSettings | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Tensor:
+        """Steps 1-3 of a window: LR windows ``[B, 3, h, w]`` in [0, 1] -> the sampled latent ``[B, d, H, W]``.
+
+        The latent is the sum of the codes of every scale (the LR-derived first K_t and the sampled rest), the
+        decoder's input. ``generator`` (on the pipeline's device) draws the bits of all B windows.
+        """
+        cfg, st = self.config, settings or self.settings
+        t = timings if timings is not None else {}
+        lr = lr.to(self.device, torch.float32).clamp(0, 1)
+        batch = int(lr.shape[0])
 
         # 1. LR -> VAE encoder: the continuous latent of the LR window (spec E.3 step 1; the encoder runs in fp32).
         t0 = time.perf_counter()
         with self._resident(self.model.vae.encoder):
-            latent = self.model.vae.encode_raw(lr * 2 - 1)  # [1, d, h/p, w/p]
+            latent = self.model.vae.encode_raw(lr * 2 - 1)  # [B, d, h/p, w/p]
         t1 = time.perf_counter()
 
         # 2. Transformation network -> the first K_t residual scales, quantised (raw reshape quirk, spec E.2).
@@ -195,11 +252,12 @@ class SRPipeline:
 
         # 3. The transformer continues the remaining scales; its KV cache is filled from the LR-derived scales.
         text = self._text_features(prompt)
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        if text is not None and batch > 1:
+            text = list(text) * batch  # one prompt for every window of the batch
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype)
             if self.dtype != torch.float32
-            else _null_context()
+            else contextlib.nullcontext()
         )
         with autocast:
             sample = sample_scales(
@@ -213,30 +271,29 @@ class SRPipeline:
                 next_input_mode=cfg.next_input_mode,
                 prefix_codes=prefix_codes,
                 return_logits=False,
-                batch_size=1,
+                batch_size=batch,
             )
         t3 = time.perf_counter()
-
-        # 4. VAE decode of the accumulated latent -> HR window in [0, 1].
-        with self._resident(self.model.vae.decoder):
-            hr = (self.model.vae.decode(sample.summed_codes).float() + 1) / 2
-        t4 = time.perf_counter()
-
-        # 5. Colour fix against the LR upsampled with Pillow's bicubic, as NSARM's color_adjust does (spec E.7;
-        # Pillow's kernel is a = -0.5, torch's a = -0.75), then AdaIN and the wavelet fix (both by default).
-        if st.color_fix != "none":
-            lr_up = pil_bicubic(lr.cpu(), tuple(hr.shape[-2:])).to(hr.device)
-            hr = color_fix(hr, lr_up, st.color_fix)  # type: ignore[arg-type]
-        t5 = time.perf_counter()
-        for key, dt in (
-            ("encode", t1 - t0),
-            ("transform_net", t2 - t1),
-            ("ar_scales", t3 - t2),
-            ("decode", t4 - t3),
-            ("color_fix", t5 - t4),
-        ):
+        for key, dt in (("encode", t1 - t0), ("transform_net", t2 - t1), ("ar_scales", t3 - t2)):
             t[key] = t.get(key, 0.0) + dt
-        return hr.clamp(0, 1).cpu()
+        return sample.summed_codes
+
+    def fidelity(self, settings: SamplingSettings | None = None) -> float:
+        """The CFW ``w`` these settings ask for: theirs, else the model's default (0 without a CFW module).
+
+        Raises:
+            ConfigError: ``w > 0`` for a model without a CFW module (e.g. the official nsarm-8b).
+        """
+        st = settings or self.settings
+        cfw = self.config.cfw
+        if st.fidelity is None:
+            return cfw.default_fidelity if cfw is not None else 0.0
+        if st.fidelity > 0 and cfw is None:
+            raise ConfigError(
+                f"model {self.name!r} has no CFW module, so --fidelity must be 0 (its paper's output); "
+                "fit one with `nsarm train-cfw` or use a model that has one (nsarm-tiny)"
+            )
+        return float(st.fidelity)
 
     @contextmanager
     def _resident(self, module: torch.nn.Module) -> Iterator[None]:
@@ -291,6 +348,7 @@ class SRPipeline:
         if rgb.dim() != 4 or rgb.shape[:2] != (1, 3):
             raise InputError(f"expected an RGB image [1, 3, H, W] in [0, 1], got shape {tuple(rgb.shape)}")
         st = settings or self.settings
+        self.fidelity(st)  # refuse a bad --fidelity before any window runs
         h, w = self.config.lr_size
         if h != w:
             raise ConfigError(
@@ -316,6 +374,7 @@ class SRPipeline:
         info = {
             "model": self.name,
             **asdict(st),
+            "fidelity": self.fidelity(st),
             "next_input_mode": self.config.next_input_mode,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
@@ -337,14 +396,6 @@ class SRPipeline:
 def pil_bicubic(x: Tensor, size: tuple[int, ...]) -> Tensor:
     """Resize ``[1, C, h, w]`` in [0, 1] to ``size`` with Pillow's bicubic (as NSARM's color_adjust), clamped."""
     return pil_resize(x, size, "bicubic").clamp_(0, 1)
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _build_text_encoder(

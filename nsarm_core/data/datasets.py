@@ -218,7 +218,10 @@ class HRFolderDataset(Dataset):
     Args:
         roots: folder(s), files or glob patterns of HR images (see ``files.collect_images``).
         pixel_size: ``(H, W)`` of the HR crop (the scale schedule's pixel size, e.g. (1024, 1024)).
-        degradation: a degradation preset name ("realesrgan", "light", "bicubic") or a ``DegradationConfig``.
+        degradation: a degradation preset name ("realesrgan", "light", "bicubic") or a ``DegradationConfig``, or
+            a sequence of them: a mixture, one drawn per sample (so that clean inputs are not all treated as
+            noisy ones).
+        degradation_weights: the mixture's probabilities (normalised; default: equal).
         scale: integer SR factor; the LR is ``(H // scale, W // scale)``.
         seed: base seed of all per-sample randomness.
         captions: JSONL file/folder or ``{path: caption}``; sidecar ``.txt`` files are used otherwise.
@@ -234,11 +237,12 @@ class HRFolderDataset(Dataset):
         self,
         roots: str | Path | Sequence[str | Path],
         pixel_size: Sequence[int],
-        degradation: str | DegradationConfig = "realesrgan",
+        degradation: str | DegradationConfig | Sequence[str | DegradationConfig] = "realesrgan",
         scale: int = 4,
         seed: int = 0,
         captions: str | Path | Mapping[str, str] | None = None,
         *,
+        degradation_weights: Sequence[float] | None = None,
         default_caption: str = "",
         caption_dropout: float = 0.0,
         crop: CropMode = "random",
@@ -254,7 +258,8 @@ class HRFolderDataset(Dataset):
             raise ConfigError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
         self.scale = int(scale)
         self.pixel_size = _check_size(pixel_size, self.scale)
-        self.degradation = get_preset(degradation) if isinstance(degradation, str) else degradation
+        self.degradations, self.degradation_weights = degradation_mixture(degradation, degradation_weights)
+        self.degradation = self.degradations[0]
         self.files = collect_images(_as_list(roots), recursive=True)
         self.images = ImageStore(self.files, preload)
         self.captions = Captions.load(captions)
@@ -283,7 +288,10 @@ class HRFolderDataset(Dataset):
         rng = _rng(self.seed, self.epoch, index)
         rgb = self.images.rgb(path)
         hr = _to_chw(_crop_resize(rgb, self.pixel_size, self.crop, self.hflip, rng, path))
-        params = sample_params(self.degradation, self.scale, rng)
+        which = 0
+        if len(self.degradations) > 1:
+            which = int(rng.choice(len(self.degradations), p=self.degradation_weights))
+        params = sample_params(self.degradations[which], self.scale, rng)
         target, lr = apply_pair(hr[None], params)
         if not self.sharpened_target:
             target = hr[None, :, : lr.shape[-2] * self.scale, : lr.shape[-1] * self.scale]
@@ -293,7 +301,29 @@ class HRFolderDataset(Dataset):
             "caption": _caption(self.captions.get(path), self.default_caption, self.caption_dropout, rng),
             "index": index,
             "path": str(path),
+            "degradation": which,
         }
+
+
+def degradation_mixture(
+    degradation: str | DegradationConfig | Sequence[str | DegradationConfig],
+    weights: Sequence[float] | None = None,
+) -> tuple[list[DegradationConfig], np.ndarray]:
+    """The configs and normalised probabilities of a degradation (one preset/config, or a mixture of them)."""
+    items = [degradation] if isinstance(degradation, (str, DegradationConfig)) else list(degradation)
+    if not items:
+        raise ConfigError("the degradation mixture is empty; give at least one preset (e.g. realesrgan)")
+    configs = [get_preset(d) if isinstance(d, str) else d for d in items]
+    w = (
+        np.ones(len(configs))
+        if weights is None
+        else np.asarray([float(x) for x in weights], dtype=np.float64)
+    )
+    if w.shape != (len(configs),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ConfigError(
+            f"degradation weights must be {len(configs)} non-negative numbers with a positive sum, got {weights!r}"
+        )
+    return configs, w / w.sum()
 
 
 class PairedFolderDataset(Dataset):

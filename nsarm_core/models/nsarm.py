@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from nsarm_core.errors import ConfigError, WeightsNotFoundError
+from nsarm_core.models import cfw as cfw_mod
 from nsarm_core.models import transform_net as tn
 from nsarm_core.models import transformer as tf
 from nsarm_core.models import vae as vae_mod
@@ -51,6 +52,8 @@ class NSARMConfig:
         next_input_mode: how the accumulated latent is resized to the next scale at inference ("area" in the
             released NSARM sampler, "bilinear" in Infinity; spec E.3).
         default_prompt: prompt used when the caller gives none (the paper's fixed-prompt arm).
+        cfw: controllable feature wrapping of the decoder (``cfw.py``; our extension for small models), or None
+            for the paper's model. Its ``default_fidelity`` is the ``w`` used when the caller gives none.
     """
 
     name: str
@@ -61,6 +64,7 @@ class NSARMConfig:
     text_encoder: str | None = None
     next_input_mode: str = "area"
     default_prompt: str = field(default=DEFAULT_PROMPT)
+    cfw: cfw_mod.CFWConfig | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -144,6 +148,8 @@ class NSARMConfig:
             "text_encoder": self.text_encoder,
             "next_input_mode": self.next_input_mode,
             "default_prompt": self.default_prompt,
+            # Written only when present, so the paper's models keep their config.json byte for byte.
+            **({"cfw": self.cfw.to_dict()} if self.cfw is not None else {}),
         }
 
     @classmethod
@@ -161,6 +167,7 @@ class NSARMConfig:
                 text_encoder=data.get("text_encoder"),
                 next_input_mode=str(data.get("next_input_mode", "area")),
                 default_prompt=str(data.get("default_prompt", DEFAULT_PROMPT)),
+                cfw=cfw_mod.CFWConfig.from_dict(data["cfw"]) if data.get("cfw") is not None else None,
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"NSARM config is missing or has a bad field: {exc}") from exc
@@ -247,6 +254,8 @@ class NSARM(nn.Module):
         self.vae = vae_mod.BSQVAE(config.vae)
         self.transform_net = tn.TransformNet(config.transform_net)
         self.transformer = tf.InfinityTransformer(config.transformer, init=init)
+        # Optional: the LR-feature fusion into the decoder (our extension; absent from the paper's models).
+        self.cfw = cfw_mod.CFW(config.cfw, config.vae, config.scale) if config.cfw is not None else None
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part; ``total`` excludes the VAE, as the paper's Table 2 does (8,760 M for nsarm-8b)."""
@@ -255,6 +264,8 @@ class NSARM(nn.Module):
             "transform_net": tf.count_parameters(self.transform_net),
             "transformer": tf.count_parameters(self.transformer),
         }
+        if self.cfw is not None:
+            counts["cfw"] = tf.count_parameters(self.cfw)
         counts["total"] = counts["transform_net"] + counts["transformer"]
         return counts
 

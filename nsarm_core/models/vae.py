@@ -23,7 +23,7 @@ import difflib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,11 +326,15 @@ class Decoder(nn.Module):
         self.norm_out = Normalize(block_in, eps)
         self.conv_out = Conv(block_in, cfg.in_channels, 3, padding=1)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, wrap: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        """``wrap(i, h)``, when given, replaces level ``i``'s output before its upsampling (CFW, ``cfw.py``)."""
         h = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
+        for i in reversed(range(len(self.up))):
+            level = self.up[i]
             for block in level.block:
                 h = block(h)
+            if wrap is not None:
+                h = wrap(i, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(swish(self.norm_out(h)))
@@ -402,14 +406,17 @@ class BSQVAE(nn.Module):
 
     # --- decoding ---------------------------------------------------------------------------------------------
 
-    def decode(self, f_hat: Tensor) -> Tensor:
-        """Latent ``[B, d, h, w]`` (summed codes ``f_hat`` or a raw latent) -> image ``[B, 3, h*p, w*p]`` in [-1, 1]."""
+    def decode(self, f_hat: Tensor, wrap: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        """Latent ``[B, d, h, w]`` (summed codes ``f_hat`` or a raw latent) -> image ``[B, 3, h*p, w*p]`` in [-1, 1].
+
+        ``wrap`` is an optional per-level decoder hook (controllable feature wrapping, ``cfw.CFW.wrap``).
+        """
         if f_hat.dim() != 4 or f_hat.shape[1] != self.config.codebook_dim:
             raise InputError(
                 f"VAE decoder expects a latent [B, {self.config.codebook_dim}, h, w], got shape {tuple(f_hat.shape)}"
             )
         dtype = next(self.decoder.parameters()).dtype
-        return self.decoder(f_hat.to(dtype)).clamp(-1.0, 1.0)
+        return self.decoder(f_hat.to(dtype), wrap).clamp(-1.0, 1.0)
 
     def forward(self, x: Tensor, grids: ScaleSchedule | Sequence[Sequence[int]] | None = None) -> Tensor:
         """Reconstruction through the multi-scale quantiser: ``decode(encode(x, grids).f_hat)``."""

@@ -70,7 +70,8 @@ class Recipe(Protocol):
     trainable parameters and moves the others to the device; ``trainable_parameters(models)`` with the
     prepared modules; ``make_dataset()``; then ``compute_loss(models, batch, generator)`` per micro-batch
     (inside ``accelerator.autocast()``); finally ``export(out_dir, state_dicts)`` on the main process.
-    A recipe may also define ``collate(samples) -> batch``, used as the DataLoader's ``collate_fn``.
+    A recipe may also define ``collate(samples) -> batch``, used as the DataLoader's ``collate_fn``, and
+    ``set_step(step)``, called before each optimizer step with the 0-based global step.
     """
 
     def build_models(self) -> dict[str, nn.Module]:
@@ -504,6 +505,8 @@ def train(
     try:
         for step in range(start_step, end_step):
             generator = _seed_step(cfg.seed, step, acc.process_index)
+            if hasattr(recipe, "set_step"):
+                recipe.set_step(step)  # recipes whose loss changes with the step (e.g. a GAN warm-up)
             loss_sum, metric_sums = 0.0, {}
             for micro in range(cfg.grad_accum):
                 batch = next(data)

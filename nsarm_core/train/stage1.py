@@ -55,7 +55,8 @@ class DataSettings:
     Attributes:
         hr_dirs: HR image folders/files/patterns, degraded on the fly (``HRFolderDataset``).
         lr_dir, hr_dir: pre-made pair folders instead (``PairedFolderDataset``); both or neither.
-        degradation: degradation preset for ``hr_dirs`` ("realesrgan", "light", "bicubic").
+        degradation: degradation preset for ``hr_dirs`` ("realesrgan", "light", "bicubic"), or a list of them (a
+            mixture, one drawn per sample with ``degradation_weights``, default equal).
         scale: SR factor (4 in NSARM).
         captions: caption JSONL file or folder (sidecar .txt files are used otherwise).
         default_caption: caption of images without one.
@@ -67,7 +68,8 @@ class DataSettings:
     hr_dirs: tuple[str, ...] = ()
     lr_dir: str | None = None
     hr_dir: str | None = None
-    degradation: str = "realesrgan"
+    degradation: str | tuple[str, ...] = "realesrgan"
+    degradation_weights: tuple[float, ...] | None = None
     scale: int = 4
     captions: str | None = None
     default_caption: str = ""
@@ -78,6 +80,10 @@ class DataSettings:
     def __post_init__(self) -> None:
         hr_dirs = (self.hr_dirs,) if isinstance(self.hr_dirs, str) else tuple(str(p) for p in self.hr_dirs)
         object.__setattr__(self, "hr_dirs", hr_dirs)
+        if not isinstance(self.degradation, str):
+            object.__setattr__(self, "degradation", tuple(str(d) for d in self.degradation))
+        if self.degradation_weights is not None:
+            object.__setattr__(self, "degradation_weights", tuple(self.degradation_weights))
         paired = self.lr_dir is not None or self.hr_dir is not None
         if paired and (self.lr_dir is None or self.hr_dir is None):
             raise ConfigError("stage.lr_dir and stage.hr_dir go together: give both for pre-made pairs")
@@ -108,6 +114,7 @@ class DataSettings:
                 self.degradation,
                 self.scale,
                 seed,
+                degradation_weights=self.degradation_weights,
                 preload=self.preload_images,
                 **common,
             )

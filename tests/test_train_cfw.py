@@ -1,0 +1,199 @@
+"""The CFW stage (train/cfw.py), its discriminator and the degradation mixture, on a random tiny NSARM model.
+
+A few steps on synthetic photos: the latent cache is built once and reused on resume, the adversarial term
+switches on at ``gan_start``, and the exported model folder loads with its CFW module and default fidelity.
+An overfit run checks that CFW plus the decoder actually learn (the L1 to the HR falls).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nsarm_core.data.datasets import HRFolderDataset, degradation_mixture
+from nsarm_core.errors import ConfigError
+from nsarm_core.models.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
+from nsarm_core.models.nsarm import NSARM, get_preset
+from nsarm_core.train.cfw import CACHE_NAME, CachedWindows, CFWRecipe, CFWSettings, draw_fidelity
+from nsarm_core.train.config import TrainConfig
+from nsarm_core.train.loop import train
+
+pytest.importorskip("accelerate")
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state", "one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        small = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((300, 280), Image.Resampling.BICUBIC).save(root / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = NSARM(get_preset("tiny"))
+    return model.save_pretrained(tmp_path_factory.mktemp("base"))
+
+
+def _cfg(tmp_path: Path, photos: Path, base_model: Path, **kw: object) -> TrainConfig:
+    stage = {
+        "model": str(base_model),
+        "cfw": {"width": 16, "num_blocks": 1, "up_width": 8},
+        "default_fidelity": 0.75,
+        "crop_size": 32,
+        "cache_windows": 4,
+        "cache_batch": 2,
+        "gan_start": 1,
+        "disc_channels": 8,
+        "disc_layers": 2,
+        "hr_dirs": [str(photos)],
+        "degradation": ["bicubic", "light"],
+        "degradation_weights": [0.5, 0.5],
+    }
+    stage.update(kw.pop("stage", {}))  # type: ignore[arg-type]
+    base = dict(
+        run_dir=str(tmp_path / "run"), max_steps=2, batch_size=2, lr=1e-3, checkpoint_every=1, log_every=1,
+        num_workers=0, progress=False, tensorboard=False, cpu=True, stage=stage,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Path, base_model: Path) -> None:
+    from nsarm_core.pipeline import SamplingSettings, load_pipeline
+
+    cfg = _cfg(tmp_path, photos, base_model)
+    recipe = CFWRecipe.from_config(cfg)
+    result = train(recipe, cfg)
+    assert result.final_dir is not None and all(np.isfinite(result.losses))
+    # Step 1 is before gan_start: no generator adversarial term; step 2 has it (and its adaptive weight).
+    rows = (Path(cfg.run_dir) / "metrics.csv").read_text().splitlines()
+    assert "g_loss" in rows[0] and "d_loss" in rows[0]
+    assert "gan_lambda" in result.last_metrics and result.last_metrics["gan_lambda"] >= 0
+    cache = Path(cfg.run_dir) / CACHE_NAME
+    assert cache.is_file()
+    stamp = cache.stat().st_mtime_ns
+
+    # Resume to a longer run: the cache is reused, not sampled again.
+    longer = _cfg(tmp_path, photos, base_model, max_steps=3, resume="latest")
+    again = train(CFWRecipe.from_config(longer), longer)
+    assert again.start_step == 2 and again.step == 3
+    assert cache.stat().st_mtime_ns == stamp
+
+    model_dir = again.final_dir / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["cfw"]["default_fidelity"] == 0.75 and config["cfw"]["width"] == 16
+    pipe = load_pipeline(model_dir, device="cpu")
+    assert pipe.fidelity() == 0.75
+    lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = pipe.upscale_window(lr, seed=1)
+    assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
+    # The frozen parts are the base model's, unchanged.
+    base = NSARM.from_pretrained(base_model)
+    for key, value in base.transformer.state_dict().items():
+        assert torch.equal(pipe.model.transformer.state_dict()[key], value)
+    assert not torch.equal(pipe.upscale_window(lr, seed=1, settings=SamplingSettings(fidelity=0.0)), out)
+
+
+def test_cfw_settings_are_validated() -> None:
+    ok = {"hr_dirs": ["x"]}
+    with pytest.raises(ConfigError, match="default_fidelity"):
+        CFWSettings.from_stage({**ok, "default_fidelity": 1.5})
+    with pytest.raises(ConfigError, match="hr_dirs"):
+        CFWSettings.from_stage({})
+    with pytest.raises(ConfigError, match="unknown stage setting"):
+        CFWSettings.from_stage({**ok, "gan_wieght": 0.1})
+    with pytest.raises(ConfigError, match="crop_size"):
+        CachedWindows(
+            {"hr": torch.zeros(1, 3, 64, 64, dtype=torch.uint8)}, crop=36, stride=8, scale=4, seed=0
+        )
+
+
+def test_cached_windows_are_aligned_crops() -> None:
+    g = torch.Generator().manual_seed(0)
+    hr = torch.randint(0, 255, (2, 3, 64, 64), generator=g, dtype=torch.uint8)
+    lr = torch.randint(0, 255, (2, 3, 16, 16), generator=g, dtype=torch.uint8)
+    z = torch.arange(2 * 14 * 8 * 8, dtype=torch.float32).reshape(2, 14, 8, 8)
+    ds = CachedWindows({"hr": hr, "lr": lr, "latent": z}, crop=32, stride=8, scale=4, seed=0)
+    seen = set()
+    for i in range(2):
+        for e in range(6):
+            ds.set_epoch(e)
+            s = ds[i]
+            assert (
+                s["hr"].shape == (3, 32, 32)
+                and s["lr"].shape == (3, 8, 8)
+                and s["latent"].shape == (14, 4, 4)
+            )
+            # Recover the crop position from the latent (its values are the element indices).
+            flat = int(s["latent"][0, 0, 0]) - i * 14 * 64
+            y, x = divmod(flat, 8)
+            assert torch.equal(s["hr"], hr[i, :, 8 * y : 8 * y + 32, 8 * x : 8 * x + 32].float() / 127.5 - 1)
+            assert torch.equal(s["lr"], lr[i, :, 2 * y : 2 * y + 8, 2 * x : 2 * x + 8].float() / 127.5 - 1)
+            seen.add((y, x))
+    assert len(seen) > 1
+
+
+def test_draw_fidelity_puts_mass_on_the_endpoints() -> None:
+    w = draw_fidelity(20000, torch.Generator().manual_seed(0), 0.3)
+    assert float(w.min()) == 0.0 and float(w.max()) == 1.0
+    assert abs(float((w == 0).float().mean()) - 0.15) < 0.01
+    assert abs(float((w == 1).float().mean()) - 0.15) < 0.01
+    assert torch.equal(w, draw_fidelity(20000, torch.Generator().manual_seed(0), 0.3))
+
+
+def test_discriminator_and_losses() -> None:
+    torch.manual_seed(0)
+    d = PatchDiscriminator(8, 3)
+    logits = d(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert logits.shape == (2, 1, 6, 6)  # 64 -> 32 -> 16 -> 8 -> 7 -> 6 patches
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    # relu(1 - 2) + relu(1 - 0.5) = 0.5 over 2 -> 0.25; relu(1 - 2) + relu(1 + 0) = 1 over 2 -> 0.5; halved.
+    assert float(hinge_d_loss(real, fake)) == pytest.approx(0.5 * (0.25 + 0.5))
+    assert float(generator_loss(fake)) == pytest.approx(1.0)
+    # The adaptive weight balances the two gradients at the last layer: here exactly their norm ratio.
+    w = torch.ones(3, requires_grad=True)
+    rec, g = (3 * w).sum(), (0.5 * w).sum()
+    assert float(adaptive_weight(rec, g, w)) == pytest.approx(6.0, rel=1e-3)
+
+
+def test_degradation_mixture(photos: Path) -> None:
+    configs, p = degradation_mixture(["realesrgan", "bicubic"], [3, 1])
+    assert len(configs) == 2 and p.tolist() == [0.75, 0.25]
+    for bad in ([1.0], [-1, 2], [0, 0], [float("nan"), 1]):
+        with pytest.raises(ConfigError, match="degradation weights"):
+            degradation_mixture(["realesrgan", "bicubic"], bad)
+    with pytest.raises(ConfigError, match="empty"):
+        degradation_mixture([])
+    ds = HRFolderDataset([str(photos)], (64, 64), ["bicubic", "light"], 4, 0, degradation_weights=[1, 1])
+    picks = []
+    for e in range(10):
+        ds.set_epoch(e)
+        picks += [ds[i]["degradation"] for i in range(len(ds))]
+    assert set(picks) == {0, 1}
+    # One preset: no extra random draw, so the samples are those of the plain single-preset dataset.
+    one = HRFolderDataset([str(photos)], (64, 64), "light", 4, 0)
+    listed = HRFolderDataset([str(photos)], (64, 64), ["light"], 4, 0)
+    assert torch.equal(one[1]["lr"], listed[1]["lr"]) and one[1]["degradation"] == 0
+
+
+@pytest.mark.slow
+def test_cfw_overfits_four_windows(tmp_path: Path, photos: Path, base_model: Path) -> None:
+    """CFW + decoder, L1 only, on 4 cached windows: the reconstruction error falls well below its start."""
+    cfg = _cfg(
+        tmp_path, photos, base_model, max_steps=60, batch_size=4, lr=2e-3, checkpoint_every=0, log_every=10,
+        stage={"gan_weight": 0.0, "fidelity_endpoints": 0.0, "cfw": "tiny"},
+    )  # fmt: skip
+    result = train(CFWRecipe.from_config(cfg), cfg)
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < 0.6 * first, (first, last)
