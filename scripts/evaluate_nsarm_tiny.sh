@@ -1,47 +1,59 @@
 #!/usr/bin/env bash
-# Scores nsarm-tiny against bicubic upsampling and the stage-1-only ablation on the 5 held-out photos
-# (data/val, named in data/README.md), degraded x4 with the realesrgan and light presets at seed 0.
-# Writes docs/nsarm_tiny/{results.json,results.md}, the robustness report docs/nsarm_tiny/robustness/ and the
-# side-by-side image docs/nsarm_tiny/side_by_side.png.
+# Scores nsarm-tiny v2 (CFW, at each fidelity w) against bicubic, Real-ESRGAN x4plus and nsarm-tiny v1 on the
+# 5 held-out photos (data/val, named in data/README.md), each degraded x4 by the realesrgan, light and bicubic
+# presets at seed 0. Writes docs/nsarm_tiny/{results.json,results.md}, the trade-off plot
+# docs/nsarm_tiny/fidelity_tradeoff.svg, the robustness report docs/nsarm_tiny/robustness/ (Eq. 7 counts over
+# bicubic, Real-ESRGAN and v2 at its default w) and the held-out side-by-side docs/nsarm_tiny/side_by_side.png.
 #
-# MS-SSIM, GMSD, FSIM and VIF come from pyiqa (weight-free, offline): run this in an environment with the eval
-# extra, e.g. `python3.11 -m venv .venv-eval && . .venv-eval/bin/activate && pip install torch==2.14.1
-# torchvision==0.29.1 && pip install -e ".[eval]"`. Models: MODEL (default runs/nsarm-tiny, else the bundled
-# nsarm-tiny) and STAGE1_ONLY (default runs/nsarm-tiny-stage1-only) from scripts/train_nsarm_tiny.sh.
+# MS-SSIM, FSIM, GMSD, NLPD and PIQE come from pyiqa (weight-free, offline); NIQE is native. Run this in an
+# environment with the eval extra, e.g. `python3.11 -m venv .venv-eval && . .venv-eval/bin/activate && pip
+# install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[eval,peers]"`.
+#   V1      nsarm-tiny v1 model folder (default runs/nsarm-tiny-v1: `git show 9a99575:nsarm_core/assets/...`)
+#   V2      the v2 model (default: runs/cfw_tiny/final/model, else the bundled nsarm-tiny)
+#   PEER    the peer model (default realesrgan-x4plus; skipped when its weights cannot be converted)
+#   FIDELITIES  the w values of the sweep (default "0 0.25 0.5 0.75 1")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
+NSARM=${NSARM:-nsarm}
 WORK=${WORK:-/tmp/nsarm-tiny-eval}
-MODEL=${MODEL:-runs/nsarm-tiny}
-[ -d "$MODEL" ] || MODEL=nsarm-tiny
-STAGE1_ONLY=${STAGE1_ONLY:-runs/nsarm-tiny-stage1-only}
-METRICS=psnr,ssim,ms_ssim,gmsd,fsim,vif
+V1=${V1:-runs/nsarm-tiny-v1}
+V2=${V2:-runs/cfw_tiny/final/model}
+[ -d "$V2" ] || V2=nsarm-tiny
+PEER=${PEER:-realesrgan-x4plus}
+FIDELITIES=${FIDELITIES:-"0 0.25 0.5 0.75 1"}
+METRICS=psnr,ssim,ms_ssim,fsim,gmsd,nlpd,niqe,piqe
 OUT=docs/nsarm_tiny
-rm -rf "$WORK"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$WORK"
 
-for preset in realesrgan light; do
-  nsarm -q degrade data/val "$WORK/$preset/deg" --preset "$preset" --seed 0
-  methods=("bicubic=bicubic" "nsarm-tiny=$MODEL")
-  [ -d "$STAGE1_ONLY" ] && methods+=("stage1-only=$STAGE1_ONLY")
-  for entry in "${methods[@]}"; do
-    name=${entry%%=*}
-    model=${entry#*=}
-    nsarm -q upscale "$WORK/$preset/deg/lr" -o "$WORK/$preset/$name" --model "$model" --seed 0
-    nsarm -q evaluate "$WORK/$preset/$name" --hr data/val -m "$METRICS" -o "$WORK/$preset/$name-eval"
+run() {  # run PRESET NAME MODEL [upscale options...]: upscale the preset's LR set, then score it
+  local preset=$1 name=$2 model=$3
+  shift 3
+  if [ ! -f "$WORK/$preset/$name-eval/scores.summary.json" ]; then
+    $NSARM -q upscale "$WORK/$preset/deg/lr" -o "$WORK/$preset/$name" --model "$model" --seed 0 "$@"
+    $NSARM -q evaluate "$WORK/$preset/$name" --hr data/val -m "$METRICS" -o "$WORK/$preset/$name-eval"
+  fi
+}
+
+peer_ok=1
+$NSARM -q models fetch "$PEER" >/dev/null 2>&1 || { peer_ok=0; echo "note: $PEER unavailable, skipped" >&2; }
+for preset in realesrgan light bicubic; do
+  [ -d "$WORK/$preset/deg/lr" ] || $NSARM -q degrade data/val "$WORK/$preset/deg" --preset "$preset" --seed 0
+  run "$preset" bicubic bicubic
+  [ "$peer_ok" = 1 ] && run "$preset" realesrgan-x4plus "$PEER"
+  [ -d "$V1" ] && run "$preset" v1 "$V1"
+  for w in $FIDELITIES; do
+    run "$preset" "v2-w$w" "$V2" --fidelity "$w"
   done
+  run "$preset" v2-default "$V2"
 done
 
-# Robustness (protocols.md 1.6, Eq. 7) on the realesrgan set: the paper's composite uses no-reference
-# metrics whose weights cannot be fetched offline, so the composite here is the mean of the full-reference
-# scores that live in [0, 1] (PSNR/50, SSIM, MS-SSIM, 1 - GMSD, FSIM).
-args=()
-for name in bicubic stage1-only nsarm-tiny; do
-  csv="$WORK/realesrgan/$name-eval/scores.csv"
-  [ -f "$csv" ] && args+=("$name=$csv")
-done
+# Robustness (Eq. 7) on the realesrgan set over bicubic, the peer and v2 at its default fidelity. The composite
+# mixes structure (MS-SSIM, FSIM, 1 - GMSD) and no-reference quality (1 - NIQE/100, 1 - PIQE/100).
+args=("bicubic=$WORK/realesrgan/bicubic-eval/scores.csv" "v2-default=$WORK/realesrgan/v2-default-eval/scores.csv")
+[ "$peer_ok" = 1 ] && args+=("realesrgan-x4plus=$WORK/realesrgan/realesrgan-x4plus-eval/scores.csv")
 rm -rf "$OUT/robustness"
-nsarm robustness "${args[@]}" -m psnr,ssim,ms_ssim,gmsd,fsim --worst-k 2 --report "$OUT/robustness" \
+$NSARM robustness "${args[@]}" -m ms_ssim,fsim,gmsd,niqe,piqe --worst-k 2 --report "$OUT/robustness" \
   --json > "$WORK/robustness.json"
 
 python scripts/summarize_nsarm_tiny.py "$WORK" "$OUT"

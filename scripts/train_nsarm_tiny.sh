@@ -7,8 +7,11 @@
 #   3. base       nsarm train-base --config base_tiny        } run side by side, one CPU thread each
 #      stage 1    nsarm train-stage1 --config stage1_tiny    }
 #   4. stage 2    nsarm train-stage2 --config stage2_tiny, from the base transformer and the stage-1 network
-#   5. models     runs/nsarm-tiny (stage 2) and runs/nsarm-tiny-stage1-only (stage-1 net + base transformer)
-#   6. evaluate   scripts/evaluate_nsarm_tiny.sh (bicubic vs stage-1-only vs nsarm-tiny on the held-out photos)
+#   5. models     runs/nsarm-tiny-v1 (stage 2: the paper's NSARM at our scale) and runs/nsarm-tiny-stage1-only
+#   6. CFW        nsarm train-cfw --config cfw_tiny: controllable feature wrapping + decoder (L1 + GAN) on top of
+#                 the frozen v1 networks -> runs/cfw_tiny/final/model, nsarm-tiny v2 (the bundled model)
+#   7. evaluate   scripts/tune_fidelity.sh (default w, on training photos) and scripts/evaluate_nsarm_tiny.sh
+#                 (bicubic, Real-ESRGAN x4plus, v1 and v2 at each w on the held-out photos)
 #
 # Every training step is resumable: run the script again after an interruption and each stage continues from
 # its newest checkpoint (finished stages are skipped). `INSTALL=1` lets prepare_data.py apt-get the photo
@@ -27,6 +30,7 @@ STEPS_TOKENIZER=${STEPS_TOKENIZER:-4000}
 STEPS_BASE=${STEPS_BASE:-1500}
 STEPS_STAGE1=${STEPS_STAGE1:-1500}
 STEPS_STAGE2=${STEPS_STAGE2:-1300}
+STEPS_CFW=${STEPS_CFW:-1500}
 VAE=runs/tokenizer_tiny/final/vae
 
 # 1. Data (skipped when data/train and data/val exist).
@@ -54,12 +58,18 @@ nsarm train-stage2 --config stage2_tiny --max-steps "$STEPS_STAGE2" --resume lat
   --set stage.transform_net_weights=runs/stage1_tiny/final/transform_net
 
 # 5. The two models: nsarm-tiny, and the paper's stage-1-only ablation (stage-1 network, base transformer).
-nsarm export-model runs/stage2_tiny runs/nsarm-tiny --name nsarm-tiny
-nsarm export-model runs/base_tiny runs/nsarm-tiny-stage1-only --stage1 runs/stage1_tiny \
-  --name nsarm-tiny-stage1-only
-sha256sum runs/nsarm-tiny/model.safetensors
-echo "To ship it: cp runs/nsarm-tiny/{config.json,model.safetensors} nsarm_core/assets/nsarm-tiny/ and put the"
-echo "sha256 above into nsarm_core/weights.py (MODELS['nsarm-tiny'])."
+[ -f runs/nsarm-tiny-v1/model.safetensors ] || nsarm export-model runs/stage2_tiny runs/nsarm-tiny-v1 --name nsarm-tiny
+[ -f runs/nsarm-tiny-stage1-only/model.safetensors ] || nsarm export-model runs/base_tiny \
+  runs/nsarm-tiny-stage1-only --stage1 runs/stage1_tiny --name nsarm-tiny-stage1-only
 
-# 6. Evaluation (needs the eval extra for MS-SSIM/GMSD/FSIM/VIF; see the script).
+# 6. CFW on the frozen v1 networks (one thread: its small convolutions do not gain from a second one; fp32,
+# since bf16 autocast is far slower for them on CPUs without native bf16). Samples a latent cache first.
+OMP_NUM_THREADS=1 nsarm train-cfw --config cfw_tiny --max-steps "$STEPS_CFW" --resume latest \
+  --set stage.model=runs/nsarm-tiny-v1
+sha256sum runs/cfw_tiny/final/model/model.safetensors
+echo "To ship it: cp runs/cfw_tiny/final/model/{config.json,model.safetensors} nsarm_core/assets/nsarm-tiny/ and"
+echo "put the sha256 above into nsarm_core/weights.py (MODELS['nsarm-tiny'])."
+
+# 7. The default fidelity (on training photos) and the evaluation (the eval extra; see the scripts).
+bash scripts/tune_fidelity.sh
 bash scripts/evaluate_nsarm_tiny.sh

@@ -323,6 +323,11 @@ METRICS: dict[str, MetricSpec] = {
         "vsi", "FR", False, (0.0, 1.0), "pyiqa", "vsi", "pyiqa vsi (LMN + Lab saliency; weight-free)",
         0.0, 1.0, "x",
     ),
+    # NLPD (Laparra et al. 2016): distance in a normalised Laplacian pyramid, fixed filters (weight-free).
+    "nlpd": MetricSpec(
+        "nlpd", "FR", True, (0.0, 1.0), "pyiqa", "nlpd", "pyiqa nlpd (Y channel, 6 levels; weight-free)",
+        1.0, -1.0, "1 - x",
+    ),
     "niqe": MetricSpec(
         "niqe", "NR", True, (0.0, 100.0), "pyiqa", "niqe", "pyiqa niqe (Y channel)", 0.0, -1.0, "-x (negated)",
         (_pyiqa_file("niqe_modelparameters.mat"),),
