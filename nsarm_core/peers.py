@@ -239,6 +239,8 @@ class PeerUpscaler:
         name: shown in reports and records.
         device: where it runs.
         dtype: ``torch.float32``, ``torch.bfloat16`` or ``torch.float16`` (autocast; weights stay float32).
+            bf16 pays off on GPUs and on CPUs with native bf16 (AVX512-BF16 / AMX); on an AVX2-only CPU it is
+            emulated and about 12x slower than fp32 (``benchmarks/peers.py`` on an AMD EPYC).
         tile: window side in LR pixels; an image that fits in one window runs in one piece (no padding, so the
             result equals the network on the whole image); larger ones in blended windows of side
             ``min(tile, H, W)``.

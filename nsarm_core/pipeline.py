@@ -499,9 +499,13 @@ def run_model_on_folder(
     from nsarm_core.upscale import INTERPOLATION_MODES, InterpolationUpscaler, UpscaleOptions, upscale_files
 
     seed = int(opts.pop("seed", 1))
+    # the SR factor (robustness sweeps pass it): not a load_pipeline option but the batch's output factor
+    scale = float(opts.pop("scale", 4))
     name = str(model)
     upscaler = InterpolationUpscaler(name) if name in INTERPOLATION_MODES else load_pipeline(model, **opts)
-    report = upscale_files(upscaler, [Path(lr_dir)], Path(out_dir), UpscaleOptions(seed=seed, ext="png"))
+    report = upscale_files(
+        upscaler, [Path(lr_dir)], Path(out_dir), UpscaleOptions(seed=seed, ext="png", scale=scale)
+    )
     if report.failed:
         listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
         raise InputError(
