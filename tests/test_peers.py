@@ -413,3 +413,14 @@ def test_robustness_sweep_takes_the_peer_as_method(tiny_peer: dict[str, object],
     sweep = json.loads(result.stdout)["sweep"]
     assert sweep["method"] == "realesrgan-x4plus" and len(sweep["levels"]) == 2
     assert len(list((tmp_path / "w").glob("*/SR/*.png"))) == 4
+
+
+def test_models_fetch_resolves_other_models_and_refuses_unknown_names() -> None:
+    from nsarm_cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "fetch", "nsarm-tiny"])  # bundled: resolved and checksum-verified
+    assert result.exit_code == 0, result.output
+    assert "nsarm-tiny checkpoint:" in result.stdout and "model.safetensors" in result.stdout
+    bad = runner.invoke(app, ["models", "fetch", "realesrgan-x4"])
+    assert bad.exit_code == 2 and "Did you mean 'realesrgan-x4plus'" in bad.output
