@@ -117,7 +117,7 @@ def evaluate(
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
-    """Score SR images: PSNR/SSIM on Y (BasicSR convention) natively, LPIPS/NIQE/CLIPIQA/MUSIQ/MANIQA/TOPIQ via pyiqa.
+    """Score SR images: PSNR/SSIM on Y (BasicSR convention) and NIQE natively, LPIPS/CLIPIQA/MUSIQ/MANIQA/TOPIQ via pyiqa.
 
     Writes OUT/scores.csv (per image) and OUT/scores.summary.json (mean, per-image variance, protocol).
     """

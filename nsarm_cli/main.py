@@ -17,7 +17,7 @@ from nsarm_cli._console import STATE, configure_logging, err_console
 from nsarm_cli.caption import caption
 from nsarm_cli.degrade import degrade
 from nsarm_cli.evaluate import evaluate
-from nsarm_cli.models import models
+from nsarm_cli.models import models_app
 from nsarm_cli.robustness import robustness
 from nsarm_cli.train import (
     export_model,
@@ -134,7 +134,7 @@ app.command("train-cfw")(train_cfw)
 app.command("export-model")(export_model)
 app.command("evaluate")(evaluate)
 app.command("robustness")(robustness)
-app.command("models")(models)
+app.add_typer(models_app, name="models")  # `nsarm models` lists, `nsarm models fetch NAME` gets
 # --- end commands ---
 
 

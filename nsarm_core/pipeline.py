@@ -498,8 +498,19 @@ def load_pipeline(
 
     ``dtype="auto"`` is bf16 on CUDA and fp32 elsewhere. ``offload=None`` offloads (VAE and text encoder on the
     CPU between uses) on CUDA only. ``tile`` must equal the model's native LR window when given (the window is
-    fixed by the architecture).
+    fixed by the architecture). A peer model name (``realesrgan-x4plus``) returns that model instead
+    (:func:`nsarm_core.peers.load_peer`; the sampling and colour-fix options do not apply to it).
     """
+    # --- peer models (nsarm_core/peers.py): feed-forward networks with the same upscale() interface ---
+    from nsarm_core.peers import PEER_MODELS, load_peer
+
+    if str(model) in PEER_MODELS:
+        dev = resolve_device(device)
+        return load_peer(  # type: ignore[return-value]
+            str(model), device=dev, dtype=resolve_dtype(dtype, dev), weights=weights, tile=tile,
+            tile_overlap=tile_overlap,
+        )  # fmt: skip
+    # --- end peer models ---
     settings = SamplingSettings(**dict(sampling or {}))
     if color_fix is not None:
         settings = replace(settings, color_fix=color_fix)
@@ -539,9 +550,13 @@ def run_model_on_folder(
     from nsarm_core.upscale import INTERPOLATION_MODES, InterpolationUpscaler, UpscaleOptions, upscale_files
 
     seed = int(opts.pop("seed", 1))
+    # the SR factor (robustness sweeps pass it): not a load_pipeline option but the batch's output factor
+    scale = float(opts.pop("scale", 4))
     name = str(model)
     upscaler = InterpolationUpscaler(name) if name in INTERPOLATION_MODES else load_pipeline(model, **opts)
-    report = upscale_files(upscaler, [Path(lr_dir)], Path(out_dir), UpscaleOptions(seed=seed, ext="png"))
+    report = upscale_files(
+        upscaler, [Path(lr_dir)], Path(out_dir), UpscaleOptions(seed=seed, ext="png", scale=scale)
+    )
     if report.failed:
         listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
         raise InputError(

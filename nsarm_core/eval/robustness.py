@@ -117,7 +117,7 @@ def eq7_counts(
     if mu_g <= 0:
         raise ConfigError(
             f"the global mean score is {mu_g:.4g} <= 0, so the Eq. 7 thresholds (fractions of it) are meaningless; "
-            "negated metrics such as NIQE make the composite negative: use positive-valued metrics"
+            "choose metrics whose normalised values are positive (see the catalogue's composite_normalisation)"
         )
     counts = {
         m: {
