@@ -193,8 +193,9 @@ def test_ema_weights_are_exported(tmp_path: Path) -> None:
     rec = _ToyRecipe()
     train(rec, cfg)
     ckpt = list_checkpoints(cfg.run_dir)[-1]
-    raw = load_file(str(ckpt / "model.safetensors"))
-    ema_state = torch.load(ckpt / "custom_checkpoint_2.pkl", weights_only=False)
+    raw = load_file(str(ckpt / "model_net.safetensors"))
+    shadow_file = load_file(str(ckpt / "ema.safetensors"))
+    ema_state = {"shadow": [shadow_file[str(i)] for i in range(len(shadow_file))]}
     names = [n for n, p in _ToyRecipe().build_models()["net"].named_parameters()]
     # param_groups puts matrices first, then biases: map the EMA list back to names in that order.
     order = [n for n in names if not n.endswith("bias")] + [n for n in names if n.endswith("bias")]

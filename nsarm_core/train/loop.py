@@ -9,7 +9,7 @@ One optimizer step, with ``P`` processes, micro-batch ``b`` and ``A = grad_accum
 
     for a in 1..A:   batch [b, ...] -> recipe.compute_loss -> loss / A -> backward (DDP sync only at a = A)
     clip global grad norm -> AdamW step -> LR schedule step -> EMA update
-    every log_every steps: metrics.csv + TensorBoard;  every checkpoint_every steps: save_state
+    every log_every steps: metrics.csv + TensorBoard;  every checkpoint_every steps: a checkpoint
 
 Exact resume (the loss of step ``N + 1`` after ``--resume latest`` equals the uninterrupted run's) rests on
 four things, none of which depends on saved RNG streams being consumed identically:
@@ -20,7 +20,9 @@ four things, none of which depends on saved RNG streams being consumed identical
   (``set_epoch`` is called before every epoch), so it does not depend on worker processes;
 * the generator handed to ``compute_loss`` and the global RNGs (used by e.g. dropout, which cannot take a
   generator) are re-seeded at the start of every step from ``(seed, step, process index)``;
-* model, optimizer, LR schedule, EMA and the step counters are restored by ``accelerator.load_state``.
+* model, optimizer, LR schedule, EMA and the step counters are restored from the checkpoint, written and read
+  in safe formats only (safetensors and JSON, :mod:`nsarm_core.train.checkpoint`): resuming never unpickles
+  code, which accelerate's ``load_state`` would (``weights_only=False``).
 
 Frozen modules are not checkpointed: the recipe rebuilds them from their weights. Resumption is bit-exact on
 the CPU; on GPUs it is exact up to non-deterministic kernels (``torch.use_deterministic_algorithms``).
@@ -49,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nsarm_core.errors import ConfigError, InputError, NSARMError, missing_extra
+from nsarm_core.train.checkpoint import load_training_state, save_training_state
 from nsarm_core.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -453,7 +456,13 @@ def train(
         if str(acc.distributed_type).endswith("FSDP"):
             raise ConfigError("ema_decay with FSDP is not supported (sharded parameters); set ema_decay=null")
         ema = EMA(params, cfg.ema_decay)
-    acc.register_for_checkpointing(counters, scheduler, *([ema] if ema is not None else []))
+    # What a checkpoint holds besides the data order (counters) and models: see checkpoint.py.
+    state = {
+        "models": {n: models[n] for n in trainable},
+        "optimizer": optimizer,
+        "objects": {"counters": counters, "scheduler": scheduler},
+        "ema": ema,
+    }
 
     # Data: a fixed order per (seed, epoch), this process's slice, skipped forward on resume.
     dataset = recipe.make_dataset()
@@ -471,7 +480,7 @@ def train(
 
     ckpt = resolve_resume(cfg.resume, run_dir)
     if ckpt is not None:
-        acc.load_state(str(ckpt))
+        load_training_state(acc, ckpt, **state)
         logger.info("resumed from %s at step %d", ckpt, counters.step)
     elif cfg.resume == "latest" and is_main:
         logger.warning(
@@ -546,7 +555,7 @@ def train(
                 bar.set_postfix(loss=f"{step_loss:.4g}")
             periodic = cfg.checkpoint_every > 0 and counters.step % cfg.checkpoint_every == 0
             if periodic or counters.step == end_step:
-                result.checkpoint = _save_checkpoint(acc, run_dir, counters.step, cfg.keep_checkpoints)
+                result.checkpoint = _save_checkpoint(acc, run_dir, counters.step, cfg.keep_checkpoints, state)
     finally:
         if bar is not None:
             bar.close()
@@ -609,14 +618,15 @@ def _log_metrics(
                 tb.add_scalar(k, v, counters.step)
 
 
-def _save_checkpoint(acc: Any, run_dir: Path, step: int, keep: int) -> Path:
-    """``save_state`` into ``checkpoints/step_XXXXXX`` (written to ``.tmp`` then renamed); keep the newest K."""
+def _save_checkpoint(acc: Any, run_dir: Path, step: int, keep: int, state: Mapping[str, Any]) -> Path:
+    """Save ``state`` into ``checkpoints/step_XXXXXX`` (written to ``.tmp`` then renamed); keep the newest K."""
     final = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    save_training_state(acc, tmp, **state)
     acc.wait_for_everyone()
     if acc.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
