@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from nsarm_core.errors import InputError
 from nsarm_core.train.checkpoint import MANIFEST, check_dcp_metadata
+from nsarm_core.train.config import TrainConfig
 from nsarm_core.train.loop import list_checkpoints, train
 from tests.test_train_loop import _cfg, _ToyRecipe
 
@@ -44,7 +45,7 @@ def _reset() -> None:
     AcceleratorState._reset_state(True)
 
 
-def _stopped_run(tmp_path: Path) -> tuple[Path, dataclasses.Field]:
+def _stopped_run(tmp_path: Path) -> tuple[Path, TrainConfig]:
     cfg = _cfg(tmp_path / "b", **COMMON)
     train(_ToyRecipe(), cfg, stop_after=3)
     _reset()

@@ -286,6 +286,37 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     return path
 
 
+RUN_ARTEFACTS = ("config.yaml", "metrics.csv", "checkpoints", "final", "tensorboard")
+"""What :func:`train` writes into a run folder (and all that ``overwrite`` deletes)."""
+
+
+def check_run_dir(
+    run_dir: Path, *, resume: str | None, checkpoint: Path | None, overwrite: bool
+) -> list[str]:
+    """Refuse to start a fresh run on top of a previous one; return the previous run's entries in ``run_dir``.
+
+    A fresh start (no ``resume``, or ``resume="latest"`` with no checkpoint) in a folder that holds any of
+    :data:`RUN_ARTEFACTS` would replace its final weights, cut its ``metrics.csv`` and rewrite its config, so
+    it needs ``overwrite``. Resuming from a checkpoint continues the run and needs nothing.
+
+    Raises:
+        ConfigError: the folder holds a previous run and neither a checkpoint nor ``overwrite`` was given.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file; pass another --run-dir")
+    previous = [name for name in RUN_ARTEFACTS if (run_dir / name).exists()]
+    if not previous or checkpoint is not None or overwrite:
+        return previous
+    held = f"run folder {run_dir} already holds a run ({', '.join(previous)})"
+    if resume == "latest":
+        raise ConfigError(
+            f"{held} but no checkpoint to resume from; pass --overwrite to replace it, or another --run-dir"
+        )
+    raise ConfigError(
+        f"{held}; pass --resume latest to continue it, --overwrite to replace it, or another --run-dir"
+    )
+
+
 class _MetricsCSV:
     """``run_dir/metrics.csv``: one row per logged step; the header grows when new metric names appear."""
 
@@ -400,7 +431,12 @@ def _seed_step(seed: int, step: int, rank: int) -> torch.Generator:
 
 
 def train(
-    recipe: Recipe, cfg: TrainConfig, *, accelerator: Any | None = None, stop_after: int | None = None
+    recipe: Recipe,
+    cfg: TrainConfig,
+    *,
+    accelerator: Any | None = None,
+    stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``recipe`` for ``cfg.max_steps`` optimizer steps (or resume and finish a run).
 
@@ -411,21 +447,25 @@ def train(
             (mixed precision; the launch config decides CPU/GPU/DDP/FSDP).
         stop_after: stop (with a checkpoint) once this global step is reached, as if interrupted; the LR
             schedule still spans ``cfg.max_steps``. ``None`` runs to the end and exports the final model.
+        overwrite: replace a previous run in ``cfg.run_dir`` (see :func:`check_run_dir`); its files are deleted
+            only once the models, data and config have been checked.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        NSARMError: a non-finite loss, a dataset smaller than one batch, or an invalid resume folder.
+        NSARMError: a non-finite loss, a dataset smaller than one batch, an invalid resume folder, a run folder
+            that holds a previous run (without resume or overwrite), or a checkpoint past ``max_steps``.
     """
     t0 = time.perf_counter()
     acc = accelerator if accelerator is not None else _make_accelerator(cfg)
     run_dir = Path(cfg.run_dir)
     is_main = acc.is_main_process
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-    acc.wait_for_everyone()
+    # Nothing is written to the run folder until the models, data and checkpoint have been checked: a command
+    # that fails validation leaves a previous run as it was.
+    ckpt = resolve_resume(cfg.resume, run_dir)
+    previous = check_run_dir(run_dir, resume=cfg.resume, checkpoint=ckpt, overwrite=overwrite)
+    acc.wait_for_everyone()  # every process has looked before the main process changes anything
 
     # Models: wrap the trainable ones (DDP/FSDP, autocast), just move the frozen ones.
     models = dict(recipe.build_models())
@@ -478,9 +518,13 @@ def train(
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps worker seeding off the global RNG
     )
 
-    ckpt = resolve_resume(cfg.resume, run_dir)
     if ckpt is not None:
         load_training_state(acc, ckpt, **state)
+        if counters.step > cfg.max_steps:
+            raise ConfigError(
+                f"checkpoint {ckpt} is at step {counters.step}, past max_steps={cfg.max_steps}; pass a "
+                f"--max-steps above {counters.step} to train on (or the run's own value to finish it)"
+            )
         logger.info("resumed from %s at step %d", ckpt, counters.step)
     elif cfg.resume == "latest" and is_main:
         logger.warning(
@@ -488,6 +532,16 @@ def train(
         )
     start_step = counters.step
     end_step = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
+
+    if is_main:
+        if overwrite and previous:
+            logger.warning("--overwrite: replacing the previous run in %s (%s)", run_dir, ", ".join(previous))
+            for name in previous:
+                target = run_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+    acc.wait_for_everyone()
 
     csv_log = (
         _MetricsCSV(run_dir / "metrics.csv", start_step if ckpt is not None else None) if is_main else None
