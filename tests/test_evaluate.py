@@ -223,3 +223,32 @@ def test_cli_evaluate_preset_and_errors(tmp_path: Path, monkeypatch: pytest.Monk
                             "-o", str(tmp_path / "m"), "--json"])  # fmt: skip
     assert r.exit_code == 0, _error_text(r)
     assert json.loads(r.stdout)["metrics"]["psnr"]["mean"] == "inf"  # the fake model returns the HR itself
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"key,psnr\na,30.0\n# caf\xe9\n", r"scores.csv is not UTF-8 text \(byte \d+\)"),
+        (
+            b"key,psnr\na,30.0\nb,31.0\na,29.0\n",
+            r"scores.csv lists image key\(s\) more than once: a; keep one row",
+        ),
+        (
+            b"key,sr_height,psnr\na,tall,30.0\n",
+            r"scores.csv:2: column 'sr_height' holds 'tall', expected a number",
+        ),
+    ],
+)
+def test_broken_score_csvs_name_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "scores.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as err:
+        E.load_scores_csv(path)
+    assert "\n" not in str(err.value)
+
+
+def test_broken_summary_next_to_scores_names_it(tmp_path: Path) -> None:
+    (tmp_path / "scores.csv").write_text("key,psnr\na,30.0\n")
+    (tmp_path / "scores.summary.json").write_text("[1, 2")
+    with pytest.raises(InputError, match=r"scores.summary.json next to scores.csv is not a JSON object"):
+        E.load_scores_csv(tmp_path / "scores.csv")

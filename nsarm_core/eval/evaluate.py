@@ -403,36 +403,64 @@ def load_scores_csv(path: str | Path) -> EvalResult:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"score file {path} does not exist (write one with `nsarm evaluate ... --out DIR`)")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        if "key" not in header:
-            raise InputError(
-                f"{path}: not an nsarm score CSV (no 'key' column; columns: {', '.join(header)})"
-            )
-        metric_cols = [c for c in header if c not in CSV_FIXED_COLUMNS]
-        records = []
-        for line, row in enumerate(reader, start=2):
-            scores = {}
-            for m in metric_cols:
-                try:
-                    scores[m] = float(row[m])
-                except (TypeError, ValueError) as exc:
-                    raise InputError(
-                        f"{path}:{line}: column '{m}' holds {row[m]!r}, expected a number"
-                    ) from exc
-            sr = _resolve(path.parent, row.get("sr_path") or "")
-            hr = _resolve(path.parent, row.get("hr_path") or "") if row.get("hr_path") else None
-            sr_size = (int(row.get("sr_height") or 0), int(row.get("sr_width") or 0))
-            ev_size = (int(row.get("eval_height") or 0), int(row.get("eval_width") or 0))
-            records.append(
-                ImageScores(row["key"], sr, hr, sr_size, ev_size, row.get("resized") == "1", scores)
-            )
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            records, metric_cols = _read_score_rows(path, csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"score file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV"
+        ) from exc
+    except csv.Error as exc:
+        raise InputError(f"score file {path} is not a readable CSV ({exc})") from exc
     if not records:
         raise InputError(f"{path} holds no image rows")
+    seen: dict[str, int] = {}
+    for r in records:
+        seen[r.key] = seen.get(r.key, 0) + 1
+    dupes = [k for k, n in seen.items() if n > 1]
+    if dupes:
+        # Each image must count once in means, variances and the robustness counts.
+        raise InputError(
+            f"{path} lists image key(s) more than once: {', '.join(dupes[:5])}"
+            + (f" and {len(dupes) - 5} more" if len(dupes) > 5 else "")
+            + "; keep one row per image"
+        )
     summary_path = path.with_name(path.stem + ".summary.json")
-    protocol = json.loads(summary_path.read_text()).get("protocol", {}) if summary_path.is_file() else {}
+    protocol: dict[str, Any] = {}
+    if summary_path.is_file():
+        try:
+            protocol = json.loads(summary_path.read_text(encoding="utf-8")).get("protocol", {})
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            raise InputError(
+                f"summary {summary_path} next to {path.name} is not a JSON object ({exc}); delete or rewrite it"
+            ) from exc
     return EvalResult(records, metric_cols, protocol)
+
+
+def _read_score_rows(path: Path, reader: csv.DictReader) -> tuple[list[ImageScores], list[str]]:
+    header = list(reader.fieldnames or [])
+    if "key" not in header:
+        raise InputError(f"{path}: not an nsarm score CSV (no 'key' column; columns: {', '.join(header)})")
+    metric_cols = [c for c in header if c not in CSV_FIXED_COLUMNS]
+    records = []
+    for line, row in enumerate(reader, start=2):
+        values: dict[str, float] = {}
+        for col in [*metric_cols, "sr_height", "sr_width", "eval_height", "eval_width"]:
+            raw = row.get(col)
+            if col not in metric_cols and not raw:
+                values[col] = 0.0  # sizes are optional (hand-made CSVs)
+                continue
+            try:
+                values[col] = float(raw)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{path}:{line}: column '{col}' holds {raw!r}, expected a number") from exc
+        sr = _resolve(path.parent, row.get("sr_path") or "")
+        hr = _resolve(path.parent, row.get("hr_path") or "") if row.get("hr_path") else None
+        sr_size = (int(values["sr_height"]), int(values["sr_width"]))
+        ev_size = (int(values["eval_height"]), int(values["eval_width"]))
+        scores = {m: values[m] for m in metric_cols}
+        records.append(ImageScores(row["key"], sr, hr, sr_size, ev_size, row.get("resized") == "1", scores))
+    return records, metric_cols
 
 
 def _resolve(base: Path, p: str) -> Path:
