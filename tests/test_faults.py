@@ -60,3 +60,28 @@ def test_vae_weights_refuse_code_pickles(tmp_path: Path, which: str) -> None:
         load_official_vae_state_dict(build_vae("tiny-d14"), path)
     assert "\n" not in str(err.value) and "weights_only=False" not in str(err.value)
     assert not marker.exists()
+
+
+def test_piped_output_is_neither_wrapped_nor_truncated(tmp_path: Path) -> None:
+    """Item 12: under CliRunner (not a terminal) table cells and log lines keep whole file names."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from nsarm_cli.main import app
+    from nsarm_core.data.io import write_image
+
+    name = "a_photo_with_a_rather_long_descriptive_file_name_that_rich_used_to_truncate"
+    write_image(tmp_path / "in" / f"{name}.png", np.zeros((16, 16, 3), np.float32))
+    (tmp_path / "in" / f"{name}.jpg").write_bytes(b"not a jpeg")
+    res = CliRunner().invoke(
+        app, ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", "bicubic"]
+    )
+    assert res.exit_code == 1, res.output
+    assert "…" not in res.output
+    table_rows = [line for line in res.stdout.splitlines() if name in line]
+    assert any(f"{name}.png" in line for line in table_rows) and any(
+        f"{name}.jpg" in line for line in table_rows
+    )
+    warning = next(line for line in res.stderr.splitlines() if line.startswith("WARNING"))
+    assert f"{name}.jpg' failed: cannot read image" in warning  # the whole message on one line
+    assert not any(len(line) > 100 and line.endswith(" ") for line in res.output.splitlines())  # no padding
