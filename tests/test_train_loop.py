@@ -331,3 +331,25 @@ def test_failed_validation_does_not_create_or_touch_the_run_folder(tmp_path: Pat
     with pytest.raises(InputError, match="fewer than one global batch"):
         train(_TooSmall(), cfg)
     assert not Path(cfg.run_dir).exists()
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path: Path) -> None:
+    from nsarm_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pass only one of them"):
+        train(_ToyRecipe(), _cfg(tmp_path, resume="latest"), overwrite=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_metrics_log_on_resume_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, max_steps=4, checkpoint_every=2)
+    train(_ToyRecipe(), cfg, stop_after=2)
+    run = Path(cfg.run_dir)
+    (run / "metrics.csv").write_bytes(b"step,loss\n1,0.5\n\xff\xfe,0.4\n")
+    before = _snapshot(run)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    with pytest.raises(InputError, match=r"metrics.csv is not a metrics log nsarm can continue"):
+        train(_ToyRecipe(), dataclasses.replace(cfg, resume="latest"))
+    assert _snapshot(run) == before

@@ -304,6 +304,10 @@ def check_run_dir(
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run folder {run_dir} is a file; pass another --run-dir")
+    if overwrite and resume is not None:
+        raise ConfigError(
+            f"--resume {resume} continues the run in {run_dir} and --overwrite replaces it; pass only one of them"
+        )
     previous = [name for name in RUN_ARTEFACTS if (run_dir / name).exists()]
     if not previous or checkpoint is not None or overwrite:
         return previous
@@ -326,10 +330,19 @@ class _MetricsCSV:
         self.columns: list[str] = []
         if resume_step is not None and path.is_file():
             # Rows written after the checkpoint belong to the interrupted run; the resumed run rewrites them.
-            with path.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                self.columns = list(reader.fieldnames or [])
-                self.rows = [r for r in reader if int(r["step"]) <= resume_step]
+            try:
+                with path.open(newline="", encoding="utf-8") as fh:
+                    reader = csv.DictReader(fh)
+                    self.columns = list(reader.fieldnames or [])
+                    self.rows = [r for r in reader if int(r["step"]) <= resume_step]
+            except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
+                raise InputError(
+                    f"{path} is not a metrics log nsarm can continue ({type(exc).__name__}: {exc}); move it "
+                    "aside to resume with a fresh log"
+                ) from exc
+
+    def start(self) -> None:
+        """Write the kept rows (none for a fresh run): called once the run folder may be changed."""
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -533,6 +546,10 @@ def train(
     start_step = counters.step
     end_step = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
 
+    # Read (and check) the metrics log before anything in the run folder changes; every process reads it so that
+    # a bad log stops all of them (an error on the main process alone would leave the others at the barrier).
+    metrics_log = _MetricsCSV(run_dir / "metrics.csv", start_step if ckpt is not None else None)
+    csv_log = metrics_log if is_main else None
     if is_main:
         if overwrite and previous:
             logger.warning("--overwrite: replacing the previous run in %s (%s)", run_dir, ", ".join(previous))
@@ -541,11 +558,10 @@ def train(
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
+        assert csv_log is not None
+        csv_log.start()
     acc.wait_for_everyone()
 
-    csv_log = (
-        _MetricsCSV(run_dir / "metrics.csv", start_step if ckpt is not None else None) if is_main else None
-    )
     tb = _open_tensorboard(run_dir / "tensorboard") if (is_main and cfg.tensorboard) else None
 
     def batches() -> Iterator[Any]:
