@@ -114,7 +114,7 @@ def test_pickle_in_place_of_a_safetensors_file_is_refused(tmp_path: Path, victim
     ckpt, cfg = _stopped_run(tmp_path)
     marker = tmp_path / "pwned"
     torch.save({"x": _Evil(marker)}, ckpt / victim)
-    with pytest.raises(InputError, match=victim) as err:
+    with pytest.raises(InputError, match=f"{victim} is not a readable safetensors file") as err:
         train(_ToyRecipe(), dataclasses.replace(cfg, resume="latest"))
     assert "\n" not in str(err.value) and not marker.exists()
 
@@ -168,4 +168,38 @@ def test_refused_checkpoint_does_not_touch_the_tensors_it_guards(tmp_path: Path)
     (ckpt / MANIFEST).write_text(json.dumps(manifest))
     save_file({"0.exp_avg": torch.zeros(1)}, str(ckpt / "optimizer.safetensors"))
     with pytest.raises(InputError, match="does not match this run's optimizer"):
+        train(_ToyRecipe(), dataclasses.replace(cfg, resume="latest"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda m: m["objects"]["counters"].update(step="three"),
+            "checkpoint.json is incomplete or does not match",
+        ),
+        (lambda m: m.pop("optimizer"), "checkpoint.json is incomplete or does not match this run .KeyError"),
+        (
+            lambda m: m.update(models=["net", "other"]),
+            "holds the models .'net', 'other'. but this run trains",
+        ),
+        (lambda m: m.pop("ema"), "was written without EMA but this run sets ema_decay"),
+        (lambda m: m.update(version=2), "has version 2; this nsarm reads version 1"),
+    ],
+)
+def test_tampered_manifest_is_a_one_line_error(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    ckpt, cfg = _stopped_run(tmp_path)
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    edit(manifest)
+    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=message) as err:
+        train(_ToyRecipe(), dataclasses.replace(cfg, resume="latest"))
+    assert "\n" not in str(err.value)
+
+
+def test_renamed_ema_tensors_are_refused(tmp_path: Path) -> None:
+    ckpt, cfg = _stopped_run(tmp_path)
+    shadow = load_file(str(ckpt / "ema.safetensors"))
+    save_file({f"x{k}": v for k, v in shadow.items()}, str(ckpt / "ema.safetensors"))
+    with pytest.raises(InputError, match="ema.safetensors does not hold the EMA tensors"):
         train(_ToyRecipe(), dataclasses.replace(cfg, resume="latest"))

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsarm_core.errors import InputError
+from nsarm_core.errors import InputError, NSARMError
 
 logger = logging.getLogger(__name__)
 
@@ -269,13 +269,41 @@ def load_training_state(
         InputError: a missing, corrupt or mismatched file, or one that would need unsafe unpickling; the
             message names the file.
     """
-    from safetensors.torch import load_model
-
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         _load_accelerate_layout(acc, folder, models=models, optimizer=optimizer, objects=objects, ema=ema)
         return
     manifest = _read_manifest(manifest_path)
+    try:
+        _load_manifest_layout(acc, folder, manifest, models, optimizer, objects, ema)
+    except NSARMError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hand-edited or mismatched manifest
+        raise _refuse(
+            manifest_path, f"is incomplete or does not match this run ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _load_model_file(acc: Any, module: nn.Module, name: str, path: Path) -> None:
+    from safetensors.torch import load_model
+
+    _load_safetensors(path)  # a readable file first, so that a corrupt one is not reported as a mismatch
+    try:
+        load_model(acc.unwrap_model(module), str(path), strict=True)
+    except Exception as exc:
+        raise _refuse(path, f"does not fit the model '{name}' ({str(exc).splitlines()[0]})") from exc
+
+
+def _load_manifest_layout(
+    acc: Any,
+    folder: Path,
+    manifest: Mapping[str, Any],
+    models: Mapping[str, nn.Module],
+    optimizer: Any,
+    objects: Mapping[str, Any],
+    ema: Any | None,
+) -> None:
+    manifest_path = folder / MANIFEST
     if list(manifest.get("models", [])) != list(models):
         raise _refuse(
             manifest_path,
@@ -289,13 +317,7 @@ def load_training_state(
         _load_fsdp(acc, folder, models, optimizer)
     else:
         for name, module in models.items():
-            path = folder / f"model_{name}.safetensors"
-            if not path.is_file():
-                raise _refuse(path, "is missing")
-            try:
-                load_model(acc.unwrap_model(module), str(path), strict=True)
-            except Exception as exc:
-                raise _refuse(path, f"does not fit the model '{name}' ({str(exc).splitlines()[0]})") from exc
+            _load_model_file(acc, module, name, folder / f"model_{name}.safetensors")
         _load_optimizer(
             optimizer,
             _load_safetensors(folder / "optimizer.safetensors"),
@@ -313,6 +335,8 @@ def load_training_state(
                 "was written without EMA but this run sets ema_decay; resume with the same config",
             )
         shadow = _load_safetensors(folder / "ema.safetensors")
+        if sorted(shadow) != sorted(str(i) for i in range(len(shadow))):
+            raise _refuse(folder / "ema.safetensors", "does not hold the EMA tensors 0..N-1")
         ema.load_state_dict(
             {"decay": manifest["ema"]["decay"], "shadow": [shadow[str(i)] for i in range(len(shadow))]}
         )
@@ -344,7 +368,6 @@ def _load_accelerate_layout(
     accelerate numbered the registered objects in registration order: the counters and the LR scheduler given
     in ``objects``, then the EMA.
     """
-    from safetensors.torch import load_model
 
     if not (folder / "custom_checkpoint_0.pkl").exists() and not (folder / "model.safetensors").exists():
         raise _refuse(folder / MANIFEST, "is missing: the folder is not a training checkpoint")
@@ -361,11 +384,9 @@ def _load_accelerate_layout(
     else:
         opt_state = _load_weights_only(folder / "optimizer.bin")
         for i, (name, module) in enumerate(models.items()):
-            path = folder / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
-            try:
-                load_model(acc.unwrap_model(module), str(path), strict=True)
-            except Exception as exc:
-                raise _refuse(path, f"does not fit the model '{name}' ({str(exc).splitlines()[0]})") from exc
+            _load_model_file(
+                acc, module, name, folder / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            )
         optimizer.load_state_dict(opt_state)
     for obj, state in zip(stateful, states, strict=True):
         obj.load_state_dict(state)
