@@ -161,6 +161,69 @@ IMAGES = {
 }
 
 
+def _rgb_u8(h: int, w: int, seed: int = 3) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _pil_save(path: Path, image: Any, **kw: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kw)
+    return path
+
+
+def _exif_rotated(d: Path) -> Path:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a 20x12 file shows as 12x20
+    return _pil_save(d / "rotated.jpg", Image.fromarray(_rgb_u8(12, 20)), exif=exif.tobytes())
+
+
+def _palette_transparent(d: Path) -> Path:
+    from PIL import Image
+
+    p = Image.fromarray(_rgb_u8(16, 16)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    return _pil_save(d / "palette.png", p, transparency=0)
+
+
+def _gray16(d: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    data = np.random.default_rng(4).integers(0, 65536, (16, 16), dtype=np.uint16)
+    return _pil_save(d / "gray16.png", Image.fromarray(data))
+
+
+def _cmyk(d: Path) -> Path:
+    from PIL import Image
+
+    return _pil_save(d / "cmyk.jpg", Image.fromarray(_rgb_u8(16, 16)).convert("CMYK"))
+
+
+# Unusual but valid images: upscaled to 4x their displayed size, exit 0 (a wrong size would be a silent error).
+VALID: dict[str, Any] = {
+    "one-pixel": lambda d: _png(d / "dot.png", 1, 1),
+    "one-row": lambda d: _png(d / "row.png", 1, 50),
+    "grayscale": lambda d: _png(d / "gray.png", mode="L"),
+    "rgba": lambda d: _png(d / "alpha.png", mode="RGBA"),
+    "palette-transparency": _palette_transparent,
+    "gray-16-bit": _gray16,
+    "cmyk-jpeg": _cmyk,
+    "exif-rotated": _exif_rotated,
+}
+
+
+def _valid_case(make: Any) -> Any:
+    def build(root: Path, command: str) -> list[str]:
+        _png(root / "in" / "good.png")
+        make(root / "in")
+        return ["upscale", str(root / "in"), "-o", str(root / "out"), "--model", "bicubic", "--ext", "png"]
+
+    return build
+
+
 def _cfg_case(text: bytes | str, extra: tuple[str, ...] = ()) -> Any:  # type: ignore[no-untyped-def]
     def build(root: Path, command: str) -> list[str]:
         _png(root / "in" / "good.png")
@@ -275,11 +338,8 @@ def _resume_case(plant: str) -> Any:  # type: ignore[no-untyped-def]
 
 CASES: list[tuple[str, str, Any, int, str]] = [
     # (id, command, builder, exit code, fragment the message names)
-    # A 1x1 image is unusual but valid input for an upscaler: done, exit 0.
-    *[
-        (f"upscale-{k}", "upscale", _image_case(f), 0 if k == "one-pixel" else 1, "")
-        for k, f in IMAGES.items()
-    ],
+    *[(f"upscale-{k}", "upscale", _image_case(f), 1, "") for k, f in IMAGES.items() if k != "one-pixel"],
+    *[(f"upscale-valid-{k}", "upscale", _valid_case(f), 0, "") for k, f in VALID.items()],
     *[(f"degrade-{k}", "degrade", _image_case(f), 1, "") for k, f in IMAGES.items()],
     *[(f"evaluate-{k}", "evaluate", _image_case(f), 1, "") for k, f in IMAGES.items()],
     (
@@ -450,6 +510,11 @@ def test_cli_corpus(tmp_path: Path, command: str, build: Any, code: int, fragmen
         named = [line for line in res.output.splitlines() if any(name in line for name in bad)]
         assert named and all(("failed" in line or "not scored" in line) for line in named[:1]), res.output
         assert (tmp_path / "out").exists() or (tmp_path / "o" / "scores.csv").exists()
-    else:
-        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dot.png", "good.png"]
+    else:  # every input upscaled to 4x its displayed (EXIF-oriented) size
+        from nsarm_core.data.io import read_image
+
+        for src in (tmp_path / "in").iterdir():
+            h, w = read_image(src).rgb.shape[:2]
+            out = read_image(tmp_path / "out" / f"{src.stem}.png").rgb
+            assert out.shape[:2] == (4 * h, 4 * w), (src.name, out.shape)
     assert not (tmp_path / "pwned").exists()  # no pickle ran
