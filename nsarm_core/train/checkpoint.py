@@ -4,13 +4,11 @@ accelerate's ``save_state``/``load_state`` pickle the registered objects and rea
 ``torch.load(weights_only=False)``, so a crafted ``custom_checkpoint_0.pkl`` in a checkpoint folder ran code
 when a run was resumed from it (issue 16, item 1). This module saves every part itself:
 
-========================  ==============================================================================
-``checkpoint.json``       format tag, step counters, LR schedule, optimizer hyper-parameters and non-tensor
-                          state, EMA decay, gradient-scaler state (JSON; floats round-trip exactly)
-``model_<name>.safetensors``  each trainable module (unwrapped from DDP / autocast)
-``optimizer.safetensors`` the optimizer's tensors (AdamW moments and step counts), key ``<param>.<name>``
-``ema.safetensors``       the EMA shadow tensors, key ``<index>``
-========================  ==============================================================================
+* ``checkpoint.json``: format tag, step counters, LR schedule, optimizer hyper-parameters and non-tensor
+  state, EMA decay, gradient-scaler state (JSON; floats round-trip exactly), written last;
+* ``model_<name>.safetensors``: each trainable module (unwrapped from DDP / autocast);
+* ``optimizer.safetensors``: the optimizer's tensors (AdamW moments and step counts), key ``<param>.<name>``;
+* ``ema.safetensors``: the EMA shadow tensors, key ``<index>``.
 
 RNG states are not saved: the loop re-seeds every RNG at the start of every step (see ``loop.py``).
 
