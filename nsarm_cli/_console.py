@@ -24,6 +24,10 @@ from rich.progress import (
 err_console = Console(stderr=True)
 out_console = Console()
 
+#: Layout width for a stream that is not a terminal: wide enough that tables take their natural width (no
+#: truncated file names) while nothing is padded to it (tables are not expanded, plain logs are used).
+PIPE_WIDTH = 10_000
+
 
 @dataclass
 class GlobalState:
@@ -36,14 +40,34 @@ class GlobalState:
 STATE = GlobalState()
 
 
+def fit_consoles_to_streams() -> None:
+    """Terminals get Rich's layout at the window width; pipes and files get lines that are never wrapped and
+    tables whose cells are never cut (``truncated.png`` and ``truncated.jpg`` must stay apart in a log).
+
+    Called once per command, since the streams are only known then (tests swap them).
+    """
+    for console in (err_console, out_console):
+        piped = not console.is_terminal
+        console.soft_wrap = piped
+        console.width = PIPE_WIDTH if piped else None  # type: ignore[assignment]  # None: ask the terminal
+
+
 def configure_logging(verbosity: int) -> None:
-    """Route the library's ``logging`` records to a Rich handler on stderr."""
+    """Route the library's ``logging`` records to stderr: a Rich handler on a terminal, plain lines otherwise."""
     from rich.logging import RichHandler
 
+    fit_consoles_to_streams()
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     root = logging.getLogger("nsarm_core")
     root.handlers.clear()
-    handler = RichHandler(console=err_console, show_path=False, show_time=verbosity >= 2, markup=False)
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, show_time=verbosity >= 2, markup=False)
+    else:
+        # Rich's log layout pads every line to the console width; a pipe gets "LEVEL    message" lines instead.
+        handler = logging.StreamHandler(sys.stderr)
+        time = "%(asctime)s " if verbosity >= 2 else ""
+        handler.setFormatter(logging.Formatter(f"{time}%(levelname)-8s %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nsarm_cli._console import info, out_console, print_json, progress
+from nsarm_cli._console import info, out_console, print_json, progress, warn
 from nsarm_core.errors import ConfigError
 
 
@@ -112,6 +112,12 @@ def evaluate(
         str, typer.Option("--device", help="Device for pyiqa metrics (cpu, cuda, cuda:1).")
     ] = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of metrics with random crops (MANIQA).")] = 0,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-pixels", help="Refuse images with more pixels (decompression bombs); 0: no limit."
+        ),
+    ] = 100_000_000,
     list_all: Annotated[
         bool, typer.Option("--list", help="List metrics and dataset presets, then exit.")
     ] = False,
@@ -166,6 +172,7 @@ def evaluate(
         eval_size=eval_size if eval_size is not None else (proto.eval_size if proto else None),
         device=device,
         seed=seed,
+        max_pixels=max_pixels,
     )
     with progress(transient=True) as bar:
         task = bar.add_task("scoring", total=None, status="")
@@ -173,12 +180,19 @@ def evaluate(
             sr_dir, hr_dir, opts, preset=ds, strict=not allow_missing,
             on_image=lambda i, n, key: bar.update(task, completed=i, total=n, status=key),
         )  # fmt: skip
+    for failure in result.failures:
+        warn(f"not scored: {failure.reason}")
+    if not result.records:
+        warn(f"none of the {len(result.failures)} image(s) could be scored; nothing written")
+        raise typer.Exit(1)
     csv_path, json_path = write_outputs(result, out)
     summary = result.summary()
     if json_out:
         from nsarm_core.eval.evaluate import json_safe
 
         print_json(json_safe(summary | {"csv": str(csv_path), "summary_json": str(json_path)}))
-        return
-    out_console.print(summary_table(summary, f"{sr_dir} ({len(result.records)} images)"))
-    info(f"per-image scores: {csv_path}\nsummary + protocol: {json_path}")
+    else:
+        out_console.print(summary_table(summary, f"{sr_dir} ({len(result.records)} images)"))
+        info(f"per-image scores: {csv_path}\nsummary + protocol: {json_path}")
+    if result.failures:  # the good pairs are scored and written; the run is still incomplete
+        raise typer.Exit(1)

@@ -103,6 +103,7 @@ def robustness(
         SweepResult,
         analyse,
         bicubic_method,
+        check_worst_k,
         model_method,
         parse_thresholds,
         run_sweep,
@@ -111,6 +112,7 @@ def robustness(
 
     if not inputs and not sweep:
         raise ConfigError("give score CSVs / SR folders to compare, or --sweep with --hr")
+    check_worst_k(worst_k)  # before any scoring
     thr = parse_thresholds(thresholds)
     default = "psnr,ssim" if sweep and not inputs else ",".join(DEFAULT_COMPOSITE)
     names = [s.name for s in parse_metric_list(metrics or default)]

@@ -53,6 +53,10 @@ MaxStepsOpt = Annotated[
     int | None, typer.Option("--max-steps", help="Optimizer steps (overrides max_steps).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace a previous run in the run folder (otherwise it is refused)."),
+]
 
 
 def shipped_config_dir() -> Path:
@@ -148,7 +152,7 @@ def _report(summary: dict[str, Any], json_out: bool) -> None:
             info(f"  {key}: {summary[key]}")
 
 
-def _train(stage: str, cfg: Any) -> tuple[Any, Any]:
+def _train(stage: str, cfg: Any, overwrite: bool = False) -> tuple[Any, Any]:
     from nsarm_core.train.loop import train
 
     if stage == "tokenizer":
@@ -172,7 +176,7 @@ def _train(stage: str, cfg: Any) -> tuple[Any, Any]:
                 "(use train-stage2 for the NSARM fine-tune)"
             )
         recipe = Stage2Recipe.from_config(cfg)
-    return recipe, train(recipe, cfg)
+    return recipe, train(recipe, cfg, overwrite=overwrite)
 
 
 def train_tokenizer(
@@ -181,6 +185,7 @@ def train_tokenizer(
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = None,
     max_steps: MaxStepsOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a BSQ-VAE tokenizer (L1 + L2 through the multi-scale BSQ, commitment, optional entropy/edge terms).
@@ -189,7 +194,7 @@ def train_tokenizer(
     RUN/final/reconstruction.json.
     """
     cfg = _build_config("tokenizer", config, overrides, run_dir, resume, max_steps)
-    recipe, result = _train("tokenizer", cfg)
+    recipe, result = _train("tokenizer", cfg, overwrite)
     summary = _summary("tokenizer", cfg, result)
     summary["psnr"] = recipe.val_psnr
     _report(summary, json_out)
@@ -201,6 +206,7 @@ def train_base(
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = None,
     max_steps: MaxStepsOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Pretrain the base next-scale transformer (Infinity's bitwise CE on the HR scales, no LR condition).
@@ -209,7 +215,7 @@ def train_base(
     exists (our small models). Writes RUN/final/transformer.
     """
     cfg = _build_config("base", config, overrides, run_dir, resume, max_steps)
-    _, result = _train("base", cfg)
+    _, result = _train("base", cfg, overwrite)
     _report(_summary("base", cfg, result), json_out)
 
 
@@ -219,6 +225,7 @@ def train_stage1(
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = None,
     max_steps: MaxStepsOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Stage 1 (paper Eq. 4): train the transformation network on the MSE to the HR residuals; VAE frozen.
@@ -226,7 +233,7 @@ def train_stage1(
     Writes RUN/final/transform_net.
     """
     cfg = _build_config("stage1", config, overrides, run_dir, resume, max_steps)
-    _, result = _train("stage1", cfg)
+    _, result = _train("stage1", cfg, overwrite)
     _report(_summary("stage1", cfg, result), json_out)
 
 
@@ -236,6 +243,7 @@ def train_stage2(
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = None,
     max_steps: MaxStepsOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Stage 2 (paper Alg. 2): bitwise CE on the modified GT labels, transformer (+ transformation net) trained.
@@ -244,7 +252,7 @@ def train_stage2(
     RUN/final/model that `nsarm upscale --model RUN/final/model` loads.
     """
     cfg = _build_config("stage2", config, overrides, run_dir, resume, max_steps)
-    _, result = _train("stage2", cfg)
+    _, result = _train("stage2", cfg, overwrite)
     summary = _summary("stage2", cfg, result)
     summary["model_dir"] = None
     if result.final_dir is not None and _is_main_process():
@@ -269,6 +277,7 @@ def train_cfw(
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = None,
     max_steps: MaxStepsOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fit controllable feature wrapping (CFW) and the decoder on top of a frozen NSARM model (stage.model).
@@ -278,7 +287,7 @@ def train_cfw(
     sample. Writes RUN/final/model, which `nsarm upscale --model RUN/final/model --fidelity W` loads.
     """
     cfg = _build_config("cfw", config, overrides, run_dir, resume, max_steps)
-    _, result = _train("cfw", cfg)
+    _, result = _train("cfw", cfg, overwrite)
     summary = _summary("cfw", cfg, result)
     if result.final_dir is not None:
         summary["model_dir"] = str(result.final_dir / "model")

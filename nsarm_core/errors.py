@@ -37,3 +37,22 @@ def missing_extra(package: str, extra: str, purpose: str) -> MissingExtraError:
         f"{purpose} needs the optional package '{package}', which is not installed; "
         f"install it with: pip install 'nsarm[{extra}]'"
     )
+
+
+def refused_pickle(path: object, exc: BaseException) -> InputError:
+    """The one-line error for a pickle that ``torch.load(weights_only=True)`` refused or could not parse.
+
+    torch's own message is a page of advice ending in "re-run with weights_only=False"; this names the file and
+    what it imports instead (``GLOBAL builtins.exec``), and never suggests unsafe loading.
+    """
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found is None:
+        return InputError(
+            f"cannot read {path} as a weights-only torch checkpoint (corrupt, truncated or not one)"
+        )
+    return InputError(
+        f"refused to load {path}: it holds Python objects, not only tensors (it imports {found.group(1)}); nsarm "
+        "reads pickles with torch.load(weights_only=True) only: pass a .safetensors file or a plain state dict"
+    )

@@ -188,7 +188,9 @@ class SRPipeline:
                 f"got {tuple(lr.shape)}; use SRPipeline.upscale for other sizes"
             )
         t = timings if timings is not None else {}
-        lr = lr.to(self.device, torch.float32).clamp(0, 1)
+        # contiguous(): a channels-last input (e.g. torch.from_numpy(hwc).permute(2, 0, 1)[None]) sends the encoder's
+        # convolutions down another kernel whose rounding flips sampled bits; one layout gives one output.
+        lr = lr.to(self.device, torch.float32).contiguous().clamp(0, 1)
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         summed_codes = self.sample_latent(lr, generator=generator, prompt=prompt, settings=st, timings=t)
         t3 = time.perf_counter()
@@ -235,7 +237,7 @@ class SRPipeline:
         """
         cfg, st = self.config, settings or self.settings
         t = timings if timings is not None else {}
-        lr = lr.to(self.device, torch.float32).clamp(0, 1)
+        lr = lr.to(self.device, torch.float32).contiguous().clamp(0, 1)  # one layout, one output (see above)
         batch = int(lr.shape[0])
 
         # 1. LR -> VAE encoder: the continuous latent of the LR window (spec E.3 step 1; the encoder runs in fp32).

@@ -332,3 +332,62 @@ def test_example_config_loads():
     cfg = D.load_config_overrides(EXAMPLE, D.get_preset("realesrgan"))
     assert isinstance(cfg, D.DegradationConfig)
     D.apply(_hr(h=32, w=32), D.sample_params(cfg, 4, 0))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("usm_radius: 100000\n", "usm_radius must be an integer between 1 and 200, got 100000"),
+        ("blur_kernel_size: 100001\n", "blur_kernel_size must be an odd integer between 1 and 101"),
+        ("blur_kernel_size: -5\n", "blur_kernel_size must be an odd integer between 1 and 101, got -5"),
+        ("blur_kernel_size2: 20\n", "blur_kernel_size2 must be an odd integer"),
+        ("kernel_range: [7, 9, 1001]\n", "kernel_range must be odd kernel sizes between 1 and 101"),
+        ("noise_range: 5\n", "noise_range must be a list of 2 values, got 5"),
+        ("noise_range2: [1, 500]\n", r"noise_range2 must be \[low, high\] with 0 <= low <= high <= 255"),
+        (
+            "resize_range: [0.5, 100000]\n",
+            r"resize_range must be \[low, high\] with 0.05 <= low <= high <= 4",
+        ),
+        ("resize_prob: yes\n", "resize_prob must be a list of 3 values, got True"),
+        ("gaussian_noise_prob: yes\n", "gaussian_noise_prob must be a number, got True .YAML reads yes/no"),
+        ("second_blur_prob: '0.5x'\n", "second_blur_prob must be a number, got '0.5x'"),
+        (
+            "usm_weight: 1e9\n",
+            "usm_weight must be a number between 0 and 10, got '1e9'",
+        ),  # YAML 1.1: a string
+        ("jpeg_range: 1e9\n", "jpeg_range must be a list of 2 values, got '1e9'"),
+        ("jpeg_range2: [50, .inf]\n", "jpeg_range2 must be a finite number"),
+        ("poisson_scale_range: [-1, 2]\n", "poisson_scale_range must be"),
+        ("gt_usm: 'yes'\n", "gt_usm must be true or false"),
+        ("kernel_prob: [1, -1, 0, 0, 0, 0]\n", "kernel_prob must be non-negative weights"),
+        ("final_sinc_cutoff_range: [1, 10]\n", "final_sinc_cutoff_range must be"),
+        ("jpeg_mode: fast\n", "jpeg_mode must be one of"),
+    ],
+)
+def test_every_option_is_bounded_and_named(tmp_path, text, message):
+    path = tmp_path / "deg.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        D.load_config_overrides(path, D.get_preset("realesrgan"))
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
+def test_numeric_strings_are_numbers_and_bounds_admit_real_esrgan_values(tmp_path):
+    path = tmp_path / "deg.yaml"
+    path.write_text("usm_weight: 1e-1\nblur_sigma: ['2e-1', 3]\nusm_radius: 50\nblur_kernel_size: 21\n")
+    cfg = D.load_config_overrides(path, D.get_preset("realesrgan"))
+    assert cfg.usm_weight == 0.1 and cfg.stages[0].blur.sigma_range == (0.2, 3.0) and cfg.usm_radius == 50
+
+
+def test_non_utf8_degradation_config_names_the_file(tmp_path):
+    path = tmp_path / "deg.yaml"
+    path.write_bytes(b"usm_weight: 0.5\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"deg.yaml is not UTF-8 text .byte 21.; save it as UTF-8"):
+        D.load_config_overrides(path, D.get_preset("realesrgan"))
+
+
+def test_library_construction_is_bounded_too():
+    with pytest.raises(ConfigError, match="usm_radius must be an integer between 1 and 200"):
+        dataclasses.replace(D.get_preset("realesrgan"), usm_radius=100000)
+    with pytest.raises(ConfigError, match="blur_kernel_size must be an odd integer between 1 and 101"):
+        D.BlurConfig(pad_to=1001, kernel_sizes=(7,))

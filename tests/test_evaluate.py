@@ -131,8 +131,10 @@ def test_identical_images_give_inf_in_outputs(tmp_path: Path) -> None:
 
 def test_size_mismatch_errors_or_resizes(tmp_path: Path) -> None:
     _make_pairs(tmp_path, n=2, sr_size=64)  # SR 64x64, HR 32x32
-    with pytest.raises(InputError, match="--resize-sr"):
-        E.evaluate_folder(tmp_path / "sr", tmp_path / "hr", E.EvalOptions())
+    # Without --resize-sr each mismatched pair is a failure with its reason; the others would still be scored.
+    bad = E.evaluate_folder(tmp_path / "sr", tmp_path / "hr", E.EvalOptions())
+    assert not bad.records and len(bad.failures) == 2
+    assert all("size mismatch" in f.reason and "--resize-sr" in f.reason for f in bad.failures)
     res = E.evaluate_folder(tmp_path / "sr", tmp_path / "hr", E.EvalOptions(resize_sr=True))
     assert all(r.resized and r.sr_size == (64, 64) and r.eval_size == (32, 32) for r in res.records)
     assert res.protocol["resize"]["n_resized"] == 2 and "bicubic" in res.protocol["resize"]["method"]
@@ -223,3 +225,66 @@ def test_cli_evaluate_preset_and_errors(tmp_path: Path, monkeypatch: pytest.Monk
                             "-o", str(tmp_path / "m"), "--json"])  # fmt: skip
     assert r.exit_code == 0, _error_text(r)
     assert json.loads(r.stdout)["metrics"]["psnr"]["mean"] == "inf"  # the fake model returns the HR itself
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"key,psnr\na,30.0\n# caf\xe9\n", r"scores.csv is not UTF-8 text \(byte \d+\)"),
+        (
+            b"key,psnr\na,30.0\nb,31.0\na,29.0\n",
+            r"scores.csv lists image key\(s\) more than once: a; keep one row",
+        ),
+        (
+            b"key,sr_height,psnr\na,tall,30.0\n",
+            r"scores.csv:2: column 'sr_height' holds 'tall', expected a number",
+        ),
+    ],
+)
+def test_broken_score_csvs_name_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "scores.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as err:
+        E.load_scores_csv(path)
+    assert "\n" not in str(err.value)
+
+
+def test_broken_summary_next_to_scores_names_it(tmp_path: Path) -> None:
+    (tmp_path / "scores.csv").write_text("key,psnr\na,30.0\n")
+    (tmp_path / "scores.summary.json").write_text("[1, 2")
+    with pytest.raises(InputError, match=r"scores.summary.json next to scores.csv is not a JSON object"):
+        E.load_scores_csv(tmp_path / "scores.csv")
+
+
+def test_cli_evaluate_scores_the_good_pairs_and_lists_the_bad_ones(tmp_path: Path) -> None:
+    sr, hr = tmp_path / "sr", tmp_path / "hr"
+    for i in range(2):
+        write_image(hr / f"good{i}.png", _rgb(i))
+        write_image(sr / f"good{i}.png", np.clip(_rgb(i) + 0.01, 0, 1))
+    write_image(hr / "tiny.png", _rgb(5, 1, 1))  # 1x1: too small for SSIM's window
+    write_image(sr / "tiny.png", _rgb(6, 1, 1))
+    write_image(hr / "broken.png", _rgb(7))
+    (sr / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    write_image(hr / "twice.png", _rgb(8))
+    write_image(sr / "twice.png", _rgb(8))
+    write_image(sr / "twice.jpg", _rgb(8))  # two SR files for one key: neither is "the" output
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["evaluate", str(sr), "--hr", str(hr), "-o", str(out), "--json"])
+    assert r.exit_code == 1, _error_text(r)
+    data = json.loads(r.stdout)
+    assert data["n_images"] == 2 and data["metrics"]["psnr"]["n"] == 2
+    failed = {f["key"]: f["reason"] for f in data["failed"]}
+    assert set(failed) == {"tiny", "broken", "twice"}
+    assert "tiny.png" in failed["tiny"] and "SSIM needs images of at least" in failed["tiny"]
+    assert "broken.png" in failed["broken"] and "twice.jpg" in failed["twice"]
+    assert r.stderr.count("not scored:") == 3
+    assert (out / "scores.csv").read_text().count("\n") == 3  # header + the two good pairs
+
+
+def test_cli_evaluate_has_the_max_pixels_its_bomb_message_suggests(tmp_path: Path) -> None:
+    write_image(tmp_path / "hr" / "a.png", _rgb(0, 64, 64))
+    write_image(tmp_path / "sr" / "a.png", _rgb(0, 64, 64))
+    args = ["evaluate", str(tmp_path / "sr"), "--hr", str(tmp_path / "hr"), "-o", str(tmp_path / "o")]
+    r = runner.invoke(app, [*args, "--max-pixels", "1000"])
+    assert r.exit_code == 1 and "exceeds the limit of 1,000 pixels" in r.stderr and "--max-pixels" in r.stderr
+    assert runner.invoke(app, [*args, "--max-pixels", "5000"]).exit_code == 0

@@ -90,3 +90,33 @@ def test_nsarm_tiny_is_trained_and_deterministic() -> None:
     trained, random = ssim(_levels(sr), ref), ssim(_levels(random_sr), ref)
     # measured: SSIM 0.29 vs 0.08 (PSNR 14.3 vs 13.1 dB; bicubic 0.41 and 18.0 dB), colour fix in both
     assert trained > random + 0.15, (trained, random, psnr(_levels(sr), ref), psnr(_levels(random_sr), ref))
+
+
+def test_upscale_window_gives_one_output_for_both_memory_layouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from nsarm_core.data.io import read_image
+    from nsarm_core.pipeline import load_pipeline
+
+    pipe = load_pipeline("nsarm-tiny", device="cpu", dtype="fp32")
+    h, w = pipe.config.lr_size
+    hwc = np.ascontiguousarray(read_image(ROOT / "examples" / "photos" / "astronaut.png").rgb[:h, :w])
+    channels_last = torch.from_numpy(hwc).permute(2, 0, 1)[None]  # what a library caller naturally writes
+    assert (
+        channels_last.is_contiguous(memory_format=torch.channels_last) and not channels_last.is_contiguous()
+    )
+    nchw = channels_last.contiguous()
+
+    seen: list[bool] = []
+    encode = pipe.model.vae.encode_raw
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.is_contiguous())
+        return encode(x)
+
+    monkeypatch.setattr(pipe.model.vae, "encode_raw", spy)
+    a = pipe.upscale_window(nchw, seed=0)
+    b = pipe.upscale_window(channels_last, seed=0)
+    # The encoder sees the same (NCHW) layout either way, so the output is the same to the bit.
+    assert seen == [True, True]
+    assert torch.equal(a, b)

@@ -187,3 +187,35 @@ def test_cli_robustness_sr_folders_and_sweep(tmp_path: Path) -> None:
     data = json.loads(r.stdout)
     assert [lv["preset"] for lv in data["sweep"]["levels"]] == ["bicubic", "light"]
     assert set(data["methods"]) == {"0:bicubic", "1:light"}
+
+
+def test_infinite_psnr_is_left_out_with_a_warning_naming_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_csv(tmp_path / "A.csv", [30.0, float("inf"), 28.0], metric="psnr")
+    from nsarm_core.eval.evaluate import load_scores_csv
+
+    with caplog.at_level("WARNING", logger="nsarm_core"):
+        res = R.analyse({"A": load_scores_csv(tmp_path / "A.csv")}, ["psnr"])
+    assert res.methods[0].composite.tolist() == [0.6, 0.56] and res.global_mean == pytest.approx(
+        0.58
+    )  # PSNR/50
+    assert "A.csv: 1 image(s) left out" in caplog.text and "img1 (psnr=inf)" in caplog.text
+    r = runner.invoke(app, ["robustness", str(tmp_path / "A.csv"), "--metrics", "psnr", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["methods"]["A"]["n_images"] == 2
+
+
+def test_duplicate_keys_are_refused_naming_them() -> None:
+    dup = _result({"ssim": [0.5, 0.6]})
+    dup.records[1].key = dup.records[0].key
+    with pytest.raises(InputError, match="method 'A' lists image key.s. more than once: img0"):
+        R.analyse({"A": dup}, ["ssim"])
+
+
+def test_worst_k_must_not_be_negative(tmp_path: Path) -> None:
+    _write_csv(tmp_path / "A.csv", [0.5, 0.6])
+    r = runner.invoke(app, ["robustness", str(tmp_path / "A.csv"), "--metrics", "ssim", "--worst-k", "-1"])
+    assert r.exit_code == 2 and "--worst-k must be >= 0" in r.output
+    with pytest.raises(ConfigError, match="--worst-k must be >= 0"):
+        R.analyse({"A": _result({"ssim": [0.5]})}, ["ssim"]).to_dict(worst_k=-1)

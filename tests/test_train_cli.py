@@ -174,3 +174,24 @@ def resolve_shipped(name: str) -> Path:
     from nsarm_cli.train import shipped_config_dir
 
     return shipped_config_dir() / f"{name}.yaml"
+
+
+def test_a_previous_run_needs_resume_or_overwrite(tmp_path: Path) -> None:
+    hr = _images(tmp_path / "hr", 2, (150, 140), 0)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "config.yaml").write_text("max_steps: 20\n")
+    args = [
+        "train-stage1", *_common(run, hr), "--set", "stage.degradation=bicubic", "--set", "stage.vae_weights=null",
+        "--max-steps", "1",
+    ]  # fmt: skip
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "already holds a run (config.yaml, final)" in res.output and "--overwrite" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert (run / "config.yaml").read_text() == "max_steps: 20\n"
+    out = _invoke(*args, "--overwrite")
+    assert out["step"] == 1 and "max_steps: 1" in (run / "config.yaml").read_text()

@@ -109,3 +109,32 @@ def test_yes_no_strings_stay_strings() -> None:
     assert load_config(None, ["mixed_precision=bf16"]).mixed_precision == "bf16"
     assert TrainConfig.from_dict({"mixed_precision": False}).mixed_precision == "no"
     assert load_config(None, ["resume=null"]).resume is None
+
+
+def test_non_utf8_config_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_bytes(b"lr: 1e-4\n# \xff\xfe\n")
+    with pytest.raises(InputError, match=r"train.yaml is not UTF-8 text \(byte 11\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("module", "cls", "stage", "message"),
+    [
+        ("stage1", "Stage1Settings", {"scale": "four"}, "stage.scale='four' must be an integer"),
+        ("stage2", "Stage2Settings", {"flip_strength": "yes"}, "stage.flip_strength='yes' must be a number"),
+        ("stage2", "Stage2Settings", {"train_transform_net": "maybe"}, "stage.train_transform_net='maybe'"),
+        ("tokenizer", "TokenizerSettings", {"l1_weight": "abc"}, "stage.l1_weight='abc' must be a number"),
+    ],
+)
+def test_stage_settings_are_typed_with_the_key_named(
+    module: str, cls: str, stage: dict, message: str
+) -> None:
+    import importlib
+
+    settings = getattr(importlib.import_module(f"nsarm_core.train.{module}"), cls)
+    with pytest.raises(ConfigError, match=message):
+        settings.from_stage({"hr_dirs": ["x"], **stage})
+    from nsarm_core.train.stage1 import Stage1Settings
+
+    assert Stage1Settings.from_stage({"hr_dirs": ["x"], "scale": "8"}).data.scale == 8  # text from --set

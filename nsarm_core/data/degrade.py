@@ -67,6 +67,10 @@ BLUR_KINDS: tuple[str, ...] = (
 )
 BLUR_PROBS: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
 PARAMS_VERSION = 1
+#: Upper bounds that keep a typo from allocating gigabytes: ``usm_radius`` builds a (2r+1)^2 kernel and every
+#: blur kernel is padded to ``blur_kernel_size`` (Real-ESRGAN: 50 and 21).
+MAX_KERNEL_SIZE = 101
+MAX_USM_RADIUS = 200
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
@@ -128,8 +132,10 @@ class BlurConfig:
     def __post_init__(self) -> None:
         _prob("blur prob", self.prob)
         _prob("sinc_prob", self.sinc_prob)
-        if self.pad_to < 1 or self.pad_to % 2 != 1:
-            raise ConfigError(f"blur_kernel_size must be odd, got {self.pad_to}")
+        if not 1 <= self.pad_to <= MAX_KERNEL_SIZE or self.pad_to % 2 != 1:
+            raise ConfigError(
+                f"blur_kernel_size must be an odd integer between 1 and {MAX_KERNEL_SIZE}, got {self.pad_to}"
+            )
         _sizes("kernel_range", self.kernel_sizes, self.pad_to)
         for k in self.kernel_list:
             get_kernel_fn(k)
@@ -261,8 +267,10 @@ class DegradationConfig:
             raise ConfigError(f"jpeg_mode must be one of {', '.join(JPEG_MODES)}, got {self.jpeg_mode!r}")
         if not isinstance(self.gt_usm, bool):
             raise ConfigError(f"gt_usm must be true or false, got {self.gt_usm!r}")
-        if self.usm_radius < 1:
-            raise ConfigError(f"usm_radius must be >= 1, got {self.usm_radius}")
+        if not 1 <= self.usm_radius <= MAX_USM_RADIUS:
+            raise ConfigError(
+                f"usm_radius must be an integer between 1 and {MAX_USM_RADIUS}, got {self.usm_radius}"
+            )
         if not isinstance(self.stages, tuple):
             object.__setattr__(self, "stages", tuple(self.stages))
 
@@ -373,6 +381,109 @@ def _to_value(v: Any) -> Any:
     return tuple(_to_value(x) for x in v) if isinstance(v, list) else v
 
 
+# Bounds of every option-file key, checked on the value as given so that each message names the key the user
+# wrote (``noise_range2``, not the field ``sigma_range``). Upper bounds stop typos from allocating gigabytes
+# (``resize_range`` scales the image). The dataclasses then check what involves several keys.
+_RANGE_BOUNDS: dict[str, tuple[float, float]] = {
+    "blur_sigma": (1e-6, 100.0),
+    "betag_range": (1e-6, 100.0),
+    "betap_range": (1e-6, 100.0),
+    "resize_range": (0.05, 4.0),
+    "noise_range": (0.0, 255.0),
+    "poisson_scale_range": (0.0, 100.0),
+    "jpeg_range": (1.0, 100.0),
+    "final_sinc_cutoff_range": (1e-6, math.pi),
+}
+_PROB_KEYS = {"sinc_prob", "gaussian_noise_prob", "gray_noise_prob", "second_blur_prob", "final_sinc_prob",
+              "final_resize_first_prob"}  # fmt: skip
+
+
+def _number(key: str, v: Any) -> float:
+    """A finite number from YAML; strings such as ``1e-3`` (YAML 1.1 reads them as text) are accepted."""
+    if isinstance(v, bool):
+        raise ConfigError(f"{key} must be a number, got {v!r} (YAML reads yes/no/on/off as true/false)")
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, got {v!r}") from None
+    if not isinstance(v, int | float) or not math.isfinite(v):
+        raise ConfigError(f"{key} must be a finite number, got {v!r}")
+    return v
+
+
+def _check_key_value(key: str, raw: Any) -> Any:
+    """``raw`` (a YAML value for option ``key``) checked against the key's type and bounds, lists as tuples."""
+    base = key[:-1] if key.endswith("2") and key[:-1] in _STAGE_KEYS else key
+    base = "jpeg_range" if base == "jpeg_range2" else base
+
+    def listed(n: int | None = None) -> tuple[Any, ...]:
+        if not isinstance(raw, list | tuple) or (n is not None and len(raw) != n):
+            what = f"a list of {n} values" if n is not None else "a list"
+            raise ConfigError(f"{key} must be {what}, got {raw!r}")
+        return tuple(raw)
+
+    if base in _PROB_KEYS:
+        p = _number(key, raw)
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"{key} must be a probability in [0, 1], got {raw!r}")
+        return p
+    if base in _RANGE_BOUNDS:
+        lo, hi = _RANGE_BOUNDS[base]
+        pair = tuple(_number(key, v) for v in listed(2))
+        if not lo <= pair[0] <= pair[1] <= hi:
+            raise ConfigError(
+                f"{key} must be [low, high] with {lo:g} <= low <= high <= {hi:g}, got {list(raw)}"
+            )
+        return pair
+    if base == "blur_kernel_size":
+        n = _number(key, raw)
+        if n != int(n) or not 1 <= n <= MAX_KERNEL_SIZE or int(n) % 2 != 1:
+            raise ConfigError(f"{key} must be an odd integer between 1 and {MAX_KERNEL_SIZE}, got {raw!r}")
+        return int(n)
+    if base in ("kernel_range", "final_kernel_range"):
+        sizes = tuple(_number(key, v) for v in listed())
+        if not sizes or any(s != int(s) or not 1 <= s <= MAX_KERNEL_SIZE or int(s) % 2 != 1 for s in sizes):
+            raise ConfigError(
+                f"{key} must be odd kernel sizes between 1 and {MAX_KERNEL_SIZE}, got {list(raw)}"
+            )
+        return tuple(int(s) for s in sizes)
+    if base in ("kernel_prob", "resize_prob"):
+        weights = tuple(_number(key, v) for v in listed(3 if base == "resize_prob" else None))
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"{key} must be non-negative weights with a positive sum, got {list(raw)}")
+        return weights
+    if base in ("kernel_list", "resize_modes", "final_resize_modes"):
+        names = listed()
+        if not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{key} must be a list of names, got {list(raw)}")
+        return names
+    if base in ("gt_usm", "final_antialias"):
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{key} must be true or false, got {raw!r}")
+        return raw
+    if base == "usm_radius":
+        r = _number(key, raw)
+        if r != int(r) or not 1 <= r <= MAX_USM_RADIUS:
+            raise ConfigError(f"{key} must be an integer between 1 and {MAX_USM_RADIUS}, got {raw!r}")
+        return int(r)
+    if base == "usm_weight":
+        w = _number(key, raw)
+        if not 0.0 <= w <= 10.0:
+            raise ConfigError(f"{key} must be a number between 0 and 10, got {raw!r}")
+        return w
+    if base == "usm_threshold":
+        t = _number(key, raw)
+        if not 0.0 <= t <= 255.0:
+            raise ConfigError(f"{key} must be a number between 0 and 255 (8-bit levels), got {raw!r}")
+        return t
+    if base == "jpeg_mode":
+        if raw not in JPEG_MODES:
+            raise ConfigError(f"{key} must be one of {', '.join(JPEG_MODES)}, got {raw!r}")
+        return raw
+    raise AssertionError(f"no bounds for degradation option {key!r}")  # every valid key is listed above
+
+
 def apply_overrides(
     base: DegradationConfig, overrides: Mapping[str, Any], source: str = "overrides"
 ) -> DegradationConfig:
@@ -398,7 +509,10 @@ def apply_overrides(
     final_kw: dict[str, Any] = {}
     top_kw: dict[str, Any] = {}
     for key, raw in overrides.items():
-        value = _to_value(raw)
+        try:
+            value = _check_key_value(key, _to_value(raw) if isinstance(raw, list) else raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
         if key in _TOP_KEYS:
             top_kw[key] = value
         elif key in _FINAL_KEYS:
@@ -456,6 +570,12 @@ def load_config_overrides(yaml_path: str | Path, base: DegradationConfig) -> Deg
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"degradation config {path} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"degradation config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"degradation config {path} cannot be read ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"degradation config {path} is not valid YAML: {exc}") from exc
     if data is None:

@@ -251,17 +251,40 @@ class ImagePair:
     hr: Path | None
 
 
-def _index(paths: Iterable[Path], what: str, suffix_regex: str) -> dict[str, Path]:
+def _index(
+    paths: Iterable[Path], what: str, suffix_regex: str, problems: list[PairProblem] | None = None
+) -> dict[str, Path]:
     out: dict[str, Path] = {}
+    clashes: dict[str, list[Path]] = {}
     for p in paths:
         key = pair_key(p, suffix_regex)
         if key in out:
-            raise InputError(
-                f"two {what} files map to the same pairing key '{key}': {out[key]} and {p}; "
-                "rename one of them or evaluate the folders separately"
-            )
+            if problems is None:
+                raise InputError(
+                    f"two {what} files map to the same pairing key '{key}': {out[key]} and {p}; "
+                    "rename one of them or evaluate the folders separately"
+                )
+            clashes.setdefault(key, [out[key]]).append(p)
         out[key] = p
+    for key, files in clashes.items():
+        # Neither file can be trusted to be "the" output for this key: both are reported, neither scored.
+        del out[key]
+        names = " and ".join(str(f) for f in files)
+        problems.append(  # type: ignore[union-attr]
+            PairProblem(
+                key, files[0], f"{what} files {names} map to the same pairing key '{key}'; rename one"
+            )
+        )
     return out
+
+
+@dataclass(frozen=True)
+class PairProblem:
+    """An image left out of an evaluation, and why (one line naming the file)."""
+
+    key: str
+    path: Path
+    reason: str
 
 
 def _list(items: Sequence[str], limit: int = 8) -> str:
@@ -274,6 +297,7 @@ def pair_images(
     hr_paths: Sequence[Path] | None,
     strict: bool = True,
     suffix_regex: str = DEFAULT_PAIR_SUFFIX,
+    problems: list[PairProblem] | None = None,
 ) -> list[ImagePair]:
     """Pair SR files with HR files by normalised stem (:func:`pair_key`).
 
@@ -283,6 +307,8 @@ def pair_images(
         strict: raise when an HR file has no SR output (an incomplete run would bias the mean); SR files
             without an HR always raise.
         suffix_regex: suffixes dropped from stems before matching.
+        problems: when given, files that share a pairing key are appended here (and left out) instead of
+            raising, so the other pairs can still be scored.
 
     Returns:
         Pairs sorted by key.
@@ -292,10 +318,14 @@ def pair_images(
     """
     if not sr_paths:
         raise InputError("no SR images to evaluate (the SR folder is empty or holds no image files)")
-    sr = _index(sr_paths, "SR", suffix_regex)
+    sr = _index(sr_paths, "SR", suffix_regex, problems)
     if hr_paths is None:
         return [ImagePair(k, sr[k], None) for k in sorted(sr)]
-    hr = _index(hr_paths, "HR", suffix_regex)
+    hr = _index(hr_paths, "HR", suffix_regex, problems)
+    if problems is not None:  # a key whose SR or HR files clash is reported once, not also as unmatched
+        clashed = {pr.key for pr in problems}
+        sr = {k: v for k, v in sr.items() if k not in clashed}
+        hr = {k: v for k, v in hr.items() if k not in clashed}
     missing_hr = sorted(set(sr) - set(hr))
     missing_sr = sorted(set(hr) - set(sr))
     if missing_hr:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from nsarm_core.errors import InputError, MissingExtraError, NSARMError
-from nsarm_core.eval.datasets import DatasetPreset, ImagePair, pair_images
+from nsarm_core.eval.datasets import DatasetPreset, ImagePair, PairProblem, pair_images
 from nsarm_core.eval.metrics import (
     MetricSpec,
     Scorer,
@@ -68,6 +68,7 @@ class EvalOptions:
         eval_size: target side for no-reference resizing (presets: 512 real-world, 1024 DIV2K).
         device: torch device for pyiqa metrics.
         seed: seed for metrics with random test crops (MANIQA).
+        max_pixels: decompression-bomb limit of each image read (``None``: the reader's default; 0: none).
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim")
@@ -76,6 +77,7 @@ class EvalOptions:
     eval_size: int | None = None
     device: str = "cpu"
     seed: int = 0
+    max_pixels: int | None = None
 
 
 @dataclass
@@ -108,6 +110,10 @@ class EvalResult:
     records: list[ImageScores]
     metrics: list[str]
     protocol: dict[str, Any]
+    failures: list[PairProblem] = field(default_factory=list)
+    """Images that could not be scored (unreadable, too small, clashing names), each with its reason."""
+    source: Path | None = None
+    """Where the scores came from (the score CSV or the SR folder), for messages."""
 
     def values(self, metric: str) -> np.ndarray:
         """``[N]`` float64 scores of one metric over the images (NaN where absent)."""
@@ -131,14 +137,18 @@ class EvalResult:
                     n_infinite=int(np.sum(np.isinf(v))),
                 )
             stats[name] = entry
-        return {"n_images": len(self.records), "metrics": stats, "protocol": self.protocol}
+        out = {"n_images": len(self.records), "metrics": stats, "protocol": self.protocol}
+        if self.failures:
+            out["failed"] = [{"key": f.key, "path": str(f.path), "reason": f.reason} for f in self.failures]
+        return out
 
 
-def _read_levels(path: Path) -> np.ndarray:
+def _read_levels(path: Path, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as RGB 8-bit levels ``[H, W, 3]`` float64 (via nsarm_core.data.io)."""
     from nsarm_core.data.io import read_image
 
-    return to_8bit_levels(read_image(path).rgb)
+    image = read_image(path) if max_pixels is None else read_image(path, max_pixels=max_pixels or None)
+    return to_8bit_levels(image.rgb)
 
 
 def resize_levels(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -263,21 +273,44 @@ def evaluate_pairs(
                 s, crop_border=opts.crop_border, device=opts.device, seed=opts.seed
             )
     records: list[ImageScores] = []
+    failures: list[PairProblem] = []
     for i, pair in enumerate(pairs):
-        sr = _read_levels(pair.sr)
-        hr = _read_levels(pair.hr) if pair.hr is not None else None
-        sr_size = (int(sr.shape[0]), int(sr.shape[1]))
-        sr_eval, resized = _fit_size(sr, hr, pair, opts)
-        rec = ImageScores(
-            pair.key, pair.sr, pair.hr, sr_size, (int(sr_eval.shape[0]), int(sr_eval.shape[1])), resized
-        )
-        for s in specs:
-            rec.scores[s.name] = scorers[s.name](sr_eval, hr)
-        records.append(rec)
-        logger.debug("%s: %s", pair.key, rec.scores)
+        try:
+            records.append(_score_pair(pair, specs, scorers, opts))
+            logger.debug("%s: %s", pair.key, records[-1].scores)
+        except NSARMError as exc:
+            # One bad image (unreadable, too small for SSIM, wrong size) must not cost the scores of the others.
+            failures.append(PairProblem(pair.key, pair.sr, _naming(exc, pair)))
+            logger.info("not scored: %s", failures[-1].reason)  # listed by the caller (result.failures)
         if on_image is not None:
             on_image(i + 1, len(pairs), pair.key)
-    return EvalResult(records, [s.name for s in specs], build_protocol(specs, opts, preset, records))
+    protocol = build_protocol(specs, opts, preset, records)
+    return EvalResult(records, [s.name for s in specs], protocol, failures)
+
+
+def _score_pair(
+    pair: ImagePair, specs: Sequence[MetricSpec], scorers: dict[str, Scorer], opts: EvalOptions
+) -> ImageScores:
+    sr = _read_levels(pair.sr, opts.max_pixels)
+    hr = _read_levels(pair.hr, opts.max_pixels) if pair.hr is not None else None
+    sr_size = (int(sr.shape[0]), int(sr.shape[1]))
+    sr_eval, resized = _fit_size(sr, hr, pair, opts)
+    rec = ImageScores(
+        pair.key, pair.sr, pair.hr, sr_size, (int(sr_eval.shape[0]), int(sr_eval.shape[1])), resized
+    )
+    for s in specs:
+        rec.scores[s.name] = scorers[s.name](sr_eval, hr)
+    return rec
+
+
+def _naming(exc: Exception, pair: ImagePair) -> str:
+    """The error's message, prefixed with the SR file when it does not name it (metric errors do not)."""
+    text = " ".join(str(exc).split())
+    return (
+        text
+        if str(pair.sr) in text or (pair.hr is not None and str(pair.hr) in text)
+        else f"{pair.sr}: {text}"
+    )
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -301,8 +334,12 @@ def evaluate_folder(
     """Pair ``sr_dir`` with ``hr_dir`` by stem and score them (see :func:`evaluate_pairs`)."""
     sr_files = list_images(sr_dir)
     hr_files = list_images(hr_dir) if hr_dir is not None else None
-    pairs = pair_images(sr_files, hr_files, strict=strict)
-    return evaluate_pairs(pairs, opts, preset=preset, on_image=on_image)
+    problems: list[PairProblem] = []
+    pairs = pair_images(sr_files, hr_files, strict=strict, problems=problems)
+    result = evaluate_pairs(pairs, opts, preset=preset, on_image=on_image)
+    result.failures[:0] = problems
+    result.source = Path(sr_dir)
+    return result
 
 
 def run_model(model: str, lr_dir: str | Path, out_dir: str | Path, **opts: Any) -> Path:
@@ -403,36 +440,64 @@ def load_scores_csv(path: str | Path) -> EvalResult:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"score file {path} does not exist (write one with `nsarm evaluate ... --out DIR`)")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        if "key" not in header:
-            raise InputError(
-                f"{path}: not an nsarm score CSV (no 'key' column; columns: {', '.join(header)})"
-            )
-        metric_cols = [c for c in header if c not in CSV_FIXED_COLUMNS]
-        records = []
-        for line, row in enumerate(reader, start=2):
-            scores = {}
-            for m in metric_cols:
-                try:
-                    scores[m] = float(row[m])
-                except (TypeError, ValueError) as exc:
-                    raise InputError(
-                        f"{path}:{line}: column '{m}' holds {row[m]!r}, expected a number"
-                    ) from exc
-            sr = _resolve(path.parent, row.get("sr_path") or "")
-            hr = _resolve(path.parent, row.get("hr_path") or "") if row.get("hr_path") else None
-            sr_size = (int(row.get("sr_height") or 0), int(row.get("sr_width") or 0))
-            ev_size = (int(row.get("eval_height") or 0), int(row.get("eval_width") or 0))
-            records.append(
-                ImageScores(row["key"], sr, hr, sr_size, ev_size, row.get("resized") == "1", scores)
-            )
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            records, metric_cols = _read_score_rows(path, csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"score file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV"
+        ) from exc
+    except csv.Error as exc:
+        raise InputError(f"score file {path} is not a readable CSV ({exc})") from exc
     if not records:
         raise InputError(f"{path} holds no image rows")
+    seen: dict[str, int] = {}
+    for r in records:
+        seen[r.key] = seen.get(r.key, 0) + 1
+    dupes = [k for k, n in seen.items() if n > 1]
+    if dupes:
+        # Each image must count once in means, variances and the robustness counts.
+        raise InputError(
+            f"{path} lists image key(s) more than once: {', '.join(dupes[:5])}"
+            + (f" and {len(dupes) - 5} more" if len(dupes) > 5 else "")
+            + "; keep one row per image"
+        )
     summary_path = path.with_name(path.stem + ".summary.json")
-    protocol = json.loads(summary_path.read_text()).get("protocol", {}) if summary_path.is_file() else {}
-    return EvalResult(records, metric_cols, protocol)
+    protocol: dict[str, Any] = {}
+    if summary_path.is_file():
+        try:
+            protocol = json.loads(summary_path.read_text(encoding="utf-8")).get("protocol", {})
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            raise InputError(
+                f"summary {summary_path} next to {path.name} is not a JSON object ({exc}); delete or rewrite it"
+            ) from exc
+    return EvalResult(records, metric_cols, protocol, source=path)
+
+
+def _read_score_rows(path: Path, reader: csv.DictReader) -> tuple[list[ImageScores], list[str]]:
+    header = list(reader.fieldnames or [])
+    if "key" not in header:
+        raise InputError(f"{path}: not an nsarm score CSV (no 'key' column; columns: {', '.join(header)})")
+    metric_cols = [c for c in header if c not in CSV_FIXED_COLUMNS]
+    records = []
+    for line, row in enumerate(reader, start=2):
+        values: dict[str, float] = {}
+        for col in [*metric_cols, "sr_height", "sr_width", "eval_height", "eval_width"]:
+            raw = row.get(col)
+            if col not in metric_cols and not raw:
+                values[col] = 0.0  # sizes are optional (hand-made CSVs)
+                continue
+            try:
+                values[col] = float(raw)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{path}:{line}: column '{col}' holds {raw!r}, expected a number") from exc
+        sr = _resolve(path.parent, row.get("sr_path") or "")
+        hr = _resolve(path.parent, row.get("hr_path") or "") if row.get("hr_path") else None
+        sr_size = (int(values["sr_height"]), int(values["sr_width"]))
+        ev_size = (int(values["eval_height"]), int(values["eval_width"]))
+        scores = {m: values[m] for m in metric_cols}
+        records.append(ImageScores(row["key"], sr, hr, sr_size, ev_size, row.get("resized") == "1", scores))
+    return records, metric_cols
 
 
 def _resolve(base: Path, p: str) -> Path:

@@ -19,8 +19,10 @@ Shape legend: N = number of images of one method; M = number of methods; L = num
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,12 @@ def eq7_counts(
     return mu_g, counts
 
 
+def check_worst_k(k: int) -> None:
+    """Refuse a negative number of worst images (``--worst-k -1`` would slice off the best instead)."""
+    if k < 0:
+        raise ConfigError(f"--worst-k must be >= 0 (0 lists no worst images), got {k}")
+
+
 @dataclass
 class MethodScores:
     """One method's evaluated images and its composite scores (``composite`` is ``[N]``)."""
@@ -139,6 +147,7 @@ class MethodScores:
 
     def worst(self, k: int) -> list[tuple[str, float, Path]]:
         """The ``k`` lowest composite scores as ``(key, score, sr_path)``, worst first."""
+        check_worst_k(k)
         order = np.argsort(self.composite, kind="stable")[:k]
         return [
             (self.result.records[i].key, float(self.composite[i]), self.result.records[i].sr_path)
@@ -186,6 +195,47 @@ class RobustnessResult:
         return out
 
 
+def _label(name: str, result: EvalResult) -> str:
+    return f"{result.source}" if result.source is not None else f"method '{name}'"
+
+
+def _check_unique_keys(name: str, result: EvalResult) -> None:
+    """Refuse a method that lists an image twice: it would count twice in mu_G and in the Eq. 7 counts."""
+    counts = Counter(r.key for r in result.records)
+    dupes = sorted(k for k, n in counts.items() if n > 1)
+    if dupes:
+        raise InputError(
+            f"{_label(name, result)} lists image key(s) more than once: {', '.join(dupes[:5])}; keep one row per image"
+        )
+
+
+def _finite_only(name: str, result: EvalResult, metrics: Sequence[str]) -> EvalResult:
+    """``result`` without the images whose composite metrics are not finite, with a warning naming them.
+
+    PSNR is ``inf`` for an SR image identical to its HR (``evaluate`` writes it so). The protocol has no cap
+    for it, and any cap would set the global mean mu_G, so such images are left out of the analysis, loudly.
+    """
+    present = [m for m in metrics if m in result.metrics]  # a missing column is composite_scores' error
+    keep, dropped = [], []
+    for r in result.records:
+        bad = [
+            f"{m}={r.scores.get(m, math.nan)}"
+            for m in present
+            if not math.isfinite(r.scores.get(m, math.nan))
+        ]
+        (dropped if bad else keep).append((r, bad))
+    if not dropped:
+        return result
+    listed = ", ".join(f"{r.key} ({' '.join(bad)})" for r, bad in dropped[:5])
+    more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+    logger.warning(
+        "%s: %d image(s) left out of the robustness analysis, their scores are not finite: %s%s "
+        "(PSNR is inf when an SR image equals its HR)",
+        _label(name, result), len(dropped), listed, more,
+    )  # fmt: skip
+    return replace(result, records=[r for r, _ in keep])
+
+
 def metric_stats(result: EvalResult) -> dict[str, dict[str, float]]:
     """Mean and per-image variance (ddof 0) of every finite-valued metric column."""
     out = {}
@@ -211,6 +261,9 @@ def analyse(
     if not results:
         raise ConfigError("robustness needs the scores of at least one method")
     names = [get_metric(m).name for m in metrics]
+    for name, res in results.items():
+        _check_unique_keys(name, res)
+    results = {name: _finite_only(name, res, names) for name, res in results.items()}
     methods = [MethodScores(name, res, composite_scores(res, names)) for name, res in results.items()]
     keysets = {ms.name: {r.key for r in ms.result.records} for ms in methods}
     first = next(iter(keysets.values()))

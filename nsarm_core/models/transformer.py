@@ -21,6 +21,7 @@ import difflib
 import json
 import logging
 import math
+import pickle
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, refused_pickle
 from nsarm_core.models.layers import (
     AdaLNBeforeHead,
     BlockChunk,
@@ -748,8 +749,11 @@ def load_transformer_weights(
         sd = load_file(str(path))
     else:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # code or garbage in the pickle: refused, never run
+            raise refused_pickle(path, exc) from exc
         sd = _unwrap_checkpoint(obj, path)
     load_official_state_dict(model, sd, source=str(path), ignore_prefixes=ignore_prefixes)

@@ -23,6 +23,7 @@ import difflib
 import json
 import logging
 import math
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, refused_pickle
 from nsarm_core.models.bsq import ResidualScales, decompose_into_residual_scales
 from nsarm_core.scales import ScaleSchedule, vae_default_schedule
 
@@ -515,7 +516,12 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     except RuntimeError as exc:
         if "mmap" not in str(exc):
             raise InputError(f"cannot read VAE checkpoint {path}: {exc}") from exc
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as inner:  # a legacy (non-zip) pickle holding code: refused, never run
+            raise refused_pickle(path, inner) from inner
+    except pickle.UnpicklingError as exc:
+        raise refused_pickle(path, exc) from exc
     except Exception as exc:  # weights_only refuses arbitrary pickled objects
         raise InputError(
             f"cannot read VAE checkpoint {path} with torch.load(weights_only=True): {exc}. "

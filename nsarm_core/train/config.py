@@ -196,6 +196,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise InputError(f"config file {p} does not exist; pass an existing YAML file or omit --config")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"config file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML"
+            ) from exc
+        except OSError as exc:
+            raise InputError(f"config file {p} cannot be read ({exc.strerror or exc})") from exc
         except yaml.YAMLError as exc:
             raise InputError(f"config file {p} is not valid YAML: {exc}") from exc
         if loaded is None:
@@ -220,6 +226,30 @@ def _field_types() -> dict[str, Any]:
 def valid_keys() -> list[str]:
     """Names accepted at the top level of a config file or a ``--set`` override."""
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _is_scalar_type(tp: Any) -> bool:
+    if tp in (int, float, bool, str) or typing.get_origin(tp) is Literal:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        return len(rest) == 1 and _is_scalar_type(rest[0])
+    return False
+
+
+def convert_scalar_fields(cls: type, values: Mapping[str, Any], prefix: str = "stage.") -> dict[str, Any]:
+    """``values`` for dataclass ``cls`` with every int/float/bool/str/Literal field converted as in the config.
+
+    Stage settings arrive as YAML values (``--set stage.scale=four`` gives the text "four"); this gives them the
+    same typed conversion, and the same one-line ConfigError naming the key, as the top-level fields. Fields of
+    other types (paths lists, preset-or-mapping unions, nested settings) are passed through for their class to
+    check.
+    """
+    hints = typing.get_type_hints(cls)
+    return {
+        k: _convert(f"{prefix}{k}", v, hints[k]) if k in hints and _is_scalar_type(hints[k]) else v
+        for k, v in values.items()
+    }
 
 
 def _check_key(key: str) -> None:

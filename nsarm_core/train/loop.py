@@ -9,7 +9,7 @@ One optimizer step, with ``P`` processes, micro-batch ``b`` and ``A = grad_accum
 
     for a in 1..A:   batch [b, ...] -> recipe.compute_loss -> loss / A -> backward (DDP sync only at a = A)
     clip global grad norm -> AdamW step -> LR schedule step -> EMA update
-    every log_every steps: metrics.csv + TensorBoard;  every checkpoint_every steps: save_state
+    every log_every steps: metrics.csv + TensorBoard;  every checkpoint_every steps: a checkpoint
 
 Exact resume (the loss of step ``N + 1`` after ``--resume latest`` equals the uninterrupted run's) rests on
 four things, none of which depends on saved RNG streams being consumed identically:
@@ -20,7 +20,9 @@ four things, none of which depends on saved RNG streams being consumed identical
   (``set_epoch`` is called before every epoch), so it does not depend on worker processes;
 * the generator handed to ``compute_loss`` and the global RNGs (used by e.g. dropout, which cannot take a
   generator) are re-seeded at the start of every step from ``(seed, step, process index)``;
-* model, optimizer, LR schedule, EMA and the step counters are restored by ``accelerator.load_state``.
+* model, optimizer, LR schedule, EMA and the step counters are restored from the checkpoint, written and read
+  in safe formats only (safetensors and JSON, :mod:`nsarm_core.train.checkpoint`): resuming never unpickles
+  code, which accelerate's ``load_state`` would (``weights_only=False``).
 
 Frozen modules are not checkpointed: the recipe rebuilds them from their weights. Resumption is bit-exact on
 the CPU; on GPUs it is exact up to non-deterministic kernels (``torch.use_deterministic_algorithms``).
@@ -49,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nsarm_core.errors import ConfigError, InputError, NSARMError, missing_extra
+from nsarm_core.train.checkpoint import load_training_state, save_training_state
 from nsarm_core.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -284,6 +287,41 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     return path
 
 
+RUN_ARTEFACTS = ("config.yaml", "metrics.csv", "checkpoints", "final", "tensorboard")
+"""What :func:`train` writes into a run folder (and all that ``overwrite`` deletes)."""
+
+
+def check_run_dir(
+    run_dir: Path, *, resume: str | None, checkpoint: Path | None, overwrite: bool
+) -> list[str]:
+    """Refuse to start a fresh run on top of a previous one; return the previous run's entries in ``run_dir``.
+
+    A fresh start (no ``resume``, or ``resume="latest"`` with no checkpoint) in a folder that holds any of
+    :data:`RUN_ARTEFACTS` would replace its final weights, cut its ``metrics.csv`` and rewrite its config, so
+    it needs ``overwrite``. Resuming from a checkpoint continues the run and needs nothing.
+
+    Raises:
+        ConfigError: the folder holds a previous run and neither a checkpoint nor ``overwrite`` was given.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file; pass another --run-dir")
+    if overwrite and resume is not None:
+        raise ConfigError(
+            f"--resume {resume} continues the run in {run_dir} and --overwrite replaces it; pass only one of them"
+        )
+    previous = [name for name in RUN_ARTEFACTS if (run_dir / name).exists()]
+    if not previous or checkpoint is not None or overwrite:
+        return previous
+    held = f"run folder {run_dir} already holds a run ({', '.join(previous)})"
+    if resume == "latest":
+        raise ConfigError(
+            f"{held} but no checkpoint to resume from; pass --overwrite to replace it, or another --run-dir"
+        )
+    raise ConfigError(
+        f"{held}; pass --resume latest to continue it, --overwrite to replace it, or another --run-dir"
+    )
+
+
 class _MetricsCSV:
     """``run_dir/metrics.csv``: one row per logged step; the header grows when new metric names appear."""
 
@@ -293,10 +331,19 @@ class _MetricsCSV:
         self.columns: list[str] = []
         if resume_step is not None and path.is_file():
             # Rows written after the checkpoint belong to the interrupted run; the resumed run rewrites them.
-            with path.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                self.columns = list(reader.fieldnames or [])
-                self.rows = [r for r in reader if int(r["step"]) <= resume_step]
+            try:
+                with path.open(newline="", encoding="utf-8") as fh:
+                    reader = csv.DictReader(fh)
+                    self.columns = list(reader.fieldnames or [])
+                    self.rows = [r for r in reader if int(r["step"]) <= resume_step]
+            except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
+                raise InputError(
+                    f"{path} is not a metrics log nsarm can continue ({type(exc).__name__}: {exc}); move it "
+                    "aside to resume with a fresh log"
+                ) from exc
+
+    def start(self) -> None:
+        """Write the kept rows (none for a fresh run): called once the run folder may be changed."""
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -398,7 +445,12 @@ def _seed_step(seed: int, step: int, rank: int) -> torch.Generator:
 
 
 def train(
-    recipe: Recipe, cfg: TrainConfig, *, accelerator: Any | None = None, stop_after: int | None = None
+    recipe: Recipe,
+    cfg: TrainConfig,
+    *,
+    accelerator: Any | None = None,
+    stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``recipe`` for ``cfg.max_steps`` optimizer steps (or resume and finish a run).
 
@@ -409,21 +461,25 @@ def train(
             (mixed precision; the launch config decides CPU/GPU/DDP/FSDP).
         stop_after: stop (with a checkpoint) once this global step is reached, as if interrupted; the LR
             schedule still spans ``cfg.max_steps``. ``None`` runs to the end and exports the final model.
+        overwrite: replace a previous run in ``cfg.run_dir`` (see :func:`check_run_dir`); its files are deleted
+            only once the models, data and config have been checked.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        NSARMError: a non-finite loss, a dataset smaller than one batch, or an invalid resume folder.
+        NSARMError: a non-finite loss, a dataset smaller than one batch, an invalid resume folder, a run folder
+            that holds a previous run (without resume or overwrite), or a checkpoint past ``max_steps``.
     """
     t0 = time.perf_counter()
     acc = accelerator if accelerator is not None else _make_accelerator(cfg)
     run_dir = Path(cfg.run_dir)
     is_main = acc.is_main_process
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-    acc.wait_for_everyone()
+    # Nothing is written to the run folder until the models, data and checkpoint have been checked: a command
+    # that fails validation leaves a previous run as it was.
+    ckpt = resolve_resume(cfg.resume, run_dir)
+    previous = check_run_dir(run_dir, resume=cfg.resume, checkpoint=ckpt, overwrite=overwrite)
+    acc.wait_for_everyone()  # every process has looked before the main process changes anything
 
     # Models: wrap the trainable ones (DDP/FSDP, autocast), just move the frozen ones.
     models = dict(recipe.build_models())
@@ -454,7 +510,13 @@ def train(
         if str(acc.distributed_type).endswith("FSDP"):
             raise ConfigError("ema_decay with FSDP is not supported (sharded parameters); set ema_decay=null")
         ema = EMA(params, cfg.ema_decay)
-    acc.register_for_checkpointing(counters, scheduler, *([ema] if ema is not None else []))
+    # What a checkpoint holds besides the data order (counters) and models: see checkpoint.py.
+    state = {
+        "models": {n: models[n] for n in trainable},
+        "optimizer": optimizer,
+        "objects": {"counters": counters, "scheduler": scheduler},
+        "ema": ema,
+    }
 
     # Data: a fixed order per (seed, epoch), this process's slice, skipped forward on resume.
     dataset = recipe.make_dataset()
@@ -470,9 +532,13 @@ def train(
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps worker seeding off the global RNG
     )
 
-    ckpt = resolve_resume(cfg.resume, run_dir)
     if ckpt is not None:
-        acc.load_state(str(ckpt))
+        load_training_state(acc, ckpt, **state)
+        if counters.step > cfg.max_steps:
+            raise ConfigError(
+                f"checkpoint {ckpt} is at step {counters.step}, past max_steps={cfg.max_steps}; pass a "
+                f"--max-steps above {counters.step} to train on (or the run's own value to finish it)"
+            )
         logger.info("resumed from %s at step %d", ckpt, counters.step)
     elif cfg.resume == "latest" and is_main:
         logger.warning(
@@ -481,9 +547,22 @@ def train(
     start_step = counters.step
     end_step = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
 
-    csv_log = (
-        _MetricsCSV(run_dir / "metrics.csv", start_step if ckpt is not None else None) if is_main else None
-    )
+    # Read (and check) the metrics log before anything in the run folder changes; every process reads it so that
+    # a bad log stops all of them (an error on the main process alone would leave the others at the barrier).
+    metrics_log = _MetricsCSV(run_dir / "metrics.csv", start_step if ckpt is not None else None)
+    csv_log = metrics_log if is_main else None
+    if is_main:
+        if overwrite and previous:
+            logger.warning("--overwrite: replacing the previous run in %s (%s)", run_dir, ", ".join(previous))
+            for name in previous:
+                target = run_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        assert csv_log is not None
+        csv_log.start()
+    acc.wait_for_everyone()
+
     tb = _open_tensorboard(run_dir / "tensorboard") if (is_main and cfg.tensorboard) else None
 
     def batches() -> Iterator[Any]:
@@ -549,7 +628,7 @@ def train(
                 bar.set_postfix(loss=f"{step_loss:.4g}")
             periodic = cfg.checkpoint_every > 0 and counters.step % cfg.checkpoint_every == 0
             if periodic or counters.step == end_step:
-                result.checkpoint = _save_checkpoint(acc, run_dir, counters.step, cfg.keep_checkpoints)
+                result.checkpoint = _save_checkpoint(acc, run_dir, counters.step, cfg.keep_checkpoints, state)
     finally:
         if bar is not None:
             bar.close()
@@ -612,14 +691,15 @@ def _log_metrics(
                 tb.add_scalar(k, v, counters.step)
 
 
-def _save_checkpoint(acc: Any, run_dir: Path, step: int, keep: int) -> Path:
-    """``save_state`` into ``checkpoints/step_XXXXXX`` (written to ``.tmp`` then renamed); keep the newest K."""
+def _save_checkpoint(acc: Any, run_dir: Path, step: int, keep: int, state: Mapping[str, Any]) -> Path:
+    """Save ``state`` into ``checkpoints/step_XXXXXX`` (written to ``.tmp`` then renamed); keep the newest K."""
     final = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    save_training_state(acc, tmp, **state)
     acc.wait_for_everyone()
     if acc.is_main_process:
         shutil.rmtree(final, ignore_errors=True)

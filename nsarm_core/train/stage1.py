@@ -42,7 +42,7 @@ from nsarm_core.models.transform_net import (
 )
 from nsarm_core.models.vae import BSQVAE, VAEConfig, build_vae, load_official_vae_state_dict
 from nsarm_core.scales import ScaleSchedule, get_named_schedule
-from nsarm_core.train.config import TrainConfig
+from nsarm_core.train.config import TrainConfig, convert_scalar_fields
 from nsarm_core.train.loop import param_groups
 
 logger = logging.getLogger(__name__)
@@ -172,8 +172,10 @@ def settings_from_stage(cls: type, stage: Mapping[str, Any]) -> Any:
             f"unknown stage setting(s) {unknown}; valid: {sorted(own | data_keys)} (set them with --set stage.KEY=VALUE)"
         )
     try:
-        data = DataSettings(**{k: v for k, v in stage.items() if k in data_keys})
-        return cls(**{k: v for k, v in stage.items() if k in own}, data=data)
+        data = DataSettings(
+            **convert_scalar_fields(DataSettings, {k: v for k, v in stage.items() if k in data_keys})
+        )
+        return cls(**convert_scalar_fields(cls, {k: v for k, v in stage.items() if k in own}), data=data)
     except TypeError as exc:
         raise ConfigError(f"invalid stage settings: {exc}") from exc
 

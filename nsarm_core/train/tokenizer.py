@@ -72,7 +72,7 @@ from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.models.bsq import decompose_into_residual_scales
 from nsarm_core.models.vae import BSQVAE, VAEConfig, build_vae, load_official_vae_state_dict
 from nsarm_core.scales import ScaleSchedule, get_named_schedule
-from nsarm_core.train.config import TrainConfig
+from nsarm_core.train.config import TrainConfig, convert_scalar_fields
 from nsarm_core.train.loop import param_groups
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class TokenizerSettings:
                     "(set them with --set stage.KEY=VALUE)"
                 )
         try:
-            return cls(**dict(stage))
+            return cls(**convert_scalar_fields(cls, stage))
         except TypeError as exc:
             raise ConfigError(f"invalid tokenizer stage settings: {exc}") from exc
 
