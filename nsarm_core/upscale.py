@@ -82,7 +82,7 @@ OUTPUT_EXTS: tuple[str, ...] = ("same", "png", "jpg", "webp", "tif")
 _HOLDS_16BIT = frozenset({".png", ".tif", ".tiff"})
 _HOLDS_ALPHA = frozenset({".png", ".webp", ".tif", ".tiff"})
 
-# write_image's temporary files: ".<name>.tmp-<8 hex>" next to the target (data/io.py::_temp_path).
+# write_image's temporary files: ".<name>.tmp-<8 hex>" next to the target (nsarm_core.atomic.temp_path).
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.tmp-[0-9a-f]{8}$")
 _GLOB_CHARS = frozenset("*?[")
 

@@ -39,13 +39,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import secrets
 import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -54,6 +52,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageCms
 
+from nsarm_core.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from nsarm_core.errors import InputError
 
 if TYPE_CHECKING:
@@ -883,63 +882,6 @@ def _decode(path: Path, data: bytes, max_pixels: int | None) -> Image:
         source=path,
         format=fmt,
     )
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Atomic writes
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _temp_path(path: Path) -> Path:
-    """A hidden sibling ``.name.tmp-<random>``: same folder, so ``os.replace`` is an atomic rename."""
-    return path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[IO[bytes]]:
-    """Open a binary file for writing that appears at ``path`` only once complete.
-
-    The data go to a hidden temporary file in the same folder, which is flushed, fsynced and renamed over
-    ``path`` when the ``with`` block exits normally. If the block raises, the temporary file is deleted and
-    ``path`` (old content or absent) is untouched. Parent folders are created.
-
-    Args:
-        path: the final file.
-        overwrite: if False and ``path`` exists, raise InputError before writing anything.
-
-    Yields:
-        A writable binary file object.
-    """
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise InputError(f"output exists: '{path}'; pass overwrite=True (--overwrite) or choose another name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_path(path)
-    # O_EXCL: never clobber anything; 0o666 & ~umask: the same permissions an ordinary open() would give.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`); returns ``path``."""
-    with atomic_open(path, overwrite=overwrite) as handle:
-        handle.write(data)
-    return Path(path)
-
-
-def atomic_write_text(
-    path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8", overwrite: bool = True
-) -> Path:
-    """Write ``text`` to ``path`` atomically (JSON sidecars, manifests); returns ``path``."""
-    return atomic_write_bytes(path, text.encode(encoding), overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ the decoder turns the 128x128 latent into the 1024x1024 HR image, so the upscali
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, WeightsNotFoundError
+from nsarm_core.errors import ConfigError
+from nsarm_core.models import checkpoint
 from nsarm_core.models import transform_net as tn
 from nsarm_core.models import transformer as tf
 from nsarm_core.models import vae as vae_mod
@@ -32,8 +32,6 @@ from nsarm_core.scales import ScaleSchedule, custom, get_schedule
 logger = logging.getLogger(__name__)
 
 MAP_PREFIX = "map_transformer."
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 DEFAULT_PROMPT = "A high-definition image with harmonious colors and rich details."
 
 
@@ -251,9 +249,9 @@ class NSARM(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part; ``total`` excludes the VAE, as the paper's Table 2 does (8,760 M for nsarm-8b)."""
         counts = {
-            "vae": tf.count_parameters(self.vae),
-            "transform_net": tf.count_parameters(self.transform_net),
-            "transformer": tf.count_parameters(self.transformer),
+            "vae": checkpoint.count_parameters(self.vae),
+            "transform_net": checkpoint.count_parameters(self.transform_net),
+            "transformer": checkpoint.count_parameters(self.transformer),
         }
         counts["total"] = counts["transform_net"] + counts["transformer"]
         return counts
@@ -275,18 +273,9 @@ class NSARM(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (all three parts) into ``directory``."""
-        from safetensors.torch import save_file
-
-        from nsarm_core.data.io import atomic_write_text
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = out / f".{WEIGHTS_NAME}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "model_type": "nsarm"})
-        tmp.replace(out / WEIGHTS_NAME)
-        atomic_write_text(out / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return out
+        return checkpoint.save_folder(
+            directory, self.state_dict(), _config_body(self.config), model_type="nsarm"
+        )
 
     @classmethod
     def from_pretrained(
@@ -296,29 +285,29 @@ class NSARM(nn.Module):
         weights_file: str | Path | None = None,
         device: str | torch.device = "cpu",
     ) -> NSARM:
-        """Rebuild a model written by :meth:`save_pretrained` (strict load, safetensors only)."""
-        from safetensors.torch import load_file
+        """Rebuild a model written by :meth:`save_pretrained` (strict load).
 
-        src = Path(directory)
-        cfg_path = src / CONFIG_NAME
-        w_path = Path(weights_file) if weights_file is not None else src / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise WeightsNotFoundError(
-                    f"{p} not found; expected a model folder written by NSARM.save_pretrained"
-                )
-        config = NSARMConfig.from_dict(json.loads(cfg_path.read_text()))
-        model = cls(config, init=False)
-        state = load_file(str(w_path))
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ConfigError(
-                f"{w_path} does not match {cfg_path}: missing {missing[:10]}, unexpected {unexpected[:10]}"
-            )
-        bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
-        if bad:
-            raise ConfigError(f"{w_path}: shape mismatch for {bad[:10]}")
+        Raises:
+            WeightsNotFoundError: ``config.json`` or the weights are missing.
+            InputError: the weights file is corrupt or truncated (the message names it).
+            ConfigError: the config is invalid, or the weights do not fit it.
+        """
+        data, state = checkpoint.read_folder(
+            directory, model_type="nsarm", weights_file=weights_file, writer="NSARM.save_pretrained"
+        )
+        model = cls(NSARMConfig.from_dict(data), init=False)
+        checkpoint.check_state_dict(
+            model.state_dict(),
+            state,
+            source=str(weights_file or Path(directory) / checkpoint.WEIGHTS_NAME),
+            what=f"the NSARM model of {Path(directory) / checkpoint.CONFIG_NAME}",
+        )
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()
+
+
+def _config_body(config: NSARMConfig) -> dict[str, Any]:
+    """``config.to_dict()`` without ``model_type``, which :func:`checkpoint.save_folder` writes itself."""
+    body = config.to_dict()
+    body.pop("model_type")
+    return body

@@ -20,7 +20,6 @@ Shape legend:
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -32,14 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.models import checkpoint
 from nsarm_core.models.bsq import ResidualScales, decompose_into_residual_scales
 from nsarm_core.scales import ScaleSchedule, vae_default_schedule
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -419,37 +416,18 @@ class BSQVAE(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (float tensors as stored) into ``directory``."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_NAME).write_text(
-            json.dumps({"model_type": "bsq_vae", **self.config.to_dict()}, indent=2)
+        return checkpoint.save_folder(
+            directory, self.state_dict(), self.config.to_dict(), model_type="bsq_vae"
         )
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model_type": "bsq_vae"})
-        return out
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> BSQVAE:
         """Rebuild a model written by :meth:`save_pretrained` (strict load)."""
-        from safetensors.torch import load_file
-
-        src = Path(directory)
-        cfg_path, w_path = src / CONFIG_NAME, src / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise WeightsNotFoundError(
-                    f"{p} not found; expected a folder written by BSQVAE.save_pretrained"
-                )
-        data = json.loads(cfg_path.read_text())
-        model_type = data.pop("model_type", "bsq_vae")
-        if model_type != "bsq_vae":
-            raise ConfigError(f"{cfg_path} describes a {model_type!r} model, not a 'bsq_vae'")
+        data, state = checkpoint.read_folder(directory, model_type="bsq_vae", writer="BSQVAE.save_pretrained")
         model = cls(VAEConfig.from_dict(data))
-        load_official_vae_state_dict(model, load_file(str(w_path)), strict=True)
+        load_official_vae_state_dict(model, state, strict=True)
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
 
 
@@ -493,29 +471,6 @@ def _plain_key(key: str) -> str | None:
     return None
 
 
-def _read_checkpoint(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"VAE checkpoint {path} not found; pass the path of an official .pth or a state dict"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        # mmap keeps the 1.56 GB official files out of RAM until a tensor is read.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise InputError(f"cannot read VAE checkpoint {path}: {exc}") from exc
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses arbitrary pickled objects
-        raise InputError(
-            f"cannot read VAE checkpoint {path} with torch.load(weights_only=True): {exc}. "
-            "Extract the 'vae' state dict into a plain tensor dict (or .safetensors) first."
-        ) from exc
-
-
 def load_official_vae_state_dict(
     model: BSQVAE, sd_or_path: Mapping[str, Any] | str | Path, *, strict: bool = True
 ) -> LoadReport:
@@ -539,7 +494,7 @@ def load_official_vae_state_dict(
         ConfigError: unexpected/missing keys (strict), a key given in both spellings, a shape mismatch, a bad mask.
         WeightsNotFoundError: the path does not exist.
     """
-    source = _read_checkpoint(Path(sd_or_path)) if isinstance(sd_or_path, (str, Path)) else sd_or_path
+    source = checkpoint.read_weights(sd_or_path) if isinstance(sd_or_path, (str, Path)) else sd_or_path
     if "vae" in source and isinstance(source["vae"], Mapping):
         source = source["vae"]
     target = model.state_dict()
@@ -572,21 +527,19 @@ def load_official_vae_state_dict(
             raise ConfigError(f"checkpoint holds {name} twice (as {name!r} and its plain spelling); keep one")
         if not isinstance(value, Tensor):
             raise ConfigError(f"checkpoint entry {key} is a {type(value).__name__}, expected a tensor")
-        if tuple(value.shape) != tuple(target[name].shape):
-            raise ConfigError(
-                f"checkpoint tensor {key} has shape {tuple(value.shape)} but {name} of VAE preset "
-                f"{model.config.name or '<custom>'} expects {tuple(target[name].shape)}; wrong codebook_dim/patch size?"
-            )
         if name != key:
             renamed.append(key)
         mapped[name] = value
     missing = sorted(set(target) - set(mapped))
-    if strict and (missing or unexpected):
-        raise ConfigError(
-            "VAE checkpoint does not match the model: "
-            f"{len(unexpected)} unexpected key(s) {sorted(unexpected)[:20]}, "
-            f"{len(missing)} missing key(s) {missing[:20]}. Check the preset (d, stride) or pass strict=False."
-        )
+    # Shapes are always checked; missing and unexpected keys only when strict (else they are reported below).
+    checkpoint.check_state_dict(
+        target,
+        {**mapped, **dict.fromkeys(unexpected)} if strict else mapped,
+        source="VAE checkpoint",
+        what=f"VAE preset {model.config.name or '<custom>'}",
+        hint="Check the preset (codebook_dim, stride, patch size) or pass strict=False for missing/unexpected keys.",
+        optional=None if strict else (lambda _key: True),
+    )
     if missing or unexpected:
         logger.warning("VAE load: %d missing and %d unexpected keys", len(missing), len(unexpected))
     with torch.no_grad():

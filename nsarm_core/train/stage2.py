@@ -28,7 +28,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -328,20 +327,10 @@ class Stage2Recipe:
         return loss, metrics
 
     def export(self, out_dir: Path, state_dicts: Mapping[str, dict[str, Tensor]]) -> None:
-        import json
-
-        from safetensors.torch import save_file
-
         assert self.gpt_config is not None, "build_models() runs first"
-        gpt_dir = out_dir / "transformer"
-        gpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in state_dicts["transformer"].items()}
-        save_file(
-            state,
-            str(gpt_dir / "model.safetensors"),
-            metadata={"format": "pt", "model": "InfinityTransformer"},
-        )
-        (gpt_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.gpt_config), indent=2) + "\n")
+        gpt = InfinityTransformer(self.gpt_config, init=False)
+        gpt.load_state_dict(state_dicts["transformer"])
+        gpt.save_pretrained(out_dir / "transformer")
         if "transform_net" in state_dicts:
             assert self.net_config is not None
             net = TransformNet(self.net_config)
