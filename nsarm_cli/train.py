@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import STATE, info, print_json, warn
-from nsarm_core.errors import ConfigError
+from nsarm_core.errors import ConfigError, did_you_mean
 
 STAGES = {
     "tokenizer": "tokenizer_tiny",
@@ -76,12 +76,9 @@ def resolve_config(value: str | None, stage: str) -> Path:
     key = path.name.removesuffix(".yaml")
     if key in shipped and len(path.parts) == 1:
         return shipped[key]
-    import difflib
-
-    close = difflib.get_close_matches(key, list(shipped), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
     raise ConfigError(
-        f"--config {value}: no such file and not a shipped config.{hint} Shipped: {', '.join(shipped)}"
+        f"--config {value}: no such file and not a shipped config.{did_you_mean(key, shipped)} "
+        f"Shipped: {', '.join(shipped)}"
     )
 
 

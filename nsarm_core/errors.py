@@ -6,6 +6,9 @@ Every message says what was received, what was expected and how to fix it. The C
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class NSARMError(Exception):
     """Base class of every error that is the user's to fix."""
@@ -37,3 +40,20 @@ def missing_extra(package: str, extra: str, purpose: str) -> MissingExtraError:
         f"{purpose} needs the optional package '{package}', which is not installed; "
         f"install it with: pip install 'nsarm[{extra}]'"
     )
+
+
+def did_you_mean(name: object, candidates: Iterable[object]) -> str:
+    """``" Did you mean 'x'?"`` for the closest candidate to ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_choice(what: str, name: object, valid: Iterable[object], *, note: str = "") -> ConfigError:
+    """The error for a name that is not one of ``valid``: ``unknown <what> 'x'; valid: a, b. Did you mean 'a'?``.
+
+    Every registry lookup of the project (presets, models, metrics, kernels, schedules) raises this, so the
+    messages read the same everywhere. ``note`` is appended (e.g. where to see the list).
+    """
+    names = [str(v) for v in valid]
+    text = f"unknown {what} {str(name)!r}; valid: {', '.join(names)}.{did_you_mean(name, names)}"
+    return ConfigError(text + (f" {note}" if note else ""))

@@ -19,13 +19,12 @@ This module imports torch lazily (only :func:`rope_positions` needs it), so CLI 
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nsarm_core.errors import ConfigError
+from nsarm_core.errors import ConfigError, unknown_choice
 
 if TYPE_CHECKING:
     import torch
@@ -362,9 +361,7 @@ def _parse_template(h_div_w: float | str) -> float:
 
 def _check_pn(pn: str) -> int:
     if pn not in PIXEL_BUDGETS:
-        close = difflib.get_close_matches(pn, list(PIXEL_BUDGETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"pixel budget {pn!r} is unknown; valid: {list(PIXEL_BUDGETS)}{hint}")
+        raise unknown_choice("pixel budget", pn, PIXEL_BUDGETS)
     return PIXEL_BUDGETS[pn]
 
 
@@ -508,7 +505,5 @@ SCHEDULES: dict[str, ScaleSchedule] = {
 def get_named_schedule(name: str) -> ScaleSchedule:
     """Look up :data:`SCHEDULES`; unknown names raise ConfigError listing the valid ones and the closest match."""
     if name not in SCHEDULES:
-        close = difflib.get_close_matches(name, list(SCHEDULES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown scale schedule {name!r}; valid: {sorted(SCHEDULES)}{hint}")
+        raise unknown_choice("scale schedule", name, sorted(SCHEDULES))
     return SCHEDULES[name]

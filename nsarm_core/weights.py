@@ -33,7 +33,6 @@ Shape legend: none (file handling only); tensors are returned as stored, on CPU.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -47,7 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from nsarm_core.atomic import atomic_write_text
-from nsarm_core.errors import ChecksumError, ConfigError, InputError, NSARMError, WeightsNotFoundError
+from nsarm_core.errors import (
+    ChecksumError,
+    ConfigError,
+    InputError,
+    NSARMError,
+    WeightsNotFoundError,
+    unknown_choice,
+)
 from nsarm_core.models.checkpoint import load_state_dict, shard_names
 
 logger = logging.getLogger(__name__)
@@ -296,11 +302,7 @@ def get_model_spec(name: str) -> ModelSpec:
     """
     if name in MODELS:
         return MODELS[name]
-    close = difflib.get_close_matches(name, list(MODELS), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(
-        f"unknown model {name!r}; valid models: {', '.join(MODELS)}.{hint} (see `nsarm models`)"
-    )
+    raise unknown_choice("model", name, MODELS, note="(see `nsarm models`)")
 
 
 def _get_file(spec: ModelSpec, role: str) -> WeightFile:

@@ -166,7 +166,7 @@ def test_schedule_is_frozen_and_round_trips() -> None:
 
 
 def test_lookup_errors_list_valid_names() -> None:
-    with pytest.raises(ConfigError, match=r"did you mean '0.25M'"):
+    with pytest.raises(ConfigError, match=r"Did you mean '0.25M'"):
         S.get_schedule(1.0, "0.25m")
     with pytest.raises(ConfigError, match="not one of"):
         S.get_schedule("1.1", "1M")
@@ -174,5 +174,5 @@ def test_lookup_errors_list_valid_names() -> None:
         S.get_schedule("square", "1M")
     with pytest.raises(ConfigError, match="positive finite"):
         S.nearest_template(0.0)
-    with pytest.raises(ConfigError, match=r"did you mean 'sr-1024'"):
+    with pytest.raises(ConfigError, match=r"Did you mean 'sr-1024'"):
         S.get_named_schedule("sr-1042")

@@ -24,7 +24,6 @@ Shape legend:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -48,7 +47,7 @@ from nsarm_core.data.kernels import (
     make_kernel,
     usm_sharpen,
 )
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import ConfigError, InputError, did_you_mean, unknown_choice
 
 logger = logging.getLogger(__name__)
 
@@ -321,9 +320,7 @@ PRESETS: dict[str, DegradationConfig] = {"realesrgan": _REALESRGAN, "light": _LI
 def get_preset(name: str) -> DegradationConfig:
     """The preset called ``name``; raises ConfigError listing the valid names (and the closest match)."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(str(name), PRESETS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown degradation preset {name!r}{hint}; valid presets: {', '.join(PRESETS)}")
+        raise unknown_choice("degradation preset", name, PRESETS)
     return PRESETS[name]
 
 
@@ -386,10 +383,7 @@ def apply_overrides(
     valid = valid_override_keys()
     unknown = [k for k in overrides if k not in valid]
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), valid, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        hints = [f"{k!r}{did_you_mean(k, valid)}" for k in unknown]
         raise ConfigError(
             f"{source}: unknown degradation option(s) {', '.join(hints)}; valid keys: {', '.join(valid)}"
         )

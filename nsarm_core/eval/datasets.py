@@ -12,14 +12,13 @@ Pairing matches files by a normalised stem: the suffixes ``_LR4``, ``_HR``, ``_S
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import InputError, unknown_choice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Suffixes removed from a stem before pairing: _LR4, _HR, _SR, _x4, x4 (DIV2K "0801x4"), case-insensitive.
@@ -173,9 +172,7 @@ def get_preset(name: str) -> DatasetPreset:
     for key, preset in PRESETS.items():
         if key.lower() == name.strip().lower():
             return preset
-    close = difflib.get_close_matches(name, list(PRESETS), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown dataset preset '{name}'; valid presets: {', '.join(PRESETS)}.{hint}")
+    raise unknown_choice("dataset preset", name, PRESETS)
 
 
 @dataclass(frozen=True)

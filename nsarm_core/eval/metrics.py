@@ -25,7 +25,6 @@ Shape legend: H, W = image height and width; C = 3 colour channels (RGB order un
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 import math
@@ -43,6 +42,7 @@ from nsarm_core.errors import (
     MissingExtraError,
     NSARMError,
     WeightsNotFoundError,
+    did_you_mean,
     missing_extra,
 )
 
@@ -366,9 +366,9 @@ def get_metric(name: str) -> MetricSpec:
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key in METRICS:
         return METRICS[key]
-    close = difflib.get_close_matches(key, list(METRICS) + list(ALIASES), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown metric '{name}'; valid names: {', '.join(METRICS)}.{hint}")
+    raise ConfigError(
+        f"unknown metric '{name}'; valid names: {', '.join(METRICS)}.{did_you_mean(key, [*METRICS, *ALIASES])}"
+    )
 
 
 def parse_metric_list(text: str | Sequence[str]) -> list[MetricSpec]:

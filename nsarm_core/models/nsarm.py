@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError
+from nsarm_core.errors import ConfigError, unknown_choice
 from nsarm_core.models import checkpoint
 from nsarm_core.models import transform_net as tn
 from nsarm_core.models import transformer as tf
@@ -223,11 +223,7 @@ PRESETS: dict[str, NSARMConfig] = {
 def get_preset(name: str) -> NSARMConfig:
     """The named :class:`NSARMConfig`; an unknown name raises ConfigError listing the valid ones."""
     if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown NSARM preset {name!r}; valid: {sorted(PRESETS)}{hint}")
+        raise unknown_choice("NSARM preset", name, sorted(PRESETS))
     return PRESETS[name]
 
 

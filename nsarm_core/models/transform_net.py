@@ -26,7 +26,6 @@ training runs. Parameter initialisation is torch's default (``nn.MultiheadAttent
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import ConfigError, InputError, unknown_choice
 from nsarm_core.models import checkpoint
 
 logger = logging.getLogger(__name__)
@@ -195,9 +194,7 @@ def get_preset(name: str) -> TransformNetConfig:
     """
     if name in PRESETS:
         return PRESETS[name]
-    close = difflib.get_close_matches(name, PRESETS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown transformation-network preset {name!r}; valid: {sorted(PRESETS)}.{hint}")
+    raise unknown_choice("transformation-network preset", name, sorted(PRESETS))
 
 
 # ---------------------------------------------------------------------------------------------------------------

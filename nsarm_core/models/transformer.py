@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, unknown_choice
 from nsarm_core.models import checkpoint
 from nsarm_core.models.layers import (
     AdaLNBeforeHead,
@@ -187,9 +186,7 @@ PRESETS["nsarm-tiny"] = replace(PRESETS["tiny"], depth=4, embed_dim=192, num_hea
 def get_preset(name: str) -> TransformerConfig:
     """The named :class:`TransformerConfig`; unknown names raise ConfigError with the valid names."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown transformer preset {name!r}; valid: {sorted(PRESETS)}{hint}")
+        raise unknown_choice("transformer preset", name, sorted(PRESETS))
     return PRESETS[name]
 
 

@@ -19,7 +19,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import ConfigError, InputError, unknown_choice
 from nsarm_core.models import checkpoint
 from nsarm_core.models.bsq import ResidualScales, decompose_into_residual_scales
 from nsarm_core.scales import ScaleSchedule, vae_default_schedule
@@ -155,9 +154,7 @@ PRESETS: dict[str, VAEConfig] = {
 def get_preset(name: str) -> VAEConfig:
     """Named :class:`VAEConfig`; unknown names raise ConfigError listing the valid ones and the closest match."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown VAE preset {name!r}; valid: {sorted(PRESETS)}{hint}")
+        raise unknown_choice("VAE preset", name, sorted(PRESETS))
     return PRESETS[name]
 
 

@@ -53,7 +53,6 @@ Shape legend:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -68,7 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import ConfigError, InputError, did_you_mean
 from nsarm_core.models.bsq import decompose_into_residual_scales
 from nsarm_core.models.vae import BSQVAE, VAEConfig, build_vae, load_official_vae_state_dict
 from nsarm_core.scales import ScaleSchedule, get_named_schedule
@@ -152,10 +151,8 @@ class TokenizerSettings:
         valid = [f.name for f in dataclasses.fields(cls)]
         for key in stage:
             if key not in valid:
-                close = difflib.get_close_matches(str(key), valid, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(
-                    f"unknown tokenizer stage setting '{key}'.{hint} Valid: {', '.join(valid)} "
+                    f"unknown tokenizer stage setting '{key}'.{did_you_mean(key, valid)} Valid: {', '.join(valid)} "
                     "(set them with --set stage.KEY=VALUE)"
                 )
         try:
