@@ -37,6 +37,7 @@ def _model_rows() -> list[dict[str, Any]]:
                 "name": spec.name,
                 "description": spec.description,
                 "preset": spec.preset,
+                "use": spec.use,
                 "license": spec.license,
                 "source": spec.source,
                 "complete": all(f["present"] for f in files.values()),
@@ -78,7 +79,8 @@ def models(
             else:
                 lines.append(f"[red]✗[/red] {role}: {f['filename']} [dim](missing, {f['kind']})[/dim]")
         name = f"[bold]{row['name']}[/bold]\n[dim]{row['description']}[/dim]"
-        table.add_row(name, row["preset"], row["license"], row["source"], "\n".join(lines))
+        preset = f"{row['preset']}\n[dim]{row['use']}[/dim]"
+        table.add_row(name, preset, row["license"], row["source"], "\n".join(lines))
     out_console.print(table)
     info(
         f"Hugging Face cache: {places['hf_cache']}; nsarm downloads: {places['downloads']}. "

@@ -30,6 +30,7 @@ from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
 from nsarm_core.tiling import plan_tiles, resize_to_scale, run_tiled
 from nsarm_core.upscale import UpscaleResult, pil_resize
+from nsarm_core.weights import get_upscale_model, load_state_dict, resolve_all, resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -371,9 +372,7 @@ def _from_registry(
     settings: SamplingSettings | None,
     offload: bool = False,
 ) -> SRPipeline:
-    from nsarm_core import weights as W
-
-    spec = W.get_model_spec(name)
+    spec = get_upscale_model(name)
     local: dict[str, Path] = {}
     if weights is not None:
         local["checkpoint"] = Path(weights)
@@ -381,9 +380,9 @@ def _from_registry(
         local["vae"] = Path(vae_weights)
     if text_encoder is not None and "text_encoder" in spec.files:
         local["text_encoder"] = Path(text_encoder)
-    if spec.name in PRESETS_WITH_OFFICIAL_LAYOUT:
-        files = W.resolve_all(spec, local_paths=local)
-        config = get_preset(spec.name)
+    if spec.layout == "official":
+        files = resolve_all(spec, local_paths=local)
+        config = get_preset(spec.preset)
         logger.info("building %s on the meta device, then loading %s", name, files["checkpoint"])
         with torch.device("meta"):
             model = NSARM(config, init=False)
@@ -391,13 +390,11 @@ def _from_registry(
         for buf_name, buf in model.named_buffers():  # to_empty leaves buffers uninitialised
             if buf_name.endswith("zero_k_bias"):
                 buf.zero_()
-        model.load_official(
-            W.load_state_dict(files["checkpoint"]), W.load_state_dict(files["vae"], key="vae")
-        )
+        model.load_official(load_state_dict(files["checkpoint"]), load_state_dict(files["vae"], key="vae"))
         enc = _build_text_encoder(config, files.get("text_encoder"), device)
         return SRPipeline(model, enc, settings=settings, device=device, dtype=dtype, offload=offload)
     # Our own models: one folder with config.json + model.safetensors.
-    checkpoint = W.resolve_file(spec, "checkpoint", local_path=local.get("checkpoint"))
+    checkpoint = resolve_file(spec, "checkpoint", local_path=local.get("checkpoint"))
     model = NSARM.from_pretrained(checkpoint.parent, weights_file=checkpoint)
     return SRPipeline(
         model,
@@ -407,9 +404,6 @@ def _from_registry(
         dtype=dtype,
         offload=offload,
     )
-
-
-PRESETS_WITH_OFFICIAL_LAYOUT = ("nsarm-8b",)
 
 
 def resolve_device(device: str) -> str:

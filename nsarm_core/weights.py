@@ -70,6 +70,7 @@ __all__ = [
     "hub_cache_dir",
     "is_offline",
     "get_model_spec",
+    "get_upscale_model",
     "resolve_file",
     "resolve_all",
     "find_local",
@@ -187,7 +188,13 @@ class ModelSpec:
         name: registry key, e.g. ``"nsarm-8b"``.
         description: one line for ``nsarm models``.
         files: role -> ``WeightFile``; roles are ``"checkpoint"``, ``"vae"``, ``"text_encoder"``, ``"config"``.
-        preset: the model-config preset these weights fit (``"8b"``, ``"2b"``, ``"tiny"``).
+        preset: the preset these weights fit: an NSARM preset (``nsarm_core.models.nsarm.PRESETS``) for an
+            upscaling model, a transformer preset (``nsarm_core.models.transformer.PRESETS``) for a training base.
+        use: ``"upscale"`` (a super-resolution model: ``nsarm upscale --model NAME``) or ``"training-base"``
+            (a text-to-image transformer that stage 2 starts from; it cannot upscale anything by itself).
+        layout: how the files make one model: ``"official"`` (the official split: an NSARM checkpoint holding
+            the transformer and ``map_transformer.*`` keys, plus the VAE file) or ``"folder"`` (our own folder:
+            ``config.json`` + ``model.safetensors``, :mod:`nsarm_core.models.checkpoint`).
         license: licence of the weights (as stated by the source; see architecture.md G).
         source: where the weights are published (a URL or "bundled").
         how_to_get: plain-language instructions, quoted in ``WeightsNotFoundError``.
@@ -197,9 +204,26 @@ class ModelSpec:
     description: str
     files: Mapping[str, WeightFile] = field(default_factory=dict)
     preset: str = ""
+    use: str = "upscale"
+    layout: str = "folder"
     license: str = ""
     source: str = ""
     how_to_get: str = ""
+
+    def __post_init__(self) -> None:
+        if self.use not in MODEL_USES:
+            raise ConfigError(f"model {self.name!r}: use must be one of {MODEL_USES}, got {self.use!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"model {self.name!r}: layout must be one of {LAYOUTS}, got {self.layout!r}")
+
+    @property
+    def upscales(self) -> bool:
+        """True for a super-resolution model (``nsarm upscale --model NAME``), False for a training base."""
+        return self.use == "upscale"
+
+
+MODEL_USES = ("upscale", "training-base")
+LAYOUTS = ("official", "folder")
 
 
 # --------------------------------------------------------------------------- the registry
@@ -224,7 +248,8 @@ MODELS: dict[str, ModelSpec] = {
             "vae": _D56_VAE,
             "text_encoder": _FLAN_T5_XL,
         },
-        preset="8b",
+        preset="nsarm-8b",
+        layout="official",
         # architecture.md G: the README says Apache 2.0 but the repo has no LICENSE file; VAE MIT, Flan-T5 Apache-2.0
         license="Apache-2.0 (README only)",
         source="https://github.com/Xiangtaokong/NSARM (Google Drive / Baidu Drive, not on the Hub)",
@@ -237,20 +262,24 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "infinity-2b": ModelSpec(
         name="infinity-2b",
-        description="Infinity-2B text-to-image transformer (reg) with the d32 (reg) BSQ-VAE",
+        description="Infinity-2B text-to-image transformer (reg) with the d32 (reg) BSQ-VAE: a base for "
+        "training (stage.transformer_weights of `nsarm train-stage2`), not an upscaling model",
         files={
             "checkpoint": WeightFile("infinity_2b_reg.pth", repo_id=_INFINITY),
             "vae": WeightFile("infinity_vae_d32reg.pth", repo_id=_INFINITY),
             "text_encoder": _FLAN_T5_XL,
         },
-        preset="2b",
+        preset="infinity-2b",
+        use="training-base",
+        layout="official",
         license="MIT",
         source=_INFINITY_URL,
         how_to_get=f"Download from {_INFINITY_URL} (about 10 GB).",
     ),
     "infinity-8b": ModelSpec(
         name="infinity-8b",
-        description="Infinity-8B text-to-image transformer (4 safetensors shards) with the d56 patchify VAE",
+        description="Infinity-8B text-to-image transformer (4 safetensors shards) with the d56 patchify VAE: "
+        "the base NSARM was trained from (stage.transformer_weights), not an upscaling model",
         files={
             # the index lists the 4 shards model-0000{1..4}-of-00004.safetensors, fetched with it
             "checkpoint": WeightFile(
@@ -259,7 +288,9 @@ MODELS: dict[str, ModelSpec] = {
             "vae": _D56_VAE,
             "text_encoder": _FLAN_T5_XL,
         },
-        preset="8b",
+        preset="infinity-8b",
+        use="training-base",
+        layout="official",
         license="MIT",
         source=_INFINITY_URL,
         how_to_get=f"Download from {_INFINITY_URL} (about 35 GB: 4 shards of 8-9 GB).",
@@ -303,6 +334,23 @@ def get_model_spec(name: str) -> ModelSpec:
     if name in MODELS:
         return MODELS[name]
     raise unknown_choice("model", name, MODELS, note="(see `nsarm models`)")
+
+
+def get_upscale_model(name: str) -> ModelSpec:
+    """Look up a model that can upscale (``nsarm upscale --model NAME``).
+
+    Raises:
+        ConfigError: unknown name, or a training base (refused before anything is downloaded).
+    """
+    spec = get_model_spec(name)
+    if not spec.upscales:
+        usable = ", ".join(n for n, s in MODELS.items() if s.upscales)
+        raise ConfigError(
+            f"{name!r} is a training base (the {spec.preset} text-to-image transformer that `nsarm train-stage2` "
+            f"starts from with stage.transformer_weights), not a super-resolution model; upscaling models: "
+            f"{usable}, or a model folder"
+        )
+    return spec
 
 
 def _get_file(spec: ModelSpec, role: str) -> WeightFile:
