@@ -17,7 +17,7 @@ and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs
 * **any factor**: the upscaler works at its native factor (4); other factors are a final bicubic resize of its
   output (antialiased when shrinking, :func:`nsarm_core.tiling.resize_to_scale`);
 * **prompts**: one fixed prompt, per-image captions from jsonl files (the official ``image_path`` +
-  ``long_caption`` layout), or :data:`DEFAULT_PROMPT`;
+  ``long_caption`` layout, :mod:`nsarm_core.data.captions`), or the model's own ``default_prompt``;
 * **multi-GPU**: under ``accelerate launch`` every process takes every ``world``-th file (:func:`shard`).
 
 Shape legend:
@@ -29,13 +29,12 @@ Shape legend:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -44,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nsarm_core.data.files import collect_images, ensure_not_input, output_path_for
+from nsarm_core.data.captions import CaptionIndex, load_captions
+from nsarm_core.data.files import collect_images, ensure_not_input, output_path_for, path_key
 from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, from_tensor, read_image, to_tensor, write_image
 from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError, missing_extra
 from nsarm_core.tiling import resize_to_scale
@@ -52,7 +52,6 @@ from nsarm_core.tiling import resize_to_scale
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_PROMPT",
     "OUTPUT_EXTS",
     "UpscaleResult",
     "Upscaler",
@@ -70,9 +69,6 @@ __all__ = [
     "upscale_image",
     "upscale_files",
 ]
-
-#: The fixed prompt used when an image has no caption (NSARM's commented-out alternative, protocols.md 1.1).
-DEFAULT_PROMPT: str = "A high-definition image with harmonious colors and rich details."
 
 #: Values of ``--ext``: an output format, or ``same`` as the input.
 OUTPUT_EXTS: tuple[str, ...] = ("same", "png", "jpg", "webp", "tif")
@@ -203,113 +199,6 @@ INTERPOLATION_MODES = ("bicubic", "bilinear", "nearest", "lanczos")
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Captions
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _path_key(path: Path) -> str:
-    return os.path.normcase(str(path.resolve()))
-
-
-class CaptionIndex:
-    """Per-image prompts from jsonl lines ``{"image_path": ..., "caption" | "long_caption": ...}``.
-
-    An image is matched by its path first (the ``image_path`` resolved against the jsonl file's folder and
-    against the current folder), then by file name alone. A file name listed twice with different captions is
-    only matched by path (a warning says so). ``caption`` wins over ``long_caption`` when a line has both.
-    """
-
-    def __init__(self, by_path: Mapping[str, str], by_name: Mapping[str, str], source: str) -> None:
-        self._by_path = dict(by_path)
-        self._by_name = dict(by_name)
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self._by_path)
-
-    def lookup(self, image: str | os.PathLike[str]) -> str | None:
-        """The caption of ``image``, or None when it has no entry."""
-        path = Path(image)
-        return self._by_path.get(_path_key(path), self._by_name.get(path.name))
-
-    @classmethod
-    def from_lines(cls, lines: Iterable[str], base: Path, source: str) -> CaptionIndex:
-        """Build an index from jsonl text lines; relative ``image_path`` values are taken relative to ``base``.
-
-        Raises:
-            InputError: a line that is not a JSON object with ``image_path`` and ``caption``/``long_caption``.
-        """
-        by_path: dict[str, str] = {}
-        names: dict[str, set[str]] = {}
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(
-                    f"captions file '{source}' line {number}: not valid JSON ({exc.msg})"
-                ) from exc
-            caption = (entry.get("caption") or entry.get("long_caption")) if isinstance(entry, dict) else None
-            image_path = entry.get("image_path") if isinstance(entry, dict) else None
-            if not isinstance(image_path, str) or not image_path or not isinstance(caption, str):
-                raise InputError(
-                    f"captions file '{source}' line {number}: expected an object with \"image_path\" and "
-                    f'"caption" or "long_caption" strings'
-                )
-            raw = Path(image_path)
-            candidates = [raw] if raw.is_absolute() else [base / raw, raw]
-            for candidate in candidates:
-                by_path[_path_key(candidate)] = caption
-            names.setdefault(raw.name, set()).add(caption)
-        by_name = {name: next(iter(caps)) for name, caps in names.items() if len(caps) == 1}
-        ambiguous = sorted(name for name, caps in names.items() if len(caps) > 1)
-        if ambiguous:
-            logger.warning(
-                "captions '%s': %d file name(s) have different captions in different folders (e.g. %s); "
-                "those images are matched by path only",
-                source,
-                len(ambiguous),
-                ambiguous[0],
-            )
-        return cls(by_path, by_name, source)
-
-
-def load_captions(path: str | os.PathLike[str]) -> CaptionIndex:
-    """Read a captions jsonl file, or every ``*.jsonl`` in a folder (the official ``--input_info`` layout).
-
-    Raises:
-        InputError: a missing file, a folder without jsonl files, or a malformed line (named by number).
-    """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise InputError(f"no .jsonl caption files in folder '{path}'")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise InputError(f"captions file not found: '{path}' (expected a .jsonl file or a folder of them)")
-    by_path: dict[str, str] = {}
-    by_name: dict[str, str] = {}
-    clashing: set[str] = set()
-    for file in files:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read captions file '{file}': {exc}") from exc
-        part = CaptionIndex.from_lines(text.splitlines(), file.parent, str(file))
-        by_path.update(part._by_path)
-        for name, caption in part._by_name.items():
-            if by_name.get(name, caption) != caption:
-                clashing.add(name)
-            by_name[name] = caption
-    for name in clashing:
-        del by_name[name]
-    return CaptionIndex(by_path, by_name, str(path))
-
-
-# ------------------------------------------------------------------------------------------------------------
 # Options and records
 # ------------------------------------------------------------------------------------------------------------
 
@@ -329,7 +218,7 @@ class UpscaleOptions:
         max_pixels: refuse inputs larger than this many pixels (decompression bombs); None or 0: no limit.
         seed: the sampling seed, the same for every image (an image gives the same result alone or in a batch).
         prompt: a fixed prompt for every image; with ``captions``, the prompt for images without an entry.
-        captions: per-image prompts; images missing from it get ``prompt`` or :data:`DEFAULT_PROMPT` (warning).
+        captions: per-image prompts; images missing from it get ``prompt`` or the model's default (warning).
         rank: this process's index when the batch is split across processes (:func:`shard`).
         world_size: number of processes the batch is split across.
     """
@@ -540,14 +429,14 @@ def plan_inputs(
         else:
             root = None  # collect_images raises the "not found" error
         for src in collect_images([text]):
-            seen.setdefault(_path_key(src), BatchItem(src=src, root=root, explicit=root is None))
+            seen.setdefault(path_key(src), BatchItem(src=src, root=root, explicit=root is None))
     items = list(seen.values())
 
     planned: set[str] = set()
     for it in items:
         for suffix in {None if ext == "same" else f".{ext}", ".png"}:
             planned.add(
-                _path_key(output_path_for(it.src, it.root, out_dir, suffix=suffix, name_suffix=name_suffix))
+                path_key(output_path_for(it.src, it.root, out_dir, suffix=suffix, name_suffix=name_suffix))
             )
     kept: list[BatchItem] = []
     excluded: list[Path] = []
@@ -559,12 +448,12 @@ def plan_inputs(
             and _is_below(out_resolved, it.root.resolve())
             and _is_below(src_resolved, out_resolved)
         )
-        own_output = _path_key(
+        own_output = path_key(
             output_path_for(
                 it.src, it.root, out_dir, suffix=None if ext == "same" else f".{ext}", name_suffix=name_suffix
             )
-        ) == _path_key(it.src)
-        earlier_output = _path_key(it.src) in planned and not own_output
+        ) == path_key(it.src)
+        earlier_output = path_key(it.src) in planned and not own_output
         if not it.explicit and (inside_out or earlier_output):
             excluded.append(it.src)
         else:
@@ -735,7 +624,7 @@ class _InputGuard:
     """Fast "would this output overwrite an input?" over the whole input list (paths and inode numbers)."""
 
     def __init__(self, inputs: Sequence[Path]) -> None:
-        self._by_key = {_path_key(p): p for p in inputs}
+        self._by_key = {path_key(p): p for p in inputs}
         self._by_inode: dict[tuple[int, int], Path] = {}
         for p in inputs:
             try:
@@ -746,7 +635,7 @@ class _InputGuard:
 
     def check(self, out: Path) -> None:
         """Raise InputError (via :func:`ensure_not_input`) if ``out`` is one of the inputs."""
-        hit = self._by_key.get(_path_key(out))
+        hit = self._by_key.get(path_key(out))
         if hit is None and out.exists():  # hard links, case-insensitive file systems
             st = out.stat()
             hit = self._by_inode.get((st.st_dev, st.st_ino))
@@ -754,8 +643,11 @@ class _InputGuard:
             ensure_not_input(out, [hit])
 
 
-def _prompt_for(src: Path, options: UpscaleOptions) -> tuple[str, str, str | None]:
-    """``(prompt, source, note)`` for ``src``: caption, else the fixed prompt, else :data:`DEFAULT_PROMPT`."""
+def _prompt_for(src: Path, options: UpscaleOptions) -> tuple[str | None, str, str | None]:
+    """``(prompt, source, note)`` for ``src``: caption, else the fixed prompt, else None.
+
+    None lets the upscaler use its own default: an NSARM model's ``default_prompt`` from its ``config.json``.
+    """
     if options.captions is not None:
         caption = options.captions.lookup(src)
         if caption is not None:
@@ -763,11 +655,11 @@ def _prompt_for(src: Path, options: UpscaleOptions) -> tuple[str, str, str | Non
         if options.prompt is not None:
             note = f"no caption for '{src}' in '{options.captions.source}'; using the given --prompt"
             return options.prompt, "fixed", note
-        note = f"no caption for '{src}' in '{options.captions.source}'; using the default prompt"
-        return DEFAULT_PROMPT, "default", note
+        note = f"no caption for '{src}' in '{options.captions.source}'; using the model's default prompt"
+        return None, "default", note
     if options.prompt is not None:
         return options.prompt, "fixed", None
-    return DEFAULT_PROMPT, "default", None
+    return None, "default", None
 
 
 def upscale_files(
@@ -845,7 +737,7 @@ def upscale_files(
 def _claim(out: Path, src: Path, guard: _InputGuard, claimed: dict[str, Path]) -> None:
     """Refuse ``out`` if it is an input, or if another input of this run already writes it."""
     guard.check(out)
-    owner = claimed.setdefault(_path_key(out), src)
+    owner = claimed.setdefault(path_key(out), src)
     if owner != src:
         raise InputError(
             f"output '{out}' is also the output of '{owner}' (same name); use --suffix, keep the inputs in "
@@ -881,8 +773,10 @@ def _process_one(
     if prompt_note is not None:
         record.notes.append(prompt_note)
         logger.warning("%s", prompt_note)
-    record.prompt, record.prompt_source = prompt, source
     upscaled, result = upscale_image(upscaler, image, scale=options.scale, seed=options.seed, prompt=prompt)
+    # The prompt the upscaler actually used (its default when none was given; None for the baselines).
+    record.prompt = prompt if prompt is not None else result.settings.get("prompt")
+    record.prompt_source = source
     record.seed, record.settings, record.timings = result.seed, dict(result.settings), dict(result.timings)
     # overwrite=False unless asked: an output that appeared meanwhile (another process) is not clobbered.
     write_image(

@@ -101,9 +101,13 @@ def test_pipeline_options_are_passed_through(tmp_path: Path, monkeypatch: pytest
     prompts: list[str | None] = []
 
     class Fake(BicubicUpscaler):
+        """Reports the prompt it used as SRPipeline does: the given one, else its config's default_prompt."""
+
         def upscale(self, rgb: Any, *, seed: int, prompt: str | None) -> Any:
             prompts.append(prompt)
-            return super().upscale(rgb, seed=seed, prompt=prompt)
+            result = super().upscale(rgb, seed=seed, prompt=prompt)
+            result.settings["prompt"] = prompt or "the model's own default_prompt"
+            return result
 
     def load_pipeline(model: str, **kwargs: Any) -> Fake:
         seen.update(kwargs, model=model)
@@ -128,9 +132,11 @@ def test_pipeline_options_are_passed_through(tmp_path: Path, monkeypatch: pytest
         "text_encoder": None, "sampling": {"tau": 0.7, "top_p": 0.9, "cfg": 2.0}, "color_fix": "adain",
         "tile": 64, "tile_overlap": 8,
     }  # fmt: skip
-    assert prompts == ["a red boat", "A high-definition image with harmonious colors and rich details."]
+    # The bug: the command sent a prompt of its own, so the model's default_prompt (config.json) was never used.
+    assert prompts == ["a red boat", None]
     records = json.loads(res.stdout)["records"]
     assert [r["seed"] for r in records] == [5, 5] and records[1]["prompt_source"] == "default"
+    assert records[1]["prompt"] == "the model's own default_prompt"
     assert "no caption" in res.stderr
 
 

@@ -17,7 +17,6 @@ from PIL import ImageCms
 from nsarm_core.data.io import Image, read_image, write_image
 from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.upscale import (
-    DEFAULT_PROMPT,
     BicubicUpscaler,
     UpscaleOptions,
     Upscaler,
@@ -324,7 +323,7 @@ def test_captions_jsonl_matching(tmp_path: Path) -> None:
         _write(src / name)
     lines = [
         {"image_path": str(src / "a.png"), "long_caption": "caption of a"},  # absolute path
-        {"image_path": "elsewhere/b.png", "caption": "caption of b", "long_caption": "ignored"},  # by name
+        {"image_path": "elsewhere/b.png", "caption": "ignored", "long_caption": "caption of b"},  # by name
         {"image_path": "in/c.png", "caption": "caption of c"},  # relative to the jsonl folder
     ]
     cap = tmp_path / "captions.jsonl"
@@ -337,7 +336,9 @@ def test_captions_jsonl_matching(tmp_path: Path) -> None:
     by_name = {r.input.name: r for r in report.records}
     assert by_name["a.png"].prompt == "caption of a" and by_name["b.png"].prompt == "caption of b"
     assert by_name["c.png"].prompt == "caption of c" and by_name["c.png"].prompt_source == "caption"
-    assert by_name["d.png"].prompt == DEFAULT_PROMPT and by_name["d.png"].prompt_source == "default"
+    # no caption: the upscaler gets no prompt and uses its own default (a bicubic one has none)
+    assert by_name["d.png"].prompt is None and by_name["d.png"].prompt_source == "default"
+    assert (7, None) in up.calls
     assert any("no caption" in n for n in by_name["d.png"].notes)
     assert {seed for seed, _ in up.calls} == {7} and by_name["a.png"].seed == 7
     # --prompt is the fallback when captions are given, and the prompt for all otherwise.
