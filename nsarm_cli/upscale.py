@@ -216,8 +216,11 @@ def upscale(
     _choice("--dtype", dtype, DTYPES)
     if not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise ConfigError(f"--top-p must be in (0, 1]; got {top_p}")
-    if not (math.isfinite(tau) and tau >= 0) or not math.isfinite(cfg):
-        raise ConfigError(f"--tau must be >= 0 and --cfg finite; got --tau {tau}, --cfg {cfg}")
+    if not math.isfinite(cfg):
+        raise ConfigError(f"--cfg must be finite; got {cfg}")
+    from nsarm_core.models.sampler import check_tau
+
+    check_tau(tau)
     if tile is not None and tile < 1 or tile_overlap is not None and tile_overlap < 0:
         raise ConfigError(f"--tile must be >= 1 and --tile-overlap >= 0; got {tile}, {tile_overlap}")
 

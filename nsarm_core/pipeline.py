@@ -26,7 +26,7 @@ from nsarm_core.color_fix import COLOR_FIX_MODES, color_fix
 from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.models.bsq import bsq_quantize
 from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
-from nsarm_core.models.sampler import sample_scales
+from nsarm_core.models.sampler import check_tau, sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
 from nsarm_core.tiling import plan_tiles, resize_to_scale, run_tiled
 from nsarm_core.upscale import UpscaleResult, pil_resize
@@ -57,8 +57,7 @@ class SamplingSettings:
     tile_overlap: int | None = None  # LR pixels; None = a quarter of the window
 
     def __post_init__(self) -> None:
-        if self.tau <= 0:
-            raise ConfigError(f"tau must be > 0, got {self.tau}")
+        check_tau(self.tau)
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.color_fix not in COLOR_FIX_MODES:
