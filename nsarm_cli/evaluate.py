@@ -124,8 +124,9 @@ def evaluate(
     if list_all:
         _print_catalogue(json_out)
         return
+    from nsarm_core.batch.upscale import run_model_on_folder
     from nsarm_core.eval.datasets import get_preset, resolve_layout
-    from nsarm_core.eval.evaluate import EvalOptions, evaluate_folder, run_model, write_outputs
+    from nsarm_core.eval.evaluate import EvalOptions, evaluate_folder, write_outputs
     from nsarm_core.eval.metrics import PAPER_NR_METRICS, parse_metric_list
 
     ds = get_preset(preset) if preset else None
@@ -151,7 +152,7 @@ def evaluate(
         out = out or Path(f"nsarm_eval_{model.replace('/', '_')}")
         sr_dir = out / "sr"
         info(f"running {model} on {lr_dir} -> {sr_dir}")
-        sr_dir = run_model(model, lr_dir, sr_dir)
+        run_model_on_folder(model, lr_dir, sr_dir)
     if sr_dir is None:
         raise ConfigError("give the folder of SR images to score (SR_DIR), or --model with --lr / --preset")
     out = out or sr_dir.resolve().parent / f"{sr_dir.resolve().name}_eval"

@@ -102,7 +102,6 @@ def robustness(
         DEFAULT_COMPOSITE,
         SweepResult,
         analyse,
-        bicubic_method,
         model_method,
         parse_thresholds,
         run_sweep,
@@ -134,7 +133,7 @@ def robustness(
         from nsarm_core.eval.evaluate import list_images
 
         ladder = severity_ladder([x.strip() for x in levels.split(",") if x.strip()])
-        method = bicubic_method if sweep_method == "bicubic" else model_method(sweep_method)
+        method = model_method(sweep_method)
         wd = work_dir or (report / "sweep_work" if report else Path("nsarm_sweep"))
         with progress(transient=True) as bar:
             task = bar.add_task("sweep", total=len(ladder), status="")

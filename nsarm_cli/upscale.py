@@ -1,8 +1,8 @@
 """``nsarm upscale``: super-resolve photos, folders and glob patterns in one resumable batch.
 
-The batch logic lives in ``nsarm_core/upscale.py`` (``upscale_files``); this module parses the options, builds
-the upscaler (the NSARM pipeline, or the bicubic baseline with ``--model bicubic``), shows progress and prints
-the summary. torch, numpy and PIL are imported inside the command so ``nsarm --help`` stays fast.
+The batch logic lives in :mod:`nsarm_core.batch.upscale` (``load_upscaler`` picks the NSARM pipeline or an
+interpolation baseline, ``upscale_files`` runs the batch); this module parses the options, shows progress and
+prints the summary. torch, numpy and PIL are imported inside the command so ``nsarm --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ import typer
 from nsarm_cli._console import STATE, err_console, info, out_console, print_json, progress, warn
 from nsarm_core.errors import ConfigError
 
-#: ``--model`` values that select an interpolation baseline instead of the NSARM pipeline (no weights needed).
-BASELINE_MODEL = "bicubic"
-BASELINES = ("bicubic", "bilinear", "nearest", "lanczos")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 COLOR_FIXES = ("none", "adain", "wavelet", "both")
@@ -35,52 +32,6 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
-
-
-def _build_upscaler(
-    model: str,
-    scale: float,
-    *,
-    device: str,
-    dtype: str,
-    weights: Path | None,
-    vae_weights: Path | None,
-    text_encoder: Path | None,
-    tau: float,
-    top_p: float,
-    cfg: float,
-    color_fix: str,
-    tile: int | None,
-    tile_overlap: int | None,
-) -> Any:
-    """An interpolation baseline, or the NSARM pipeline from ``nsarm_core.pipeline.load_pipeline`` (lazy import)."""
-    if model in BASELINES:
-        from nsarm_core.upscale import InterpolationUpscaler
-
-        # An integer factor is one interpolation step; other factors are x4 plus the stated final resize.
-        native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
-        return InterpolationUpscaler(model, scale=native)
-    try:
-        from nsarm_core.pipeline import load_pipeline
-    except ImportError as exc:
-        if exc.name not in ("nsarm_core.pipeline", None):
-            raise
-        raise ConfigError(
-            f"--model {model} needs the NSARM pipeline (nsarm_core.pipeline.load_pipeline), which this "
-            f"installation does not have; use --model {BASELINE_MODEL} for the bicubic baseline"
-        ) from exc
-    return load_pipeline(
-        model,
-        device=device,
-        dtype=dtype,
-        weights=weights,
-        vae_weights=vae_weights,
-        text_encoder=text_encoder,
-        sampling=dict(tau=tau, top_p=top_p, cfg=cfg),
-        color_fix=color_fix,
-        tile=tile,
-        tile_overlap=tile_overlap,
-    )
 
 
 def _size(size: tuple[int, int] | None) -> str:
@@ -224,7 +175,9 @@ def upscale(
     if tile is not None and tile < 1 or tile_overlap is not None and tile_overlap < 0:
         raise ConfigError(f"--tile must be >= 1 and --tile-overlap >= 0; got {tile}, {tile_overlap}")
 
-    from nsarm_core.upscale import UpscaleOptions, detect_world, load_captions, upscale_files
+    from nsarm_core.batch.inputs import detect_world
+    from nsarm_core.batch.upscale import UpscaleOptions, load_upscaler, upscale_files
+    from nsarm_core.data.captions import load_captions
 
     rank, world, world_device = detect_world()
     options = UpscaleOptions(
@@ -246,9 +199,9 @@ def upscale(
     from nsarm_core.data.files import collect_images
 
     collect_images(list(inputs))  # fail fast on a missing input, before the model is loaded
-    upscaler = _build_upscaler(
-        model, scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
-        text_encoder=text_encoder, tau=tau, top_p=top_p, cfg=cfg, color_fix=color_fix, tile=tile,
+    upscaler = load_upscaler(
+        model, scale=scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
+        text_encoder=text_encoder, sampling=dict(tau=tau, top_p=top_p, cfg=cfg), color_fix=color_fix, tile=tile,
         tile_overlap=tile_overlap,
     )  # fmt: skip
     if world > 1:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -28,8 +28,8 @@ from nsarm_core.models.bsq import bsq_quantize
 from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
 from nsarm_core.models.sampler import check_tau, sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
-from nsarm_core.tiling import plan_tiles, resize_to_scale, run_tiled
-from nsarm_core.upscale import UpscaleResult, pil_resize
+from nsarm_core.resize import pil_bicubic, resize_to_scale
+from nsarm_core.tiling import plan_tiles, run_tiled
 from nsarm_core.weights import get_upscale_model, load_state_dict, resolve_all, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,39 @@ class SamplingSettings:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.color_fix not in COLOR_FIX_MODES:
             raise ConfigError(f"unknown colour fix {self.color_fix!r}; valid: {list(COLOR_FIX_MODES)}")
+
+
+@dataclass
+class UpscaleResult:
+    """What an upscaler returns for one image.
+
+    Attributes:
+        image: float32 [1, 3, s*H, s*W] in [0, 1], at the upscaler's native factor ``s``.
+        seed: the seed actually used (recorded per image so a result can be reproduced).
+        settings: the sampling settings that produced it (tau, top_p, cfg, tile, ...), JSON-serialisable.
+        timings: seconds per stage, e.g. ``{"encode": 0.1, "sample": 2.3, "decode": 0.4}``.
+    """
+
+    image: torch.Tensor
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Upscaler(Protocol):
+    """Anything that super-resolves one RGB image by a fixed native factor.
+
+    Implemented by ``nsarm_core.pipeline.SRPipeline`` (NSARM; tiles internally, so any H, W) and
+    :class:`BicubicUpscaler`.
+    """
+
+    native_scale: int
+    name: str
+
+    def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
+        """``rgb`` [1, 3, H, W] float32 in [0, 1] -> :class:`UpscaleResult` with image [1, 3, s*H, s*W]."""
+        ...
 
 
 class SRPipeline:
@@ -199,7 +232,7 @@ class SRPipeline:
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype)
             if self.dtype != torch.float32
-            else _null_context()
+            else nullcontext()
         )
         with autocast:
             sample = sample_scales(
@@ -334,19 +367,6 @@ class SRPipeline:
         return self.upscale(rgb, **kwargs)
 
 
-def pil_bicubic(x: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Resize ``[1, C, h, w]`` in [0, 1] to ``size`` with Pillow's bicubic (as NSARM's color_adjust), clamped."""
-    return pil_resize(x, size, "bicubic").clamp_(0, 1)
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _build_text_encoder(
     config: NSARMConfig, text_encoder: str | Path | None, device: str | torch.device
 ) -> Any:
@@ -464,29 +484,3 @@ def load_pipeline(
             "the window is fixed by the model (use --tile-overlap to change the overlap)"
         )
     return pipe
-
-
-def run_model_on_folder(
-    model: str | Path, lr_dir: str | Path, out_dir: str | Path, **opts: Any
-) -> list[Path]:
-    """Upscale every image of ``lr_dir`` into ``out_dir`` as PNG (same relative names); ``nsarm evaluate --model``.
-
-    ``model`` is anything ``nsarm upscale --model`` takes: a registered name, a model folder, or an interpolation
-    baseline (``bicubic``, ``lanczos``, ...). Existing outputs are reused (the batch is resumable); ``seed`` and
-    the :func:`load_pipeline` options may be given.
-
-    Raises:
-        InputError: some images could not be upscaled (the message lists them).
-    """
-    from nsarm_core.upscale import INTERPOLATION_MODES, InterpolationUpscaler, UpscaleOptions, upscale_files
-
-    seed = int(opts.pop("seed", 1))
-    name = str(model)
-    upscaler = InterpolationUpscaler(name) if name in INTERPOLATION_MODES else load_pipeline(model, **opts)
-    report = upscale_files(upscaler, [Path(lr_dir)], Path(out_dir), UpscaleOptions(seed=seed, ext="png"))
-    if report.failed:
-        listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
-        raise InputError(
-            f"{len(report.failed)} image(s) of {lr_dir} could not be upscaled with {name}: {listed}"
-        )
-    return [r.output for r in report.records if r.output is not None]

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nsarm_core.batch.upscale import UpscaleOptions, upscale_files
 from nsarm_core.data.captions import CAPTION_FIELDS, caption_of, load_captions
 from nsarm_core.data.datasets import HRFolderDataset
 from nsarm_core.data.io import Image, write_image
 from nsarm_core.errors import InputError
-from nsarm_core.upscale import UpscaleOptions, upscale_files
 
 
 class _PromptRecorder:
@@ -23,7 +23,7 @@ class _PromptRecorder:
         self.prompts: list[str | None] = []
 
     def upscale(self, rgb, *, seed: int, prompt: str | None):
-        from nsarm_core.upscale import UpscaleResult
+        from nsarm_core.pipeline import UpscaleResult
 
         self.prompts.append(prompt)
         return UpscaleResult(image=rgb.clone(), seed=seed)

@@ -24,9 +24,8 @@ from typer.testing import CliRunner
 from nsarm_core import weights as W
 from nsarm_core.errors import ChecksumError, WeightsNotFoundError
 from nsarm_core.models.nsarm import NSARM, get_preset
-from nsarm_core.pipeline import SRPipeline, load_pipeline
+from nsarm_core.pipeline import SRPipeline, UpscaleResult, load_pipeline
 from nsarm_core.tiling import TilePlan, plan_tiles
-from nsarm_core.upscale import UpscaleResult
 
 WINDOW = 64  # the tiny preset's native LR window
 SCALE = 4

@@ -117,7 +117,8 @@ def test_nsarm_sampler_parity_with_replay(fixture) -> None:
 @torch.no_grad()
 def test_nsarm_pipeline_window_reproduces_official_images(fixture, parity_dir) -> None:
     """Full chain: map network, sampler (free-running, tau 1e-8), decode, colour fix; PNGs within 1 level."""
-    from nsarm_core.pipeline import SamplingSettings, SRPipeline, pil_bicubic
+    from nsarm_core.pipeline import SamplingSettings, SRPipeline
+    from nsarm_core.resize import pil_bicubic
 
     manifest, t = fixture
     config = get_preset("nsarm-parity-tiny")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from nsarm_core.errors import InputError, MissingExtraError, NSARMError
+from nsarm_core.errors import InputError
 from nsarm_core.eval.datasets import DatasetPreset, ImagePair, pair_images
 from nsarm_core.eval.metrics import (
     MetricSpec,
@@ -303,29 +303,6 @@ def evaluate_folder(
     hr_files = list_images(hr_dir) if hr_dir is not None else None
     pairs = pair_images(sr_files, hr_files, strict=strict)
     return evaluate_pairs(pairs, opts, preset=preset, on_image=on_image)
-
-
-def run_model(model: str, lr_dir: str | Path, out_dir: str | Path, **opts: Any) -> Path:
-    """Upscale ``lr_dir`` with ``model`` into ``out_dir`` through ``nsarm_core.pipeline.run_model_on_folder``.
-
-    The pipeline is imported lazily so evaluation works without it.
-
-    Raises:
-        NSARMError: the pipeline (or its ``run_model_on_folder``) is not available.
-    """
-    try:
-        from nsarm_core.pipeline import run_model_on_folder
-    except MissingExtraError:
-        raise
-    except ImportError as exc:
-        raise NSARMError(
-            f"--model {model} needs nsarm_core.pipeline.run_model_on_folder, which is not available in this "
-            f"installation ({exc}); upscale the LR folder with `nsarm upscale` and pass the output folder instead"
-        ) from exc
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = run_model_on_folder(model, Path(lr_dir), out, **opts)
-    return Path(result) if isinstance(result, str | Path) else out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,10 +2,9 @@
 
 Not a paper component. NSARM's official inference (protocols.md section 1.1) reads a jsonl list of 256x256 crops
 and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs around any upscaler (the NSARM
-``SRPipeline`` or the :class:`BicubicUpscaler` baseline), following protocols.md sections 4.5 and 5:
+``SRPipeline`` or an :class:`InterpolationUpscaler` baseline, chosen by :func:`load_upscaler`), following protocols.md sections 4.5 and 5:
 
-* **inputs**: files, folders (recursive) and glob patterns; the output mirrors each input folder's sub-folders;
-  outputs of an earlier run that sit inside an input folder are not taken as new inputs;
+* **inputs**: planned by :mod:`nsarm_core.batch.inputs` (files, folders, glob patterns; sub-folders mirrored);
 * **safety**: an input is never overwritten (a per-file refusal); writes are atomic (``write_image``), existing
   outputs are skipped unless ``overwrite``, so an interrupted batch is finished by running it again, and
   temporary files left by a killed run are removed when their output is redone;
@@ -15,10 +14,11 @@ and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs
   (``keep_metadata=False`` strips them); a format that cannot hold the result (16-bit or alpha into JPEG/BMP,
   16-bit into WebP) is replaced by PNG, with a warning;
 * **any factor**: the upscaler works at its native factor (4); other factors are a final bicubic resize of its
-  output (antialiased when shrinking, :func:`nsarm_core.tiling.resize_to_scale`);
+  output (antialiased when shrinking, :func:`nsarm_core.resize.resize_to_scale`);
 * **prompts**: one fixed prompt, per-image captions from jsonl files (the official ``image_path`` +
   ``long_caption`` layout, :mod:`nsarm_core.data.captions`), or the model's own ``default_prompt``;
-* **multi-GPU**: under ``accelerate launch`` every process takes every ``world``-th file (:func:`shard`).
+* **multi-GPU**: under ``accelerate launch`` every process takes every ``world``-th file
+  (:func:`nsarm_core.batch.inputs.shard`).
 
 Shape legend:
     H, W     input height and width in pixels
@@ -34,40 +34,34 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from nsarm_core.data.captions import CaptionIndex, load_captions
-from nsarm_core.data.files import collect_images, ensure_not_input, output_path_for, path_key
+from nsarm_core.batch.inputs import BatchItem, InputGuard, plan_inputs, shard
+from nsarm_core.data.captions import CaptionIndex
+from nsarm_core.data.files import output_path_for, path_key
 from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, from_tensor, read_image, to_tensor, write_image
-from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError, missing_extra
-from nsarm_core.tiling import resize_to_scale
+from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError
+from nsarm_core.pipeline import Upscaler, UpscaleResult, load_pipeline
+from nsarm_core.resize import INTERPOLATION_MODES, interpolate, resize_alpha, resize_to_scale
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "OUTPUT_EXTS",
-    "UpscaleResult",
-    "Upscaler",
-    "BicubicUpscaler",
-    "CaptionIndex",
-    "load_captions",
+    "InterpolationUpscaler",
+    "load_upscaler",
     "UpscaleOptions",
-    "BatchItem",
     "ImageRecord",
     "BatchReport",
-    "plan_inputs",
-    "shard",
-    "detect_world",
     "output_suffix_for",
     "upscale_image",
     "upscale_files",
+    "run_model_on_folder",
 ]
 
 #: Values of ``--ext``: an output format, or ``same`` as the input.
@@ -80,7 +74,6 @@ _HOLDS_ALPHA = frozenset({".png", ".webp", ".tif", ".tiff"})
 
 # write_image's temporary files: ".<name>.tmp-<8 hex>" next to the target (nsarm_core.atomic.temp_path).
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.tmp-[0-9a-f]{8}$")
-_GLOB_CHARS = frozenset("*?[")
 
 # Errors that concern the whole run (configuration, weights, missing packages): they stop the batch instead of
 # being recorded against one image.
@@ -88,41 +81,8 @@ _FATAL_ERRORS: tuple[type[BaseException], ...] = (ConfigError, WeightsNotFoundEr
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The upscaler interface and the bicubic baseline
+# The interpolation baselines, and the choice baseline-or-model
 # ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class UpscaleResult:
-    """What an upscaler returns for one image.
-
-    Attributes:
-        image: float32 [1, 3, s*H, s*W] in [0, 1], at the upscaler's native factor ``s``.
-        seed: the seed actually used (recorded per image so a result can be reproduced).
-        settings: the sampling settings that produced it (tau, top_p, cfg, tile, ...), JSON-serialisable.
-        timings: seconds per stage, e.g. ``{"encode": 0.1, "sample": 2.3, "decode": 0.4}``.
-    """
-
-    image: torch.Tensor
-    seed: int
-    settings: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Upscaler(Protocol):
-    """Anything that super-resolves one RGB image by a fixed native factor.
-
-    Implemented by ``nsarm_core.pipeline.SRPipeline`` (NSARM; tiles internally, so any H, W) and
-    :class:`BicubicUpscaler`.
-    """
-
-    native_scale: int
-    name: str
-
-    def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
-        """``rgb`` [1, 3, H, W] float32 in [0, 1] -> :class:`UpscaleResult` with image [1, 3, s*H, s*W]."""
-        ...
 
 
 class InterpolationUpscaler:
@@ -156,46 +116,52 @@ class InterpolationUpscaler:
             raise InputError(f"{self.name} upscaler expects a tensor [1, 3, H, W]; got {list(rgb.shape)}")
         start = time.perf_counter()
         h, w = rgb.shape[-2:]
-        size = (h * self.native_scale, w * self.native_scale)
-        if self.mode == "lanczos":
-            out = pil_resize(rgb, size, "lanczos")
-        elif self.mode == "nearest":
-            out = F.interpolate(rgb.float(), size=size, mode="nearest")
-        else:
-            out = F.interpolate(rgb.float(), size=size, mode=self.mode, align_corners=False)
+        out = interpolate(rgb, (h * self.native_scale, w * self.native_scale), self.mode)
         return UpscaleResult(
-            image=out.clamp_(0.0, 1.0),
+            image=out,
             seed=seed,
             settings={"method": self.mode, "scale": self.native_scale},
             timings={"upscale": time.perf_counter() - start},
         )
 
 
-def pil_resize(x: torch.Tensor, size: Sequence[int], resample: str = "bicubic") -> torch.Tensor:
-    """Resize ``[1, C, h, w]`` float to ``size = (H, W)`` with Pillow's filter on float ("F") channels.
+def load_upscaler(
+    model: str | Path,
+    *,
+    scale: float = 4.0,
+    device: str = "auto",
+    dtype: str = "fp32",
+    weights: str | Path | None = None,
+    vae_weights: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    sampling: Mapping[str, Any] | None = None,
+    color_fix: str | None = None,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+) -> Upscaler:
+    """The one choice baseline-or-model: an :class:`InterpolationUpscaler` for ``bicubic``, ``bilinear``,
+    ``nearest`` and ``lanczos``, else the NSARM pipeline (:func:`nsarm_core.pipeline.load_pipeline`, whose
+    options the other arguments are).
 
-    Pillow's kernels differ from torch's (bicubic a = -0.5 vs -0.75; torch has no Lanczos); float channels avoid
-    the uint8 rounding and clipping between Pillow's two passes. The result is not clamped.
+    ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
+    interpolation step; any other factor is x4 plus the batch's final resize, as for a model.
     """
-    from PIL import Image as PILImage
-
-    filt = {"bicubic": PILImage.Resampling.BICUBIC, "lanczos": PILImage.Resampling.LANCZOS}[resample]
-    h, w = int(size[0]), int(size[1])
-    channels = [
-        np.asarray(PILImage.fromarray(c, mode="F").resize((w, h), filt), dtype=np.float32)
-        for c in x[0].detach().float().cpu().numpy()
-    ]
-    return torch.from_numpy(np.stack(channels))[None]
-
-
-class BicubicUpscaler(InterpolationUpscaler):
-    """The bicubic baseline (``InterpolationUpscaler("bicubic", scale)``)."""
-
-    def __init__(self, scale: int = 4) -> None:
-        super().__init__("bicubic", scale)
-
-
-INTERPOLATION_MODES = ("bicubic", "bilinear", "nearest", "lanczos")
+    name = str(model)
+    if name in INTERPOLATION_MODES:
+        native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
+        return InterpolationUpscaler(name, scale=native)
+    return load_pipeline(
+        model,
+        device=device,
+        dtype=dtype,
+        weights=weights,
+        vae_weights=vae_weights,
+        text_encoder=text_encoder,
+        sampling=sampling,
+        color_fix=color_fix,
+        tile=tile,
+        tile_overlap=tile_overlap,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -358,152 +324,6 @@ class BatchReport:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Planning: which files, where their outputs go, which process takes them
-# ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One input file and the folder whose layout its output mirrors (None for a file given directly)."""
-
-    src: Path
-    root: Path | None
-    explicit: bool
-
-
-def _glob_root(pattern: str) -> Path:
-    """The folder part of a glob pattern before its first wildcard (``shots/**/*.png`` -> ``shots``)."""
-    parts = Path(pattern).parts
-    static: list[str] = []
-    for part in parts:
-        if _GLOB_CHARS & set(part):
-            break
-        static.append(part)
-    return Path(*static) if static else Path()
-
-
-def _is_below(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
-
-def plan_inputs(
-    inputs: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
-    *,
-    ext: str = "same",
-    name_suffix: str = "",
-) -> tuple[list[BatchItem], list[Path]]:
-    """Expand ``inputs`` (files, folders, globs) into batch items, leaving out earlier outputs.
-
-    Files found in folders or by patterns are dropped when they are outputs of an earlier run: files below
-    ``out_dir`` when ``out_dir`` lies inside the input folder, and files at the output path of another input
-    (e.g. ``a_x4.png`` next to ``a.png`` with ``name_suffix="_x4"``). Files named directly are always kept.
-
-    Args:
-        inputs: what the user gave.
-        out_dir: the output folder.
-        ext: the output format (see :data:`OUTPUT_EXTS`), used to recognise earlier outputs.
-        name_suffix: the output name suffix, used likewise.
-
-    Returns:
-        ``(items, excluded)``: the items in order (de-duplicated) and the excluded earlier outputs.
-
-    Raises:
-        InputError: an input that does not exist or has no images (from :func:`collect_images`).
-    """
-    out_resolved = Path(out_dir).resolve()
-    seen: dict[str, BatchItem] = {}
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        if path.is_dir():
-            root: Path | None = path
-        elif path.is_file():
-            root = None
-        elif _GLOB_CHARS & set(text):
-            root = _glob_root(text)
-        else:
-            root = None  # collect_images raises the "not found" error
-        for src in collect_images([text]):
-            seen.setdefault(path_key(src), BatchItem(src=src, root=root, explicit=root is None))
-    items = list(seen.values())
-
-    planned: set[str] = set()
-    for it in items:
-        for suffix in {None if ext == "same" else f".{ext}", ".png"}:
-            planned.add(
-                path_key(output_path_for(it.src, it.root, out_dir, suffix=suffix, name_suffix=name_suffix))
-            )
-    kept: list[BatchItem] = []
-    excluded: list[Path] = []
-    for it in items:
-        src_resolved = it.src.resolve()
-        inside_out = (
-            it.root is not None
-            and out_resolved != it.root.resolve()
-            and _is_below(out_resolved, it.root.resolve())
-            and _is_below(src_resolved, out_resolved)
-        )
-        own_output = path_key(
-            output_path_for(
-                it.src, it.root, out_dir, suffix=None if ext == "same" else f".{ext}", name_suffix=name_suffix
-            )
-        ) == path_key(it.src)
-        earlier_output = path_key(it.src) in planned and not own_output
-        if not it.explicit and (inside_out or earlier_output):
-            excluded.append(it.src)
-        else:
-            kept.append(it)
-    if excluded:
-        logger.info(
-            "left out %d earlier output(s) found among the inputs (e.g. '%s')", len(excluded), excluded[0]
-        )
-    return kept, excluded
-
-
-def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
-    """The share of process ``rank`` out of ``world_size``: items ``i`` with ``i % world_size == rank``.
-
-    Every item goes to exactly one process and the shares differ in length by at most one. The split is taken
-    on the full, sorted input list (not on what is left to do), so processes that start at slightly different
-    times still agree on it.
-
-    Raises:
-        ConfigError: ``world_size < 1`` or ``rank`` outside ``[0, world_size)``.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"need 0 <= rank < world_size; got rank {rank}, world_size {world_size}")
-    return list(items[rank::world_size])
-
-
-def detect_world() -> tuple[int, int, str | None]:
-    """``(rank, world_size, device)`` of this process; ``(0, 1, None)`` unless run with several processes.
-
-    Several processes are recognised from ``WORLD_SIZE > 1`` (set by ``accelerate launch`` / ``torchrun``);
-    accelerate's ``PartialState`` then gives the rank and this process's device (e.g. ``cuda:1``).
-
-    Raises:
-        MissingExtraError: several processes but accelerate is not installed.
-    """
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    except ValueError:
-        world = 1
-    if world <= 1:
-        return 0, 1, None
-    try:
-        from accelerate import PartialState
-    except ImportError as exc:
-        raise missing_extra("accelerate", "train", "splitting `nsarm upscale` across processes") from exc
-    state = PartialState()
-    return int(state.process_index), int(state.num_processes), str(state.device)
-
-
-# ------------------------------------------------------------------------------------------------------------
 # One image
 # ------------------------------------------------------------------------------------------------------------
 
@@ -523,14 +343,6 @@ def output_suffix_for(src: Path, image: Image, ext: str) -> tuple[str, str | Non
     if not lacks:
         return suffix, None
     return ".png", f"{suffix.lstrip('.').upper()} cannot hold {' and '.join(lacks)}; written as PNG instead"
-
-
-def _resize_alpha(alpha: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of an alpha plane [H, W] to ``size_hw`` (antialiased when shrinking), clamped to [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
-    shrink = size_hw[0] < alpha.shape[0] or size_hw[1] < alpha.shape[1]
-    out = F.interpolate(t, size=size_hw, mode="bicubic", align_corners=False, antialias=shrink)
-    return np.ascontiguousarray(out[0, 0].clamp_(0.0, 1.0).numpy())
 
 
 def upscale_image(
@@ -568,7 +380,7 @@ def upscale_image(
     rgb_out = from_tensor(out)
     alpha = None
     if image.alpha is not None:
-        alpha = _resize_alpha(image.alpha, (rgb_out.shape[0], rgb_out.shape[1]))
+        alpha = resize_alpha(image.alpha, (rgb_out.shape[0], rgb_out.shape[1]))
     upscaled = Image(
         rgb=rgb_out,
         alpha=alpha,
@@ -618,29 +430,6 @@ def _remove_stale_temps(outputs: Sequence[Path]) -> int:
 # ------------------------------------------------------------------------------------------------------------
 # The batch
 # ------------------------------------------------------------------------------------------------------------
-
-
-class _InputGuard:
-    """Fast "would this output overwrite an input?" over the whole input list (paths and inode numbers)."""
-
-    def __init__(self, inputs: Sequence[Path]) -> None:
-        self._by_key = {path_key(p): p for p in inputs}
-        self._by_inode: dict[tuple[int, int], Path] = {}
-        for p in inputs:
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            self._by_inode[(st.st_dev, st.st_ino)] = p
-
-    def check(self, out: Path) -> None:
-        """Raise InputError (via :func:`ensure_not_input`) if ``out`` is one of the inputs."""
-        hit = self._by_key.get(path_key(out))
-        if hit is None and out.exists():  # hard links, case-insensitive file systems
-            st = out.stat()
-            hit = self._by_inode.get((st.st_dev, st.st_ino))
-        if hit is not None:
-            ensure_not_input(out, [hit])
 
 
 def _prompt_for(src: Path, options: UpscaleOptions) -> tuple[str | None, str, str | None]:
@@ -695,7 +484,7 @@ def upscale_files(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     items, excluded = plan_inputs(inputs, out_dir, ext=options.ext, name_suffix=options.name_suffix)
-    guard = _InputGuard([it.src for it in items])
+    guard = InputGuard([it.src for it in items])
     mine = shard(items, options.rank, options.world_size)
     planned = [
         output_path_for(
@@ -734,7 +523,7 @@ def upscale_files(
     )
 
 
-def _claim(out: Path, src: Path, guard: _InputGuard, claimed: dict[str, Path]) -> None:
+def _claim(out: Path, src: Path, guard: InputGuard, claimed: dict[str, Path]) -> None:
     """Refuse ``out`` if it is an input, or if another input of this run already writes it."""
     guard.check(out)
     owner = claimed.setdefault(path_key(out), src)
@@ -750,7 +539,7 @@ def _process_one(
     item: BatchItem,
     out: Path,
     options: UpscaleOptions,
-    guard: _InputGuard,
+    guard: InputGuard,
     claimed: dict[str, Path],
     record: ImageRecord,
 ) -> str:
@@ -788,3 +577,33 @@ def _process_one(
     )
     record.size_out = (upscaled.width, upscaled.height)
     return "done"
+
+
+def run_model_on_folder(
+    model: str | Path,
+    lr_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    scale: float = 4.0,
+    seed: int = 1,
+    device: str = "auto",
+    dtype: str = "fp32",
+) -> list[Path]:
+    """Upscale every image of ``lr_dir`` into ``out_dir`` as PNG (same relative names), resumably.
+
+    The batch behind ``nsarm evaluate --model`` and the robustness sweep's ``--sweep-method``: ``model`` is
+    anything ``nsarm upscale --model`` takes (a registered name, a model folder, or an interpolation baseline),
+    run by :func:`load_upscaler` and :func:`upscale_files`, so a baseline is the same one everywhere.
+
+    Raises:
+        InputError: some images could not be upscaled (the message lists them).
+    """
+    upscaler = load_upscaler(model, scale=scale, device=device, dtype=dtype)
+    options = UpscaleOptions(scale=scale, seed=seed, ext="png")
+    report = upscale_files(upscaler, [Path(lr_dir)], Path(out_dir), options)
+    if report.failed:
+        listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
+        raise InputError(
+            f"{len(report.failed)} image(s) of {lr_dir} could not be upscaled with {model}: {listed}"
+        )
+    return [r.output for r in report.records if r.output is not None]
