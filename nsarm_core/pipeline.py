@@ -27,6 +27,7 @@ from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.models.bsq import bsq_quantize
 from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
 from nsarm_core.models.sampler import check_tau, sample_scales
+from nsarm_core.models.text_encoder import TextEncoder
 from nsarm_core.models.transform_net import outputs_to_latent_maps
 from nsarm_core.resize import pil_bicubic, resize_to_scale
 from nsarm_core.tiling import plan_tiles, run_tiled
@@ -372,7 +373,6 @@ def _build_text_encoder(
 ) -> Any:
     if not config.transformer.use_text:
         return None
-    from nsarm_core.models.text_encoder import TextEncoder
 
     source = str(text_encoder) if text_encoder is not None else config.text_encoder
     if source is None or source == "precomputed":

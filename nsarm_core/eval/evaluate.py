@@ -24,6 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from nsarm_core import __version__
+from nsarm_core.atomic import atomic_write_text
+from nsarm_core.data.files import collect_images
+from nsarm_core.data.io import read_image
 from nsarm_core.errors import InputError
 from nsarm_core.eval.datasets import DatasetPreset, ImagePair, pair_images
 from nsarm_core.eval.metrics import (
@@ -136,7 +140,6 @@ class EvalResult:
 
 def _read_levels(path: Path) -> np.ndarray:
     """Read an image file as RGB 8-bit levels ``[H, W, 3]`` float64 (via nsarm_core.data.io)."""
-    from nsarm_core.data.io import read_image
 
     return to_8bit_levels(read_image(path).rgb)
 
@@ -188,7 +191,6 @@ def build_protocol(
     records: Sequence[ImageScores],
 ) -> dict[str, Any]:
     """The protocol block of the summary (everything a reader needs to compare numbers)."""
-    from nsarm_core import __version__
 
     uses_pyiqa = any(s.backend == "pyiqa" for s in specs)
     versions: dict[str, Any] = {
@@ -282,7 +284,6 @@ def evaluate_pairs(
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files in ``folder`` (via nsarm_core.data.files.collect_images, non-recursive, sorted)."""
-    from nsarm_core.data.files import collect_images
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -357,7 +358,6 @@ def scores_csv_text(result: EvalResult, base_dir: Path | None = None) -> str:
 
 def write_outputs(result: EvalResult, out_dir: str | Path, stem: str = "scores") -> tuple[Path, Path]:
     """Write ``<stem>.csv`` (per image) and ``<stem>.summary.json`` (means, variances, protocol) atomically."""
-    from nsarm_core.data.io import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from nsarm_core.batch.degrade import DegradeOptions, degrade_files
 from nsarm_core.batch.upscale import run_model_on_folder
+from nsarm_core.data import degrade
 from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.eval.evaluate import EvalOptions, EvalResult, evaluate_folder
 from nsarm_core.eval.metrics import PAPER_NR_METRICS, MetricSpec, get_metric
@@ -245,7 +246,6 @@ class SeverityLevel:
 
 def severity_ladder(presets: Sequence[str] = DEFAULT_LADDER) -> list[SeverityLevel]:
     """Validate preset names against ``nsarm_core.data.degrade`` and number them by increasing severity."""
-    from nsarm_core.data import degrade
 
     if not presets:
         raise ConfigError("the severity ladder needs at least one degradation preset")

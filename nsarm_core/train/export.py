@@ -24,6 +24,9 @@ from nsarm_core.models.nsarm import DEFAULT_PROMPT, NSARM, NSARMConfig
 from nsarm_core.models.transform_net import TransformNet
 from nsarm_core.models.transformer import InfinityTransformer
 from nsarm_core.scales import get_named_schedule
+from nsarm_core.train.config import load_config
+from nsarm_core.train.stage1 import load_frozen_vae
+from nsarm_core.train.stage2 import Stage2Settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,6 @@ def _find_part(path: str | Path, part: str) -> Path | None:
 
 def _load_run_stage(run_dir: Path) -> dict:
     """The ``stage:`` mapping of a run's ``config.yaml``."""
-    from nsarm_core.train.config import load_config
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -82,8 +84,6 @@ def export_nsarm_model(
         WeightsNotFoundError: the VAE weights cannot be found (a random VAE would give a useless model).
         ConfigError: parts whose geometries do not fit (from :class:`NSARMConfig`).
     """
-    from nsarm_core.train.stage1 import load_frozen_vae
-    from nsarm_core.train.stage2 import Stage2Settings
 
     run = Path(stage2_run)
     settings = Stage2Settings.from_stage(_load_run_stage(run))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from nsarm_core.data.datasets import HRFolderDataset, PairedFolderDataset
 from nsarm_core.errors import ConfigError
 from nsarm_core.models.bsq import decompose_into_residual_scales
 from nsarm_core.models.transform_net import (
@@ -93,7 +94,6 @@ class DataSettings:
 
     def make_dataset(self, pixel_size: tuple[int, int], seed: int) -> Dataset:
         """The dataset these settings describe, cropping HR to ``pixel_size``."""
-        from nsarm_core.data.datasets import HRFolderDataset, PairedFolderDataset
 
         common: dict[str, Any] = dict(
             captions=self.captions,

@@ -48,6 +48,7 @@ from nsarm_core.models.bsq import (
     teacher_forcing_inputs,
 )
 from nsarm_core.models.sampler import vae_bits_to_tokens
+from nsarm_core.models.text_encoder import TextEncoder
 from nsarm_core.models.transform_net import (
     TransformNet,
     TransformNetConfig,
@@ -248,8 +249,6 @@ class Stage2Recipe:
         if net is not None:
             models["transform_net"] = net
         if gcfg.use_text:
-            from nsarm_core.models.text_encoder import TextEncoder
-
             # Truncate captions to the transformer's text length (512 for the released models, C.3).
             self.text_encoder = TextEncoder.from_pretrained(s.text_encoder, max_length=gcfg.text_maxlen)
             models["text_encoder"] = self.text_encoder.model  # frozen; the loop moves it to the device

@@ -67,6 +67,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from nsarm_core.data.datasets import ImageStore, _crop_resize, _rng, _to_chw
+from nsarm_core.data.files import collect_images
+from nsarm_core.data.io import read_image
 from nsarm_core.errors import ConfigError, InputError, did_you_mean
 from nsarm_core.models.bsq import decompose_into_residual_scales
 from nsarm_core.models.vae import BSQVAE, VAEConfig, build_vae, load_official_vae_state_dict
@@ -181,8 +184,6 @@ class ImageCropDataset(Dataset):
         crop: str = "random",
         preload: bool = False,
     ) -> None:
-        from nsarm_core.data.datasets import ImageStore
-        from nsarm_core.data.files import collect_images
 
         self.files = collect_images([str(r) for r in roots], recursive=True)
         if not self.files:
@@ -201,7 +202,6 @@ class ImageCropDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from nsarm_core.data.datasets import _crop_resize, _rng, _to_chw
 
         path = self.files[index]
         rng = _rng(self.seed, self.epoch, index)
@@ -301,8 +301,6 @@ def evaluate_reconstruction(
     Raises:
         InputError: an empty folder or an image smaller than one window.
     """
-    from nsarm_core.data.files import collect_images
-    from nsarm_core.data.io import read_image
 
     vae_grids = grids.vae_grids if isinstance(grids, ScaleSchedule) else [tuple(g) for g in grids]
     stride = vae.config.patch_size
