@@ -1,6 +1,6 @@
 """Robust image I/O for the super-resolution tools: read, write, and convert to/from tensors.
 
-Not a paper component: this is the edge of the pipeline (``data/io.py`` in the style.md section 5 layout).
+Not a paper component: this is the edge of the pipeline (docs/architecture.md section 10, package layout).
 Images travel through nsarm as float32 arrays in [0, 1]; this module is the only place that knows about file
 formats, bit depths, alpha, colour profiles, EXIF and decompression bombs.
 
@@ -19,9 +19,25 @@ What it guarantees:
 * **Corrupt, truncated, empty and non-image files** raise :class:`~nsarm_core.errors.InputError` with a
   one-line message naming the file. Decoding is forced with ``.load()`` and ``LOAD_TRUNCATED_IMAGES`` is never
   set.
-* **Writes are atomic**: the encoder writes a hidden temporary file next to the target, which is renamed over
-  the target only when complete; on any error the temporary file is deleted. No half-written image ever
-  exists.
+* **Writes are atomic** (:mod:`nsarm_core.atomic`): the encoder writes a hidden temporary file next to the
+  target, which is renamed over the target only when complete. No half-written image ever exists.
+
+Why a small 16-bit codec is written here (checked against Pillow 13.0, the version this project pins through
+``pillow>=10.4``, tifffile 2026.3 and imageio 2.38, December 2026):
+
+* Pillow has no 16-bit RGB(A) mode: ``Image.fromarray`` refuses ``uint16 [H, W, 3]`` and ``RGB;16``/``RGB;16B``
+  are not modes, so it can neither keep 16-bit colour PNG/TIFF samples when decoding nor encode them. It does
+  16-bit *gray* exactly, which the TIFF reader below relies on.
+* imageio reads and writes PNG through Pillow, so it has the same limit.
+* tifffile writes 16-bit RGB TIFF (uncompressed or deflate) and reads uncompressed and deflate files, but LZW
+  and PackBits - the compressions most cameras and editors write - need the binary ``imagecodecs`` package. It
+  is not a dependency of this project (only the ``dev`` extra pulls it in, through scikit-image), and its writer
+  alone would save about 70 lines, so the TIFF code stays: it lets Pillow/libtiff decompress every compression
+  libtiff knows and only reassembles the samples.
+* No maintained library on the dependency list writes 16-bit RGB PNG (pypng does, in pure Python, last released
+  in 2022), hence the ~150-line zlib + numpy PNG codec.
+
+Everything else (8-bit images, palettes, CMYK, EXIF, ICC, JPEG/WebP/BMP) goes through Pillow.
 
 Only numpy and Pillow are imported at module import; torch is imported inside :func:`to_tensor` /
 :func:`from_tensor`.
