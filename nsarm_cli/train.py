@@ -1,6 +1,6 @@
 """``nsarm train-tokenizer``, ``train-base``, ``train-stage1``, ``train-stage2``, ``export-model``: training.
 
-Thin wrappers over ``nsarm_core.train`` (spec ../shared/docs/architecture.md E.4): a YAML config (a path, or the
+Thin wrappers over ``nsarm_core.train`` (spec docs/architecture.md E.4): a YAML config (a path, or the
 name of a shipped config such as ``stage1_tiny``), ``--set key=value`` overrides (``--set stage.KEY=VALUE`` for
 stage settings), then the accelerate loop. Multi-GPU runs go through ``accelerate launch``::
 

@@ -1,6 +1,6 @@
 """The NSARM super-resolution pipeline: any RGB image in, the x4 image out.
 
-Paper: NSARM (arXiv 2510.00820) Sec. 3 / Fig. 2 (inference); spec ../shared/docs/architecture.md E.3, E.7.
+Paper: NSARM (arXiv 2510.00820) Sec. 3 / Fig. 2 (inference); spec docs/architecture.md E.3, E.7.
 One native window goes LR -> VAE encoder -> transformation network -> first K_t scales (quantised) -> the
 transformer continues the remaining scales (its KV cache filled from the LR-derived scales) -> VAE decode ->
 colour fix -> HR. Images of any size and aspect ratio are cut into overlapping native windows that are

@@ -1,7 +1,6 @@
 """Resizing: every resampling filter of the project in one place, so "bicubic" means one thing per use.
 
-Not a paper component. Three filters with three reasons (docs/architecture.md section 8, colour fix and
-baselines):
+Not a paper component. Three filters with three reasons (docs/architecture.md E.7 for the colour fix):
 
 * :func:`interpolate` - the interpolation baselines (``--model bicubic``, ``nsarm evaluate --model bicubic`` and
   the robustness sweep's ``--sweep-method bicubic``): torch ``F.interpolate`` (bicubic ``a = -0.75``,

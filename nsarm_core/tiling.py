@@ -1,6 +1,6 @@
 """Tiled super-resolution: run a fixed-window upscaler over an image of any size and blend the tiles.
 
-The official NSARM only accepts a 256x256 LR input (architecture.md E.7: the transformation network has a fixed
+The official NSARM only accepts a 256x256 LR input (docs/architecture.md E.7: the transformation network has a fixed
 32x32 latent, and there is no tiling). This module lets the pipeline accept any size and aspect ratio. It cuts the
 LR image into fixed ``tile x tile`` windows that overlap, calls the model on each window, and blends the upscaled
 windows with smooth weights, so the tile borders leave no seams. The module is pure torch and knows nothing

@@ -1,7 +1,7 @@
 """Weight registry: which files each released model needs, where they come from, how they are verified and loaded.
 
-Spec: architecture.md A.7 (tokenizer files), C.11 (transformer checkpoints), E.8 (NSARM checkpoint); style.md
-section 4 item 8 (typed weight records, one overridable cache, checksums, helpful errors).
+Spec: docs/architecture.md A.7 (tokenizer files), C.11 (transformer checkpoints), E.8 (NSARM checkpoint), S.4
+item 8 (typed weight records, one overridable cache, checksums, helpful errors).
 
 A model (``ModelSpec``) is a set of files (``WeightFile``) by role: ``"checkpoint"``, ``"vae"``,
 ``"text_encoder"``, ``"config"``. A file comes from one of four sources, tried in this order by ``resolve_file``:
@@ -85,7 +85,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 """``nsarm_core/``: bundled files are relative to this folder (``assets/...``)."""
 
 NSARM_MD5 = "16905db52d64fd44c365b6a963a6598d"
-"""md5 of the official ``NSARM.pth`` after concatenating its ``NSARM_part_*`` files (architecture.md E.8)."""
+"""md5 of the official ``NSARM.pth`` after concatenating its ``NSARM_part_*`` files (docs/architecture.md E.8)."""
 
 _CHUNK = 8 * 1024 * 1024  # streaming hash / copy chunk (8 MiB): memory stays flat for 35 GB files
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -195,7 +195,7 @@ class ModelSpec:
         layout: how the files make one model: ``"official"`` (the official split: an NSARM checkpoint holding
             the transformer and ``map_transformer.*`` keys, plus the VAE file) or ``"folder"`` (our own folder:
             ``config.json`` + ``model.safetensors``, :mod:`nsarm_core.models.checkpoint`).
-        license: licence of the weights (as stated by the source; see architecture.md G).
+        license: licence of the weights (as stated by the source; see docs/architecture.md G).
         source: where the weights are published (a URL or "bundled").
         how_to_get: plain-language instructions, quoted in ``WeightsNotFoundError``.
     """
@@ -250,7 +250,7 @@ MODELS: dict[str, ModelSpec] = {
         },
         preset="nsarm-8b",
         layout="official",
-        # architecture.md G: the README says Apache 2.0 but the repo has no LICENSE file; VAE MIT, Flan-T5 Apache-2.0
+        # docs/architecture.md G: the README says Apache 2.0 but the repo has no LICENSE file; VAE MIT, Flan-T5 Apache-2.0
         license="Apache-2.0 (README only)",
         source="https://github.com/Xiangtaokong/NSARM (Google Drive / Baidu Drive, not on the Hub)",
         how_to_get=(

@@ -1,4 +1,4 @@
-"""Degradation configs, parameter sampling (probabilities of protocols.md §2.1/§2.2) and the pure ``apply``."""
+"""Degradation configs, parameter sampling (probabilities of docs/architecture.md P.2.1/P.2.2) and the pure ``apply``."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_rope_positions_every_template(manifest: dict[str, Any]) -> None:
 
 
 def test_rope_positions_reproduce_official_cos_sin_cache(parity_dir: Path) -> None:
-    """Angles from our positions with the §C.6 frequencies equal the official cache rows (1:1, 0.06M, hd 128)."""
+    """Angles from our positions with the C.6 frequencies equal the official cache rows (1:1, 0.06M, hd 128)."""
     cos_sin = load_file(str(parity_dir / "scale_schedules.rope_1x1_hd128.safetensors"))["cos_sin"]
     pos = S.rope_positions(S.get_schedule(1.0, "0.06M")).float()
     half = 64

@@ -1,7 +1,7 @@
 """The degrade batch: HR images -> LR images (+ HR targets, sidecars, a manifest), resumable and seeded per image.
 
 Not a paper component: the batch around :mod:`nsarm_core.data.degrade` (Real-ESRGAN degradation, NSARM Sec. 4.1;
-docs/architecture.md section 6) used by ``nsarm degrade`` and by the robustness sweep
+docs/architecture.md E.5, P.2) used by ``nsarm degrade`` and by the robustness sweep
 (:func:`nsarm_core.eval.robustness.run_sweep`), so both make the same LR set from the same HR images and seed.
 
 Seeding: every image gets its own seed, derived from the run seed and the image's path relative to the input

@@ -1,8 +1,8 @@
 """Batch upscaling: the layer between ``nsarm upscale photos/ --scale 4`` and the model.
 
-Not a paper component. NSARM's official inference (protocols.md section 1.1) reads a jsonl list of 256x256 crops
+Not a paper component. NSARM's official inference (docs/architecture.md P.1.1) reads a jsonl list of 256x256 crops
 and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs around any upscaler (the NSARM
-``SRPipeline`` or an :class:`InterpolationUpscaler` baseline, chosen by :func:`load_upscaler`), following protocols.md sections 4.5 and 5:
+``SRPipeline`` or an :class:`InterpolationUpscaler` baseline, chosen by :func:`load_upscaler`), following docs/architecture.md P.4.5 and P.5:
 
 * **inputs**: planned by :mod:`nsarm_core.batch.inputs` (files, folders, glob patterns; sub-folders mirrored);
 * **safety**: an input is never overwritten (a per-file refusal); writes are atomic (``write_image``), existing

@@ -1,6 +1,6 @@
 """Captions of images: the one reader of caption files, used by training and by inference alike.
 
-Not a paper component; docs/architecture.md section 6 (data) describes the official caption files. A caption
+Not a paper component; docs/architecture.md E.6 describes the official caption files. A caption
 file is JSON Lines, one object per image: ``{"image_path": ..., "long_caption": ...}`` (the official files and
 ``nsarm caption`` write ``long_caption``). One precedence rule holds everywhere: the first of
 :data:`CAPTION_FIELDS` holding a non-empty string is the caption, so the same line gives the same prompt when

@@ -1,6 +1,6 @@
 """Training datasets: HR folders degraded on the fly, and pre-made LR/HR pairs, with optional captions.
 
-Spec: ../shared/docs/architecture.md E.4 (NSARM's ``T2IIterableDataset_deg``: HR images at the schedule's pixel
+Spec: docs/architecture.md E.4 (NSARM's ``T2IIterableDataset_deg``: HR images at the schedule's pixel
 size, LANCZOS cover-resize + crop, mapped to [-1, 1], with ``long_caption`` text and a synthetic LR), E.5 (the
 Real-ESRGAN degradation, here :mod:`nsarm_core.data.degrade`), E.6 (caption JSONL: ``image_path``,
 ``long_caption``) and C.10 (Infinity's crops).

@@ -1,6 +1,6 @@
 """Real-ESRGAN second-order degradation: configs, parameter sampling and a pure ``apply``.
 
-Reference: protocols.md §2 (all parameters; §2.1 ``realesrgan``, §2.2 ``light``) and architecture.md §E.5
+Reference: docs/architecture.md P.2 (all parameters; P.2.1 ``realesrgan``, P.2.2 ``light``) and docs/architecture.md E.5
 (NSARM's ``infinity/dataset/add_deg.py`` synthesises its LR data this way). The pipeline of Real-ESRGAN's
 ``RealESRNetModel.feed_data`` is split in two pure steps:
 
@@ -313,7 +313,7 @@ _BICUBIC = DegradationConfig(
     gt_usm=False,
 )
 
-#: Named degradation models (protocols.md §2.1, §2.2; ``bicubic`` = antialiased bicubic downscale only).
+#: Named degradation models (docs/architecture.md P.2.1, P.2.2; ``bicubic`` = antialiased bicubic downscale only).
 PRESETS: dict[str, DegradationConfig] = {"realesrgan": _REALESRGAN, "light": _LIGHT, "bicubic": _BICUBIC}
 
 

@@ -1,6 +1,6 @@
 """Which files a command works on, and where its outputs go.
 
-Not a paper component: the CLI's batch plumbing (``data/`` in the style.md section 5 layout). Commands accept
+Not a paper component: the CLI's batch plumbing (``data/`` in the docs/architecture.md S.5 layout). Commands accept
 any mix of image files, folders and glob patterns; :func:`collect_images` turns them into one sorted,
 de-duplicated list of image paths, :func:`output_path_for` mirrors each input's sub-folder under the output
 folder, and :func:`ensure_not_input` refuses an output that would overwrite one of the inputs.

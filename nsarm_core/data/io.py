@@ -1,6 +1,6 @@
 """Robust image I/O for the super-resolution tools: read, write, and convert to/from tensors.
 
-Not a paper component: this is the edge of the pipeline (docs/architecture.md section 10, package layout).
+Not a paper component: this is the edge of the pipeline (docs/architecture.md S.5, package layout).
 Images travel through nsarm as float32 arrays in [0, 1]; this module is the only place that knows about file
 formats, bit depths, alpha, colour profiles, EXIF and decompression bombs.
 
@@ -22,8 +22,8 @@ What it guarantees:
 * **Writes are atomic** (:mod:`nsarm_core.atomic`): the encoder writes a hidden temporary file next to the
   target, which is renamed over the target only when complete. No half-written image ever exists.
 
-Why a small 16-bit codec is written here (checked against Pillow 13.0, the version this project pins through
-``pillow>=10.4``, tifffile 2026.3 and imageio 2.38, December 2026):
+Why a small 16-bit codec is written here (checked against Pillow 13.0, installed for ``pillow>=10.4``, tifffile
+2026.3 and imageio 2.38, in December 2026):
 
 * Pillow has no 16-bit RGB(A) mode: ``Image.fromarray`` refuses ``uint16 [H, W, 3]`` and ``RGB;16``/``RGB;16B``
   are not modes, so it can neither keep 16-bit colour PNG/TIFF samples when decoding nor encode them. It does

@@ -1,6 +1,6 @@
 """Blur kernels, 2-D filtering, USM sharpening and noise of the Real-ESRGAN degradation.
 
-Reference: protocols.md §2 / architecture.md §E.5 (Real-ESRGAN second-order degradation, used by NSARM
+Reference: docs/architecture.md P.2 / docs/architecture.md E.5 (Real-ESRGAN second-order degradation, used by NSARM
 to synthesise LR training/test data). Ported from BasicSR (Apache-2.0, XPixelGroup/BasicSR
 ``basicsr/data/degradations.py``, ``basicsr/utils/img_process_util.py``) without depending on it, cv2 or
 scipy. Every function is pure: parameters and random draws are arguments. Parity against the official

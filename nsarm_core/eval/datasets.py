@@ -1,6 +1,6 @@
 """Evaluation dataset presets (local layout + paper protocol) and SR <-> HR file pairing.
 
-NSARM Table 1 (protocols.md §1.1, §1.2, §6) evaluates on RealSR, DRealSR and RP60 ("real-world, generating
+NSARM Table 1 (docs/architecture.md P.1.1, P.1.2, P.6) evaluates on RealSR, DRealSR and RP60 ("real-world, generating
 512x512") and on DIV2K-val ("simulated, generating 1024x1024"). The datasets cannot be redistributed, so a
 preset only *describes* the expected local copy (folder and file names) and the protocol; the user points at
 it with ``--data-root``. Layouts follow the StableSR / OSEDiff benchmark copies (``test_LR`` / ``test_HR``
@@ -27,7 +27,7 @@ DEFAULT_PAIR_SUFFIX = r"(_(lr|hr|sr|gt)\d*|_x\d+|(?<=\d)x\d+)$"
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a dataset is evaluated in the paper (protocols.md §1.1–§1.2); every field is reported in the summary.
+    """How a dataset is evaluated in the paper (docs/architecture.md P.1.1–P.1.2); every field is reported in the summary.
 
     Attributes:
         lr_size: side of the stored LR crops (pixels).

@@ -1,8 +1,8 @@
 """Folder evaluation: score SR images against HR references (or alone) and write per-image CSV + summary JSON.
 
-Implements the scoring side of NSARM Table 1 (protocols.md §1.2): per-image metric values, their mean and
+Implements the scoring side of NSARM Table 1 (docs/architecture.md P.1.2): per-image metric values, their mean and
 their **per-image variance** (the paper's "Var." columns, lower = more robust). Because published numbers
-move with the protocol (protocols.md §1.2 "Protocol sensitivity"), every summary records it: metric
+move with the protocol (docs/architecture.md P.1.2 "Protocol sensitivity"), every summary records it: metric
 variants, pyiqa version, colour space, bit depth, crop border, sizes and the resize used.
 
 Shape legend: H, W = image height and width; images are RGB ``[H, W, 3]`` in 8-bit levels (see metrics.py).

@@ -1,10 +1,10 @@
 """Image-quality metrics of NSARM Table 1: a catalogue, native PSNR/SSIM and a pyiqa backend.
 
-The paper (arXiv 2510.00820, Table 1; protocols.md §1.2) reports PSNR and SSIM (full-reference, Y channel),
+The paper (arXiv 2510.00820, Table 1; docs/architecture.md P.1.2) reports PSNR and SSIM (full-reference, Y channel),
 LPIPS, NIQE and the no-reference MANIQA, MUSIQ, CLIPIQA and TOPIQ. PSNR and SSIM are implemented here
 natively with the BasicSR convention (``basicsr/metrics/psnr_ssim.py`` at commit 8d56e3a, Apache-2.0;
 parity: ``../shared/parity/degradation_kernels`` ``metrics`` and ``color`` entries). Everything else runs
-through pyiqa, an optional, non-commercially licensed extra (``pip install 'nsarm[eval]'``; protocols.md §3).
+through pyiqa, an optional, non-commercially licensed extra (``pip install 'nsarm[eval]'``; docs/architecture.md P.3).
 
 Native versus pyiqa (measured with pyiqa 0.1.16 on 4 photos, 4x bicubic SR; ``tests/test_pyiqa_backend.py``):
 pyiqa's ``psnr``/``ssim`` built with ``test_y_channel=True, color_space='ycbcr'`` differ from ours by < 1e-4 dB
@@ -233,7 +233,7 @@ _PYIQA_HF_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/ma
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One file a pyiqa metric loads; ``store`` says where it is looked for (protocols.md §3.3).
+    """One file a pyiqa metric loads; ``store`` says where it is looked for (docs/architecture.md P.3.3).
 
     ``store``: ``pyiqa`` = ``$TORCH_HOME/hub/pyiqa/<file>``; ``torchvision`` = ``$TORCH_HOME/hub/checkpoints``;
     ``clip`` = ``$TORCH_HOME/hub/clip``; ``hf`` = a Hugging Face repo in the hub cache (``$HF_HOME/hub``).

@@ -1,7 +1,7 @@
 """Robustness report: sorted-score curves (NSARM Fig. 4), sweep plots, worst images, HTML and Markdown.
 
 Fig. 4 of the paper plots, per method, the per-image composite score sorted ascending, with the global mean as a
-dashed line, and lists the Deficient / Poor / Collapse counts of Eq. 7 (protocols.md §1.5–§1.6). The HTML page
+dashed line, and lists the Deficient / Poor / Collapse counts of Eq. 7 (docs/architecture.md P.1.5–P.1.6). The HTML page
 is self-contained: plots and image thumbnails are embedded as base64 data URIs, so it can be mailed or archived
 as one file. matplotlib is imported lazily (``pip install 'nsarm[report]'``) and used through its
 object-oriented API only, so the global pyplot state and backend are never touched.

@@ -1,6 +1,6 @@
-"""Robustness analysis of NSARM §4 / Fig. 4: composite score, Eq. 7 Deficient/Poor/Collapse counts, sweeps.
+"""Robustness analysis of NSARM Sec. 4 / Fig. 4: composite score, Eq. 7 Deficient/Poor/Collapse counts, sweeps.
 
-Paper recipe (protocols.md §1.5–§1.6):
+Paper recipe (docs/architecture.md P.1.5–P.1.6):
 
 * per-image score = mean of CLIPIQA, MUSIQ/100, MANIQA and TOPIQ (every term "higher is better", ~[0, 1]);
 * Eq. 7: mu_G = the global mean of that score over **all images of all compared methods** on one dataset;

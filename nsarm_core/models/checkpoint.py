@@ -1,6 +1,7 @@
 """Reading and writing model weights: every file format, one strict key/shape report, one model-folder layout.
 
-Not a paper component; docs/architecture.md section 9 (weights) describes the files this module reads. Every
+Not a paper component; docs/architecture.md A.5, A.7, C.11 and E.8 describe the files this module reads and S.4
+item 8 the rule it implements. Every
 model class (VAE, transformation network, transformer, NSARM) and every tool that reads weights goes through
 here, so a new weight format or a better error message is added once.
 

@@ -1,7 +1,7 @@
 """BSQ-VAE tokenizer: a Flux-style convolutional autoencoder around the multi-scale BSQ of ``bsq.py``.
 
-Paper: NSARM (arXiv 2510.00820) §3 uses Infinity-8B's tokenizer unchanged; spec: ../shared/docs/architecture.md
-§A.1-A.5 (``infinity/models/bsq_vae/{vae,flux_vqgan,conv}.py``) and checklist §H.1, H.12.
+Paper: NSARM (arXiv 2510.00820) Sec. 3 uses Infinity-8B's tokenizer unchanged; spec: docs/architecture.md
+A.1-A.5 (``infinity/models/bsq_vae/{vae,flux_vqgan,conv}.py``) and checklist H.1, H.12.
 
 The module tree reproduces the official state-dict keys exactly (``encoder.conv_in.conv.weight``,
 ``encoder.down.{i}.block.{j}.norm1.norm.weight``, ``decoder.up.{i}.upsample.conv.conv.bias``, ...), so real
@@ -62,7 +62,7 @@ def norm_groups(channels: int) -> int:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Hyper-parameters of the BSQ-VAE (the official builder fixes everything but d, stride and ch_mult, §A.1).
+    """Hyper-parameters of the BSQ-VAE (the official builder fixes everything but d, stride and ch_mult, A.1).
 
     Attributes:
         codebook_dim: latent channels d (= bits per VAE position; codebook size 2^d).
@@ -168,7 +168,7 @@ def swish(x: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Building blocks (§A.2). The thin wrappers exist so the parameter names carry the official inner ``.conv`` /
+# Building blocks (A.2). The thin wrappers exist so the parameter names carry the official inner ``.conv`` /
 # ``.norm`` segment.
 # ----------------------------------------------------------------------------------------------------------
 
@@ -256,7 +256,7 @@ class _Mid(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Encoder and decoder (§A.3, §A.4)
+# Encoder and decoder (A.3, A.4)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -434,7 +434,7 @@ def build_vae(preset: str | VAEConfig) -> BSQVAE:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Loading official checkpoints (§A.5, §H.1, §H.12)
+# Loading official checkpoints (A.5, H.1, H.12)
 # ----------------------------------------------------------------------------------------------------------
 
 MASK_KEYS = ("quantizer.lfq.mask", "quantize.lfq.mask")

@@ -1,7 +1,7 @@
 """Training configuration: one frozen dataclass, loaded from YAML with ``--set key=value`` overrides.
 
-Spec: ../shared/docs/style.md section 4 item 10 (training as the accelerate idiom) and
-../shared/docs/architecture.md C.10 (Infinity's example hyper-parameters: AdamW betas (0.9, 0.97), weight
+Spec: docs/architecture.md S.4 item 10 (training as the accelerate idiom) and
+docs/architecture.md C.10 (Infinity's example hyper-parameters: AdamW betas (0.9, 0.97), weight
 decay 0.005, linear decay, grad clip 5, bf16), E.4 (NSARM's two training stages).
 
 A config file is a YAML mapping whose top-level keys are the fields of :class:`TrainConfig`; stage-specific

@@ -1,7 +1,7 @@
 """Assemble trained parts into one NSARM model folder that ``nsarm upscale --model DIR`` loads.
 
 Paper: NSARM (arXiv 2510.00820) Sec. 3 (the model = tokenizer + transformation network + transformer); spec
-../shared/docs/architecture.md E.4 (the two training stages). Training writes each part on its own:
+docs/architecture.md E.4 (the two training stages). Training writes each part on its own:
 
     tokenizer run   final/vae/             BSQVAE.save_pretrained            (nsarm train-tokenizer)
     stage-1 run     final/transform_net/   TransformNet.save_pretrained      (nsarm train-stage1, Eq. 4)

@@ -1,7 +1,7 @@
 """Stage 1 of NSARM training: the transformation network learns the HR image's first K_t residual scales.
 
 Paper: NSARM (arXiv 2510.00820) Eq. 4 and the overview figure ("Stage1: MSE Loss"); spec
-../shared/docs/architecture.md E.2-E.4. The frozen BSQ-VAE encodes the HR image to ``F_HR`` and the LR image to
+docs/architecture.md E.2-E.4. The frozen BSQ-VAE encodes the HR image to ``F_HR`` and the LR image to
 ``F_LR``; the HR latent is decomposed into residual scales (Alg. 1, ``bsq.decompose_into_residual_scales``) and
 the network ``T`` is trained so that its K_t outputs match the *continuous* residuals ``r_k`` (before BSQ) of
 the first K_t scales::

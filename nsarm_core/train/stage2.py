@@ -1,7 +1,7 @@
 """Stage 2 of NSARM training: end-to-end fine-tuning with bitwise cross-entropy on the "modified GT" labels.
 
 Paper: NSARM (arXiv 2510.00820) Alg. 2 and the overview figure ("Stage2: CE Loss", "end-to-end full-model
-fine-tuning"); spec ../shared/docs/architecture.md E.4, C.9 (bitwise self-correction), C.10 (Infinity's loss
+fine-tuning"); spec docs/architecture.md E.4, C.9 (bitwise self-correction), C.10 (Infinity's loss
 weighting). One micro-batch:
 
     F_HR, F_LR  = VAE(hr), VAE(lr)                                    frozen, fp32

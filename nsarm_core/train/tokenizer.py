@@ -1,7 +1,7 @@
 """Training our own BSQ-VAE tokenizer: reconstruction through the multi-scale BSQ, with straight-through.
 
 Paper: NSARM (arXiv 2510.00820) uses Infinity-8B's tokenizer unchanged; Infinity's tokenizer recipe (BitVAE) is
-unpublished (spec ../shared/docs/architecture.md A.6: the released ``BSQ.forward`` zeroes its losses and the
+unpublished (spec docs/architecture.md A.6: the released ``BSQ.forward`` zeroes its losses and the
 builder defaults are "not evidence of training settings"). Our small tokenizers (``vae.PRESETS["tiny-d14"]``)
 therefore follow the recipe below, with every term measured (see "Measured effect" below).
 
