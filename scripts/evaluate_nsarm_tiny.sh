@@ -32,7 +32,7 @@ for preset in realesrgan light; do
   done
 done
 
-# Robustness (protocols.md 1.6, Eq. 7) on the realesrgan set: the paper's composite uses no-reference
+# Robustness (docs/architecture.md P.1.6, Eq. 7) on the realesrgan set: the paper's composite uses no-reference
 # metrics whose weights cannot be fetched offline, so the composite here is the mean of the full-reference
 # scores that live in [0, 1] (PSNR/50, SSIM, MS-SSIM, 1 - GMSD, FSIM).
 args=()
