@@ -232,7 +232,7 @@ _PYIQA_HF_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/ma
 
 
 @dataclass(frozen=True)
-class WeightFile:
+class MetricWeightFile:
     """One file a pyiqa metric loads; ``store`` says where it is looked for (docs/architecture.md P.3.3).
 
     ``store``: ``pyiqa`` = ``$TORCH_HOME/hub/pyiqa/<file>``; ``torchvision`` = ``$TORCH_HOME/hub/checkpoints``;
@@ -264,7 +264,7 @@ class MetricSpec:
     norm_offset: float
     norm_scale: float
     norm_rule: str
-    weights: tuple[WeightFile, ...] = field(default_factory=tuple)
+    weights: tuple[MetricWeightFile, ...] = field(default_factory=tuple)
     # Smallest image side (after crop_border) the metric accepts; pyiqa fails below it with an opaque conv
     # error, so the scorer checks first (measured on pyiqa 0.1.16: ms_ssim 161 px, vif 33 px).
     min_side: int = 1
@@ -274,14 +274,14 @@ class MetricSpec:
         return self.norm_offset + self.norm_scale * np.asarray(values, dtype=np.float64)
 
 
-def _pyiqa_file(name: str) -> WeightFile:
-    return WeightFile(name, "pyiqa", _PYIQA_HF_URL.format(file=name))
+def _pyiqa_file(name: str) -> MetricWeightFile:
+    return MetricWeightFile(name, "pyiqa", _PYIQA_HF_URL.format(file=name))
 
 
-_ALEXNET = WeightFile(
+_ALEXNET = MetricWeightFile(
     "alexnet-owt-7be5be79.pth", "torchvision", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 )
-_CLIP_RN50 = WeightFile(
+_CLIP_RN50 = MetricWeightFile(
     "RN50.pt",
     "clip",
     "https://openaipublic.azureedge.net/clip/models/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
@@ -340,7 +340,7 @@ METRICS: dict[str, MetricSpec] = {
         "pyiqa maniqa-pipal (as OSEDiff/PiSA-SR; 20 random 224 crops, seeded per image)", 0.0, 1.0, "x",
         (
             _pyiqa_file("MANIQA_PIPAL-ae6d356b.pth"),
-            WeightFile("timm/vit_base_patch8_224.augreg2_in21k_ft_in1k", "hf", "https://huggingface.co/timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"),
+            MetricWeightFile("timm/vit_base_patch8_224.augreg2_in21k_ft_in1k", "hf", "https://huggingface.co/timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"),
         ),
     ),
     "topiq_nr": MetricSpec(
@@ -348,7 +348,7 @@ METRICS: dict[str, MetricSpec] = {
         0.0, 1.0, "x",
         (
             _pyiqa_file("cfanet_nr_koniq_res50-9a73138b.pth"),
-            WeightFile("timm/resnet50.a1_in1k", "hf", "https://huggingface.co/timm/resnet50.a1_in1k"),
+            MetricWeightFile("timm/resnet50.a1_in1k", "hf", "https://huggingface.co/timm/resnet50.a1_in1k"),
         ),
     ),
 }  # fmt: skip
@@ -424,7 +424,7 @@ def pyiqa_weight_dir() -> Path:
     return Path(cache) if isinstance(cache, str | Path) else _hub_dir() / TORCH_HUB_PYIQA
 
 
-def weight_locations(spec: MetricSpec) -> list[tuple[WeightFile, Path]]:
+def weight_locations(spec: MetricSpec) -> list[tuple[MetricWeightFile, Path]]:
     """Where each weight file of ``spec`` is looked for on this machine (honours TORCH_HOME / HF_HOME)."""
     hub = _hub_dir()
     out = []

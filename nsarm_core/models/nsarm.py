@@ -24,9 +24,14 @@ from torch import Tensor, nn
 
 from nsarm_core.errors import ConfigError, unknown_choice
 from nsarm_core.models import checkpoint
-from nsarm_core.models import transform_net as tn
-from nsarm_core.models import transformer as tf
-from nsarm_core.models import vae as vae_mod
+from nsarm_core.models.transform_net import TransformNet, TransformNetConfig
+from nsarm_core.models.transform_net import get_preset as transform_net_preset
+from nsarm_core.models.transform_net import load_official_state_dict as load_official_transform_net
+from nsarm_core.models.transformer import InfinityTransformer, TransformerConfig
+from nsarm_core.models.transformer import get_preset as transformer_preset
+from nsarm_core.models.transformer import load_official_state_dict as load_official_transformer
+from nsarm_core.models.vae import BSQVAE, VAEConfig, load_official_vae_state_dict
+from nsarm_core.models.vae import get_preset as vae_preset
 from nsarm_core.scales import ScaleSchedule, custom, get_schedule
 
 logger = logging.getLogger(__name__)
@@ -52,9 +57,9 @@ class NSARMConfig:
     """
 
     name: str
-    vae: vae_mod.VAEConfig
-    transformer: tf.TransformerConfig
-    transform_net: tn.TransformNetConfig
+    vae: VAEConfig
+    transformer: TransformerConfig
+    transform_net: TransformNetConfig
     schedule: ScaleSchedule
     text_encoder: str | None = None
     next_input_mode: str = "area"
@@ -152,9 +157,9 @@ class NSARMConfig:
         try:
             return cls(
                 name=str(data["name"]),
-                vae=vae_mod.VAEConfig.from_dict(data["vae"]),
-                transformer=tf.TransformerConfig(**data["transformer"]),
-                transform_net=tn.TransformNetConfig.from_dict(data["transform_net"]),
+                vae=VAEConfig.from_dict(data["vae"]),
+                transformer=TransformerConfig(**data["transformer"]),
+                transform_net=TransformNetConfig.from_dict(data["transform_net"]),
                 schedule=ScaleSchedule.from_dict(data["schedule"]),
                 text_encoder=data.get("text_encoder"),
                 next_input_mode=str(data.get("next_input_mode", "area")),
@@ -177,10 +182,10 @@ def _tiny_config() -> NSARMConfig:
     )
     return NSARMConfig(
         name="tiny",
-        vae=vae_mod.get_preset("tiny-d14"),
-        transformer=tf.get_preset("tiny"),
+        vae=vae_preset("tiny-d14"),
+        transformer=transformer_preset("tiny"),
         transform_net=replace(
-            tn.get_preset("tiny"),
+            transform_net_preset("tiny"),
             in_channels=14,
             latent_size=(8, 8),
             branch_grids=((2, 2), (4, 4), (8, 8)),
@@ -190,12 +195,12 @@ def _tiny_config() -> NSARMConfig:
     )
 
 
-def _official_8b(transformer: tf.TransformerConfig, name: str, text_encoder: str | None) -> NSARMConfig:
+def _official_8b(transformer: TransformerConfig, name: str, text_encoder: str | None) -> NSARMConfig:
     return NSARMConfig(
         name=name,
-        vae=vae_mod.get_preset("infinity-vae-d56"),
+        vae=vae_preset("infinity-vae-d56"),
         transformer=transformer,
-        transform_net=tn.get_preset("nsarm-8b"),
+        transform_net=transform_net_preset("nsarm-8b"),
         schedule=get_schedule(1.0, "1M", patchify=True),
         text_encoder=text_encoder,
     )
@@ -203,10 +208,10 @@ def _official_8b(transformer: tf.TransformerConfig, name: str, text_encoder: str
 
 PRESETS: dict[str, NSARMConfig] = {
     # The released model: Infinity-8B + its d56 VAE + Flan-T5-XL + the transformation network (spec E).
-    "nsarm-8b": _official_8b(tf.get_preset("infinity-8b"), "nsarm-8b", "google/flan-t5-xl"),
+    "nsarm-8b": _official_8b(transformer_preset("infinity-8b"), "nsarm-8b", "google/flan-t5-xl"),
     # The geometry of ../shared/parity/nsarm_infer_tiny (tiny transformer, full-size VAE and map network).
     "nsarm-parity-tiny": _official_8b(
-        tf.get_preset("tiny-parity-patchify"), "nsarm-parity-tiny", "precomputed"
+        transformer_preset("tiny-parity-patchify"), "nsarm-parity-tiny", "precomputed"
     ),
     "tiny": _tiny_config(),
     # The shipped CPU model (nsarm_core/assets/nsarm-tiny; docs/model_card.md): the tiny geometry with the
@@ -214,8 +219,8 @@ PRESETS: dict[str, NSARMConfig] = {
     "nsarm-tiny": replace(
         _tiny_config(),
         name="nsarm-tiny",
-        transformer=tf.get_preset("nsarm-tiny"),
-        transform_net=tn.get_preset("nsarm-tiny"),
+        transformer=transformer_preset("nsarm-tiny"),
+        transform_net=transform_net_preset("nsarm-tiny"),
     ),
 }
 
@@ -238,9 +243,9 @@ class NSARM(nn.Module):
     def __init__(self, config: NSARMConfig, *, init: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.vae = vae_mod.BSQVAE(config.vae)
-        self.transform_net = tn.TransformNet(config.transform_net)
-        self.transformer = tf.InfinityTransformer(config.transformer, init=init)
+        self.vae = BSQVAE(config.vae)
+        self.transform_net = TransformNet(config.transform_net)
+        self.transformer = InfinityTransformer(config.transformer, init=init)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part; ``total`` excludes the VAE, as the paper's Table 2 does (8,760 M for nsarm-8b)."""
@@ -262,10 +267,10 @@ class NSARM(nn.Module):
                 f"the NSARM checkpoint holds no '{MAP_PREFIX}*' keys: this is a plain Infinity checkpoint, not NSARM"
             )
         gpt_sd = {k: v for k, v in nsarm_state_dict.items() if not k.startswith(MAP_PREFIX)}
-        tn.load_official_state_dict(self.transform_net, map_sd, prefix=MAP_PREFIX)
-        tf.load_official_state_dict(self.transformer, gpt_sd)
+        load_official_transform_net(self.transform_net, map_sd, prefix=MAP_PREFIX)
+        load_official_transformer(self.transformer, gpt_sd)
         if vae_state_dict is not None:
-            vae_mod.load_official_vae_state_dict(self.vae, vae_state_dict, strict=True)
+            load_official_vae_state_dict(self.vae, vae_state_dict, strict=True)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (all three parts) into ``directory``."""

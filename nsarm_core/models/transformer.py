@@ -483,10 +483,6 @@ class InfinityTransformer(nn.Module):
         gss = self.shared_ada_lin(cond_BD.to(dtype)).float().reshape(-1, 1, 6, self.config.embed_dim)
         return TextContext(cond_BD=cond_BD, gss=gss, ca_text=ca_text, text_mask=mask)
 
-    def sample_cond_drop(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """bool [B]: which captions to replace by ``cfg_uncond`` this step (probability ``cond_drop_rate``)."""
-        return torch.rand(batch_size, generator=generator) < self.config.cond_drop_rate
-
     # --- positions ----------------------------------------------------------------------------------------
 
     def rope_tables(self, schedule: ScaleSchedule, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -526,7 +522,7 @@ class InfinityTransformer(nn.Module):
             x_BLC_inputs: [B, L − 1, d_vae] inputs of scales 1..K−1 (accumulated codes resized to each grid,
                 patchified with the 8B geometry, row-major tokens); the SOS is built from the text.
             schedule: the token grids of the K scales.
-            cond_drop: optional bool [B] CFG-dropout mask (see :meth:`sample_cond_drop`).
+            cond_drop: optional bool [B] CFG-dropout mask.
 
         Returns:
             logits [B, L, 2·d_vae] float32 (``[..., 2j]`` bit j = 0, ``[..., 2j+1]`` bit j = 1).
