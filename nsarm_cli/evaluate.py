@@ -17,7 +17,7 @@ from nsarm_core.errors import ConfigError
 def _print_catalogue(json_out: bool) -> None:
     from rich.table import Table
 
-    from nsarm_core.eval.datasets import PRESETS
+    from nsarm_core.eval.benchmarks import PRESETS
     from nsarm_core.eval.metrics import catalogue_rows
 
     rows = catalogue_rows()
@@ -125,7 +125,7 @@ def evaluate(
         _print_catalogue(json_out)
         return
     from nsarm_core.batch.upscale import run_model_on_folder
-    from nsarm_core.eval.datasets import get_preset, resolve_layout
+    from nsarm_core.eval.benchmarks import get_preset, resolve_layout
     from nsarm_core.eval.evaluate import EvalOptions, evaluate_folder, write_outputs
     from nsarm_core.eval.metrics import PAPER_NR_METRICS, parse_metric_list
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from nsarm_cli.main import app
 from nsarm_core.data.io import write_image
 from nsarm_core.errors import ConfigError, InputError
-from nsarm_core.eval import datasets as D
+from nsarm_core.eval import benchmarks as D
 from nsarm_core.eval import evaluate as E
 from nsarm_core.eval.metrics import psnr, ssim, to_8bit_levels
 

@@ -29,7 +29,7 @@ from nsarm_core.atomic import atomic_write_text
 from nsarm_core.data.files import collect_images
 from nsarm_core.data.io import read_image
 from nsarm_core.errors import InputError
-from nsarm_core.eval.datasets import DatasetPreset, ImagePair, pair_images
+from nsarm_core.eval.benchmarks import DatasetPreset, ImagePair, pair_images
 from nsarm_core.eval.metrics import (
     MetricSpec,
     Scorer,
@@ -237,7 +237,7 @@ def evaluate_pairs(
     """Score every pair with every metric.
 
     Args:
-        pairs: from :func:`nsarm_core.eval.datasets.pair_images`.
+        pairs: from :func:`nsarm_core.eval.benchmarks.pair_images`.
         opts: metrics and protocol options.
         preset: dataset preset, recorded in the protocol.
         on_image: progress callback ``(index, total, key)`` after each image.

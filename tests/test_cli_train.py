@@ -57,6 +57,7 @@ def _common(run: Path, hr: Path) -> list[str]:
     return ["--run-dir", str(run), *[a for s in sets for a in ("--set", s)]]
 
 
+@pytest.mark.slow  # three short trainings, an export and an upscale end to end: ~20 s on 2 loaded cores
 def test_tokenizer_stage1_stage2_export_and_upscale(tmp_path: Path) -> None:
     hr = _images(tmp_path / "hr", 4, (150, 140), 0)
     val = _images(tmp_path / "val", 2, (64, 64), 1)
