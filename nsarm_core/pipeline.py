@@ -170,15 +170,10 @@ class SRPipeline:
             raise ConfigError(f"unknown dtype {dtype!r}; valid: {list(DTYPES)}")
         path = Path(name_or_path)
         if path.is_dir():
-            model = NSARM.from_pretrained(path, weights_file=weights)
-            return cls(
-                model,
-                _build_text_encoder(model.config, text_encoder, device),
-                settings=settings,
-                device=device,
-                dtype=torch_dtype,
+            return _from_folder(
+                path, weights, text_encoder=text_encoder, settings=settings, device=device, dtype=torch_dtype,
                 offload=offload,
-            )
+            )  # fmt: skip
         return _from_registry(
             str(name_or_path),
             device=device,
@@ -414,15 +409,26 @@ def _from_registry(
         return SRPipeline(model, enc, settings=settings, device=device, dtype=dtype, offload=offload)
     # Our own models: one folder with config.json + model.safetensors.
     checkpoint = resolve_file(spec, "checkpoint", local_path=local.get("checkpoint"))
-    model = NSARM.from_pretrained(checkpoint.parent, weights_file=checkpoint)
-    return SRPipeline(
-        model,
-        _build_text_encoder(model.config, text_encoder, device),
-        settings=settings,
-        device=device,
-        dtype=dtype,
+    return _from_folder(
+        checkpoint.parent, checkpoint, text_encoder=text_encoder, settings=settings, device=device, dtype=dtype,
         offload=offload,
-    )
+    )  # fmt: skip
+
+
+def _from_folder(
+    folder: Path,
+    weights_file: str | Path | None,
+    *,
+    text_encoder: str | Path | None,
+    settings: SamplingSettings | None,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    offload: bool,
+) -> SRPipeline:
+    """A pipeline from one of our model folders (``config.json`` + ``model.safetensors``)."""
+    model = NSARM.from_pretrained(folder, weights_file=weights_file)
+    encoder = _build_text_encoder(model.config, text_encoder, device)
+    return SRPipeline(model, encoder, settings=settings, device=device, dtype=dtype, offload=offload)
 
 
 def resolve_device(device: str) -> str:

@@ -14,21 +14,13 @@ from typer.testing import CliRunner
 from nsarm_cli.main import app
 from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
 from nsarm_core.models import checkpoint
-from nsarm_core.models.nsarm import NSARM, get_preset
+from nsarm_core.models.nsarm import NSARM
 from nsarm_core.models.transform_net import TransformNet
 from nsarm_core.models.transform_net import get_preset as net_preset
 from nsarm_core.models.transformer import InfinityTransformer
 from nsarm_core.models.transformer import get_preset as gpt_preset
 from nsarm_core.models.vae import BSQVAE
 from nsarm_core.models.vae import get_preset as vae_preset
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = NSARM(get_preset("tiny"))
-    return model.save_pretrained(tmp_path_factory.mktemp("tiny"))
 
 
 def _truncated_copy(src: Path, dst: Path) -> Path:
