@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import STATE, info, out_console, print_json, progress
+from nsarm_cli._options import JsonOut, Overwrite
 
 
 def _summary_table(counts: dict[str, int], failures: list[dict[str, str]], elapsed: float, title: str) -> Any:
@@ -69,18 +70,14 @@ def degrade(
     recursive: Annotated[
         bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")
     ] = True,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Redo images whose outputs already exist.")
-    ] = False,
+    overwrite: Overwrite = False,
     device: Annotated[
         str, typer.Option("--device", help="Torch device for the degradation (cpu, cuda, cuda:1).")
     ] = "cpu",
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", help="Refuse larger images (width*height); 0 = no limit.")
     ] = 100_000_000,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")
-    ] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Degrade HR images into LR images with the Real-ESRGAN second-order model (or a milder preset).
 

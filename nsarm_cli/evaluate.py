@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import info, out_console, print_json, progress
+from nsarm_cli._options import HRFolder, JsonOut, MetricDevice
 from nsarm_core.errors import ConfigError
 
 
@@ -63,9 +64,7 @@ def evaluate(
     sr_dir: Annotated[
         Path | None, typer.Argument(help="Folder of SR images to score (omit with --model).")
     ] = None,
-    hr: Annotated[
-        Path | None, typer.Option("--hr", help="Folder of HR references (enables full-reference metrics).")
-    ] = None,
+    hr: HRFolder = None,
     metrics: Annotated[
         str | None,
         typer.Option(
@@ -108,14 +107,12 @@ def evaluate(
     allow_missing: Annotated[
         bool, typer.Option("--allow-missing", help="Score only existing pairs when SR outputs are missing.")
     ] = False,
-    device: Annotated[
-        str, typer.Option("--device", help="Device for pyiqa metrics (cpu, cuda, cuda:1).")
-    ] = "cpu",
+    device: MetricDevice = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of metrics with random crops (MANIQA).")] = 0,
     list_all: Annotated[
         bool, typer.Option("--list", help="List metrics and dataset presets, then exit.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Score SR images: PSNR/SSIM on Y (BasicSR convention) natively, LPIPS/NIQE/CLIPIQA/MUSIQ/MANIQA/TOPIQ via pyiqa.
 

@@ -6,11 +6,10 @@ Nothing is downloaded and nothing is hashed: presence is checked in the Hugging 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from nsarm_cli._console import info, out_console, print_json
+from nsarm_cli._options import JsonOut
 
 
 def _model_rows() -> list[dict[str, Any]]:
@@ -49,9 +48,7 @@ def _model_rows() -> list[dict[str, Any]]:
 
 
 def models(
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary on stdout instead of a table.")
-    ] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """List the known models: preset, licence, source, and which weight files are present locally (with paths)."""
     from nsarm_core.weights import downloads_dir, hub_cache_dir, nsarm_home

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import info, out_console, print_json, progress
+from nsarm_cli._options import HRFolder, JsonOut, MetricDevice
 from nsarm_core.errors import ConfigError
 
 
@@ -60,10 +61,7 @@ def robustness(
     thresholds: Annotated[
         str, typer.Option("--thresholds", help="Eq. 7 fractions of the global mean.")
     ] = "1.0,0.9,0.8",
-    hr: Annotated[
-        Path | None,
-        typer.Option("--hr", help="HR folder: references for SR-folder inputs; HR images for --sweep."),
-    ] = None,
+    hr: HRFolder = None,
     worst_k: Annotated[
         int, typer.Option("--worst-k", help="Worst images per method shown in the report.")
     ] = 4,
@@ -90,8 +88,8 @@ def robustness(
         Path | None, typer.Option("--work-dir", help="Where the sweep writes LR/SR images.")
     ] = None,
     crop_border: Annotated[int, typer.Option("--crop-border", help="Border cropped before PSNR/SSIM.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="Device for pyiqa metrics.")] = "cpu",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON on stdout.")] = False,
+    device: MetricDevice = "cpu",
+    json_out: JsonOut = False,
 ) -> None:
     """Robustness of SR methods as in NSARM Fig. 4: composite per-image score, global mean mu_G over all methods,
     Deficient (< mu_G), Poor (< 0.9 mu_G) and Collapse (< 0.8 mu_G) counts, per-image variance, sorted curves.
