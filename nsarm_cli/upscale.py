@@ -7,31 +7,19 @@ prints the summary. torch, numpy and PIL are imported inside the command so ``ns
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from nsarm_cli._console import STATE, err_console, info, out_console, print_json, progress, warn
-from nsarm_core.errors import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
-COLOR_FIXES = ("none", "adain", "wavelet", "both")
-EXTS = ("same", "png", "jpg", "webp", "tif")
 _TABLE_ROWS = 50  # longer batches list only the failed images in the summary table
 
 _HELP_SCALE = (
     "Output factor, any number > 0. 4 is the model's native factor; other factors resize the x4 result "
     "with bicubic (antialiased when shrinking), e.g. 2, 3 or 1.5."
 )
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
 
 
 def _size(size: tuple[int, int] | None) -> str:
@@ -161,20 +149,6 @@ def upscale(
     fails is reported and the others continue; the exit status is then 1. Under `accelerate launch` the files
     are split between the processes.
     """
-    _choice("--ext", ext, EXTS)
-    _choice("--color-fix", color_fix, COLOR_FIXES)
-    _choice("--device", device, DEVICES)
-    _choice("--dtype", dtype, DTYPES)
-    if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise ConfigError(f"--top-p must be in (0, 1]; got {top_p}")
-    if not math.isfinite(cfg):
-        raise ConfigError(f"--cfg must be finite; got {cfg}")
-    from nsarm_core.models.sampler import check_tau
-
-    check_tau(tau)
-    if tile is not None and tile < 1 or tile_overlap is not None and tile_overlap < 0:
-        raise ConfigError(f"--tile must be >= 1 and --tile-overlap >= 0; got {tile}, {tile_overlap}")
-
     from nsarm_core.batch.inputs import detect_world
     from nsarm_core.batch.upscale import UpscaleOptions, load_upscaler, upscale_files
     from nsarm_core.data.captions import load_captions

@@ -12,6 +12,8 @@ Shape legend: LR window ``[1, 3, h, w]`` in [0, 1]; latent ``[1, d, h/p, w/p]``;
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -47,6 +49,11 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def check_dtype_name(dtype: str) -> str:
+    """``dtype`` if it is ``auto`` or one of :data:`DTYPES` (``resolve_dtype`` without a device)."""
+    return dtype if dtype == "auto" else resolve_dtype(dtype, "cpu")
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Sampling options of the transformer; the defaults are NSARM's (``scripts/infer.sh``, spec E.3)."""
@@ -61,6 +68,10 @@ class SamplingSettings:
         check_tau(self.tau)
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not math.isfinite(self.cfg):
+            raise ConfigError(f"cfg must be a finite number, got {self.cfg}")
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise ConfigError(f"tile_overlap must be >= 0 LR pixels, got {self.tile_overlap}")
         if self.color_fix not in COLOR_FIX_MODES:
             raise ConfigError(f"unknown colour fix {self.color_fix!r}; valid: {list(COLOR_FIX_MODES)}")
 
@@ -431,8 +442,33 @@ def _from_folder(
     return SRPipeline(model, encoder, settings=settings, device=device, dtype=dtype, offload=offload)
 
 
+def pipeline_settings(
+    sampling: Mapping[str, Any] | None = None, color_fix: str | None = None, tile_overlap: int | None = None
+) -> SamplingSettings:
+    """The :class:`SamplingSettings` of :func:`load_pipeline`'s options (validated: tau, top_p, cfg, colour fix,
+    overlap), so a caller can check them before loading a model."""
+    settings = SamplingSettings(**dict(sampling or {}))
+    if color_fix is not None:
+        settings = replace(settings, color_fix=color_fix)
+    if tile_overlap is not None:
+        settings = replace(settings, tile_overlap=int(tile_overlap))
+    return settings
+
+
+def check_device_name(device: str) -> str:
+    """``device`` if it names a device nsarm runs on (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
+
+    Raises:
+        ConfigError: any other name.
+    """
+    if device not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", device):
+        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda if available, else mps if available, else cpu; explicit names are checked."""
+    check_device_name(device)
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -443,8 +479,6 @@ def resolve_device(device: str) -> str:
         raise ConfigError("--device cuda requested but no CUDA device is available; use --device cpu")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("--device mps requested but MPS is not available; use --device cpu")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps")
     return device
 
 
@@ -468,11 +502,7 @@ def load_pipeline(
     CPU between uses) on CUDA only. ``tile`` must equal the model's native LR window when given (the window is
     fixed by the architecture).
     """
-    settings = SamplingSettings(**dict(sampling or {}))
-    if color_fix is not None:
-        settings = replace(settings, color_fix=color_fix)
-    if tile_overlap is not None:
-        settings = replace(settings, tile_overlap=int(tile_overlap))
+    settings = pipeline_settings(sampling, color_fix, tile_overlap)
     device = resolve_device(device)
     pipe = SRPipeline.from_pretrained(
         model,

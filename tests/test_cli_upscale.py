@@ -75,11 +75,14 @@ def test_refuses_to_overwrite_inputs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--ext", "gif"], "--ext must be one of"),
+        (["--ext", "gif"], "unknown output format 'gif'"),
         (["--scale", "0"], "scale must be a number > 0"),
-        (["--color-fix", "hue"], "--color-fix must be one of"),
-        (["--top-p", "1.5"], "--top-p"),
-        (["--device", "tpu"], "--device must be one of"),
+        (["--color-fix", "hue"], "unknown colour fix 'hue'"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--cfg", "inf"], "cfg must be a finite number"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["--tile-overlap", "-1"], "tile_overlap must be >= 0"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

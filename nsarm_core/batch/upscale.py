@@ -46,7 +46,14 @@ from nsarm_core.data.captions import CaptionIndex
 from nsarm_core.data.files import output_path_for, path_key
 from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, from_tensor, read_image, to_tensor, write_image
 from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError
-from nsarm_core.pipeline import Upscaler, UpscaleResult, load_pipeline
+from nsarm_core.pipeline import (
+    Upscaler,
+    UpscaleResult,
+    check_device_name,
+    check_dtype_name,
+    load_pipeline,
+    pipeline_settings,
+)
 from nsarm_core.resize import INTERPOLATION_MODES, interpolate, resize_alpha, resize_to_scale
 
 logger = logging.getLogger(__name__)
@@ -146,6 +153,12 @@ def load_upscaler(
     ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
     interpolation step; any other factor is x4 plus the batch's final resize, as for a model.
     """
+    # Every option is checked here, for a baseline too, so a typo fails the same way whatever the model.
+    pipeline_settings(sampling, color_fix, tile_overlap)
+    check_device_name(device)
+    check_dtype_name(dtype)
+    if tile is not None and tile < 1:
+        raise ConfigError(f"tile must be >= 1 LR pixels, got {tile}")
     name = str(model)
     if name in INTERPOLATION_MODES:
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
