@@ -97,8 +97,8 @@ class UpscaleResult:
 class Upscaler(Protocol):
     """Anything that super-resolves one RGB image by a fixed native factor.
 
-    Implemented by ``nsarm_core.pipeline.SRPipeline`` (NSARM; tiles internally, so any H, W) and
-    :class:`BicubicUpscaler`.
+    Implemented by :class:`SRPipeline` (NSARM; tiles internally, so any H, W) and the interpolation baselines
+    (``nsarm_core.batch.upscale.InterpolationUpscaler``).
     """
 
     native_scale: int
