@@ -130,7 +130,7 @@ def test_tokenizer_stage1_stage2_export_and_upscale(tmp_path: Path) -> None:
 
 
 def test_config_names_and_errors(tmp_path: Path) -> None:
-    from nsarm_cli.train import resolve_config
+    from nsarm_core.train.run import resolve_config
 
     assert resolve_config("stage1_tiny", "stage1").name == "stage1_tiny.yaml"
     assert resolve_config(None, "stage2").name == "stage2_tiny.yaml"
@@ -172,6 +172,6 @@ def test_shipped_tiny_configs_fit_the_nsarm_tiny_geometry(name: str) -> None:
 
 
 def resolve_shipped(name: str) -> Path:
-    from nsarm_cli.train import shipped_config_dir
+    from nsarm_core.train.run import shipped_config_dir
 
     return shipped_config_dir() / f"{name}.yaml"
