@@ -198,7 +198,7 @@ def test_cli_evaluate_preset_and_errors(tmp_path: Path, monkeypatch: pytest.Monk
         for p in sorted(Path(lr_dir).glob("*.png")):
             write_image(Path(out_dir) / p.name, _rgb(int(p.stem[8]), 32, 32))
 
-    monkeypatch.setattr("nsarm_core.batch.upscale.run_model_on_folder", run_model_on_folder)
+    monkeypatch.setattr("nsarm_core.eval.run.run_model_on_folder", run_model_on_folder)
     r = runner.invoke(app, ["evaluate", "--model", "fake", "--preset", "RealSR", "--data-root", str(root),
                             "-o", str(tmp_path / "m"), "--json"])  # fmt: skip
     assert r.exit_code == 0, _error_text(r)
