@@ -32,7 +32,7 @@ from nsarm_core.models.transformer import get_preset as transformer_preset
 from nsarm_core.models.transformer import load_official_state_dict as load_official_transformer
 from nsarm_core.models.vae import BSQVAE, VAEConfig, load_official_vae_state_dict
 from nsarm_core.models.vae import get_preset as vae_preset
-from nsarm_core.scales import ScaleSchedule, custom, get_schedule
+from nsarm_core.scales import ScaleSchedule, custom, get_named_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,8 @@ def _official_8b(transformer: TransformerConfig, name: str, text_encoder: str | 
         vae=vae_preset("infinity-vae-d56"),
         transformer=transformer,
         transform_net=transform_net_preset("nsarm-8b"),
-        schedule=get_schedule(1.0, "1M", patchify=True),
+        # the 1:1 template at 1M with patchify, under its registered name (the training configs use it)
+        schedule=get_named_schedule("sr-1024"),
         text_encoder=text_encoder,
     )
 
