@@ -48,10 +48,10 @@ def _lr_image(size: int) -> torch.Tensor:
 
 
 def measure(model: str, dtype: str, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
-    from nsarm_core.pipeline import load_pipeline
+    from nsarm_core.batch.upscale import load_upscaler
 
     t0 = time.perf_counter()
-    upscaler = load_pipeline(model, device="cpu", dtype=dtype)
+    upscaler = load_upscaler(model, device="cpu", dtype=dtype)
     load_s = time.perf_counter() - t0
     rows = []
     for size in sizes:

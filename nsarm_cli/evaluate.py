@@ -11,13 +11,13 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import info, out_console, print_json, progress, warn
-from nsarm_core.errors import ConfigError
+from nsarm_cli._options import HRFolder, JsonOut, MetricDevice
 
 
 def _print_catalogue(json_out: bool) -> None:
     from rich.table import Table
 
-    from nsarm_core.eval.datasets import PRESETS
+    from nsarm_core.eval.benchmarks import PRESETS
     from nsarm_core.eval.metrics import catalogue_rows
 
     rows = catalogue_rows()
@@ -63,9 +63,7 @@ def evaluate(
     sr_dir: Annotated[
         Path | None, typer.Argument(help="Folder of SR images to score (omit with --model).")
     ] = None,
-    hr: Annotated[
-        Path | None, typer.Option("--hr", help="Folder of HR references (enables full-reference metrics).")
-    ] = None,
+    hr: HRFolder = None,
     metrics: Annotated[
         str | None,
         typer.Option(
@@ -108,9 +106,7 @@ def evaluate(
     allow_missing: Annotated[
         bool, typer.Option("--allow-missing", help="Score only existing pairs when SR outputs are missing.")
     ] = False,
-    device: Annotated[
-        str, typer.Option("--device", help="Device for pyiqa metrics (cpu, cuda, cuda:1).")
-    ] = "cpu",
+    device: MetricDevice = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of metrics with random crops (MANIQA).")] = 0,
     max_pixels: Annotated[
         int,
@@ -121,7 +117,7 @@ def evaluate(
     list_all: Annotated[
         bool, typer.Option("--list", help="List metrics and dataset presets, then exit.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Score SR images: PSNR/SSIM on Y (BasicSR convention) and NIQE natively, LPIPS/CLIPIQA/MUSIQ/MANIQA/TOPIQ via pyiqa.
 
@@ -130,69 +126,29 @@ def evaluate(
     if list_all:
         _print_catalogue(json_out)
         return
-    from nsarm_core.eval.datasets import get_preset, resolve_layout
-    from nsarm_core.eval.evaluate import EvalOptions, evaluate_folder, run_model, write_outputs
-    from nsarm_core.eval.metrics import PAPER_NR_METRICS, parse_metric_list
+    from nsarm_core.eval.evaluate import json_safe
+    from nsarm_core.eval.run import EvaluationRequest, run_evaluation
 
-    ds = get_preset(preset) if preset else None
-    layout = None
-    if ds is not None:
-        if data_root is None:
-            raise ConfigError(
-                f"--preset {ds.name} needs --data-root pointing at your local copy ({ds.source})"
-            )
-        layout = resolve_layout(ds, data_root)
-    elif data_root is not None:
-        raise ConfigError(
-            "--data-root is only used with --preset; pass --hr / --lr folders directly otherwise"
-        )
-    hr_dir = hr or (layout.hr_dir if layout else None)
-    lr_dir = lr or (layout.lr_dir if layout else None)
-
-    if model is not None:
-        if lr_dir is None:
-            raise ConfigError("--model needs an LR folder: pass --lr DIR or --preset with --data-root")
-        if sr_dir is not None:
-            raise ConfigError("give either SR_DIR or --model (which writes its own SR folder), not both")
-        out = out or Path(f"nsarm_eval_{model.replace('/', '_')}")
-        sr_dir = out / "sr"
-        info(f"running {model} on {lr_dir} -> {sr_dir}")
-        sr_dir = run_model(model, lr_dir, sr_dir)
-    if sr_dir is None:
-        raise ConfigError("give the folder of SR images to score (SR_DIR), or --model with --lr / --preset")
-    out = out or sr_dir.resolve().parent / f"{sr_dir.resolve().name}_eval"
-
-    names = metrics or ("psnr,ssim" if hr_dir is not None else ",".join(PAPER_NR_METRICS))
-    specs = parse_metric_list(names)
-    proto = ds.protocol if ds else None
-    opts = EvalOptions(
-        metrics=tuple(s.name for s in specs),
-        crop_border=crop_border if crop_border is not None else (proto.crop_border if proto else 0),
-        resize_sr=resize_sr if resize_sr is not None else (proto.resize_sr if proto else False),
-        eval_size=eval_size if eval_size is not None else (proto.eval_size if proto else None),
-        device=device,
-        seed=seed,
-        max_pixels=max_pixels,
-    )
+    request = EvaluationRequest(
+        sr_dir=sr_dir, hr=hr, lr=lr, preset=preset, data_root=data_root, model=model, out=out, metrics=metrics,
+        crop_border=crop_border, resize_sr=resize_sr, eval_size=eval_size, allow_missing=allow_missing,
+        device=device, seed=seed, max_pixels=max_pixels,
+    )  # fmt: skip
     with progress(transient=True) as bar:
         task = bar.add_task("scoring", total=None, status="")
-        result = evaluate_folder(
-            sr_dir, hr_dir, opts, preset=ds, strict=not allow_missing,
-            on_image=lambda i, n, key: bar.update(task, completed=i, total=n, status=key),
-        )  # fmt: skip
-    for failure in result.failures:
+        run = run_evaluation(
+            request, on_image=lambda i, n, key: bar.update(task, completed=i, total=n, status=key)
+        )
+    for failure in run.result.failures:
         warn(f"not scored: {failure.reason}")
-    if not result.records:
-        warn(f"none of the {len(result.failures)} image(s) could be scored; nothing written")
+    if run.csv_path is None:
+        warn(f"none of the {len(run.result.failures)} image(s) could be scored; nothing written")
         raise typer.Exit(1)
-    csv_path, json_path = write_outputs(result, out)
-    summary = result.summary()
+    summary = run.result.summary()
     if json_out:
-        from nsarm_core.eval.evaluate import json_safe
-
-        print_json(json_safe(summary | {"csv": str(csv_path), "summary_json": str(json_path)}))
+        print_json(json_safe(summary | {"csv": str(run.csv_path), "summary_json": str(run.json_path)}))
     else:
-        out_console.print(summary_table(summary, f"{sr_dir} ({len(result.records)} images)"))
-        info(f"per-image scores: {csv_path}\nsummary + protocol: {json_path}")
-    if result.failures:  # the good pairs are scored and written; the run is still incomplete
+        out_console.print(summary_table(summary, f"{run.sr_dir} ({len(run.result.records)} images)"))
+        info(f"per-image scores: {run.csv_path}\nsummary + protocol: {run.json_path}")
+    if run.result.failures:  # the good pairs are scored and written; the run is still incomplete
         raise typer.Exit(1)

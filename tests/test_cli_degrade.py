@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from nsarm_cli.degrade import image_seed
 from nsarm_cli.main import app
+from nsarm_core.batch.degrade import image_seed
 from nsarm_core.data.degrade import DegradationParams
 
 runner = CliRunner()
@@ -152,7 +152,7 @@ def test_config_file_and_bad_options(tmp_path):
     r = _run(str(src), str(tmp_path / "o2"), "--config", str(cfg))
     assert r.exit_code == 2 and "noise_range" in r.output
     r = _run(str(src), str(tmp_path / "o3"), "--preset", "realesrgn")
-    assert r.exit_code == 2 and "did you mean 'realesrgan'" in r.output
+    assert r.exit_code == 2 and "Did you mean 'realesrgan'" in r.output
     r = _run(str(tmp_path / "nope"), str(tmp_path / "o4"))
     assert r.exit_code == 2 and "not found" in r.output
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +12,8 @@ from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from nsarm_cli.main import app
+from nsarm_core.batch.upscale import InterpolationUpscaler
 from nsarm_core.data.io import Image, read_image, write_image
-from nsarm_core.upscale import BicubicUpscaler
 
 runner = CliRunner()
 
@@ -77,11 +75,14 @@ def test_refuses_to_overwrite_inputs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--ext", "gif"], "--ext must be one of"),
+        (["--ext", "gif"], "unknown output format 'gif'"),
         (["--scale", "0"], "scale must be a number > 0"),
-        (["--color-fix", "hue"], "--color-fix must be one of"),
-        (["--top-p", "1.5"], "--top-p"),
-        (["--device", "tpu"], "--device must be one of"),
+        (["--color-fix", "hue"], "unknown colour fix 'hue'"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--cfg", "inf"], "cfg must be a finite number"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["--tile-overlap", "-1"], "tile_overlap must be >= 0"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -100,18 +101,20 @@ def test_pipeline_options_are_passed_through(tmp_path: Path, monkeypatch: pytest
     seen: dict[str, Any] = {}
     prompts: list[str | None] = []
 
-    class Fake(BicubicUpscaler):
+    class Fake(InterpolationUpscaler):
+        """Reports the prompt it used as SRPipeline does: the given one, else its config's default_prompt."""
+
         def upscale(self, rgb: Any, *, seed: int, prompt: str | None) -> Any:
             prompts.append(prompt)
-            return super().upscale(rgb, seed=seed, prompt=prompt)
+            result = super().upscale(rgb, seed=seed, prompt=prompt)
+            result.settings["prompt"] = prompt or "the model's own default_prompt"
+            return result
 
     def load_pipeline(model: str, **kwargs: Any) -> Fake:
         seen.update(kwargs, model=model)
-        return Fake(4)
+        return Fake("bicubic", 4)
 
-    monkeypatch.setitem(
-        sys.modules, "nsarm_core.pipeline", types.SimpleNamespace(load_pipeline=load_pipeline)
-    )
+    monkeypatch.setattr("nsarm_core.batch.upscale.load_pipeline", load_pipeline)
     _write(tmp_path / "in" / "a.png")
     _write(tmp_path / "in" / "b.png", seed=1)
     caps = tmp_path / "caps.jsonl"
@@ -120,41 +123,35 @@ def test_pipeline_options_are_passed_through(tmp_path: Path, monkeypatch: pytest
     res = _run(
         str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--model", "nsarm-8b", "--weights", str(weights),
         "--seed", "5", "--tau", "0.7", "--top-p", "0.9", "--cfg", "2", "--color-fix", "adain", "--tile", "64",
-        "--tile-overlap", "8", "--device", "cpu", "--dtype", "bf16", "--captions", str(caps), "--json",
+        "--tile-overlap", "8", "--device", "cpu", "--dtype", "bf16", "--captions", str(caps), "--fidelity", "0.25",
+        "--json",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert seen == {
         "model": "nsarm-8b", "device": "cpu", "dtype": "bf16", "weights": weights, "vae_weights": None,
         "text_encoder": None, "sampling": {"tau": 0.7, "top_p": 0.9, "cfg": 2.0}, "color_fix": "adain",
-        "tile": 64, "tile_overlap": 8,
+        "tile": 64, "tile_overlap": 8, "fidelity": 0.25,
     }  # fmt: skip
-    assert prompts == ["a red boat", "A high-definition image with harmonious colors and rich details."]
+    # The bug: the command sent a prompt of its own, so the model's default_prompt (config.json) was never used.
+    assert prompts == ["a red boat", None]
     records = json.loads(res.stdout)["records"]
     assert [r["seed"] for r in records] == [5, 5] and records[1]["prompt_source"] == "default"
+    assert records[1]["prompt"] == "the model's own default_prompt"
     assert "no caption" in res.stderr
 
 
 def test_default_tile_options_are_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def load_pipeline(model: str, **kwargs: Any) -> BicubicUpscaler:
+    def load_pipeline(model: str, **kwargs: Any) -> InterpolationUpscaler:
         seen.update(kwargs, model=model)
-        return BicubicUpscaler(4)
+        return InterpolationUpscaler("bicubic", 4)
 
-    monkeypatch.setitem(
-        sys.modules, "nsarm_core.pipeline", types.SimpleNamespace(load_pipeline=load_pipeline)
-    )
+    monkeypatch.setattr("nsarm_core.batch.upscale.load_pipeline", load_pipeline)
     _write(tmp_path / "a.png")
     assert _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "o")).exit_code == 0
     assert seen["model"] == "nsarm-tiny" and seen["tile"] is None and seen["tile_overlap"] is None
     assert seen["sampling"] == {"tau": 0.5, "top_p": 0.97, "cfg": 1.0} and seen["color_fix"] == "both"
-
-
-def test_missing_pipeline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "nsarm_core.pipeline", None)  # import fails as if the module were absent
-    _write(tmp_path / "a.png")
-    res = _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"))
-    assert res.exit_code == 2 and "--model bicubic" in res.output
 
 
 def test_strip_metadata_flag(tmp_path: Path) -> None:
@@ -184,18 +181,14 @@ def test_help_names_the_weight_options_and_scale_resize() -> None:
 def test_interrupt_exits_130_and_rerun_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
-    class Interrupting(BicubicUpscaler):
+    class Interrupting(InterpolationUpscaler):
         def upscale(self, rgb: Any, *, seed: int, prompt: str | None) -> Any:
             calls.append(seed)
             if len(calls) == 2:
                 raise KeyboardInterrupt
             return super().upscale(rgb, seed=seed, prompt=prompt)
 
-    monkeypatch.setitem(
-        sys.modules,
-        "nsarm_core.pipeline",
-        types.SimpleNamespace(load_pipeline=lambda m, **k: Interrupting(4)),
-    )
+    monkeypatch.setattr("nsarm_core.batch.upscale.load_pipeline", lambda m, **k: Interrupting("bicubic", 4))
     for i in range(3):
         _write(tmp_path / "in" / f"{i}.png", seed=i)
     args = [str(tmp_path / "in"), "-o", str(tmp_path / "o")]

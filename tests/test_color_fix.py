@@ -13,16 +13,14 @@ from nsarm_core.color_fix import (
     adain_color_fix,
     adaptive_instance_normalization,
     calc_mean_std,
-    color_adjust_pil,
     color_fix,
-    resize_lr_like_official,
     wavelet_blur,
     wavelet_color_fix,
     wavelet_decomposition,
     wavelet_reconstruction,
 )
 from nsarm_core.errors import ConfigError, InputError
-from tests.parity import load_manifest, load_tensors
+from tests.parity import color_adjust_pil, load_manifest, load_tensors, resize_lr_like_official
 
 FIXTURE = "color_fix"
 TENSOR_TOL = 1e-6  # manifest tolerances: tensor abs 1e-6, uint8 |diff| <= 1

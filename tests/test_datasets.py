@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from nsarm_core.data.datasets import Captions, HRFolderDataset, PairedFolderDataset, load_caption_jsonl
+from nsarm_core.data.captions import load_captions
+from nsarm_core.data.datasets import HRFolderDataset, PairedFolderDataset
 from nsarm_core.errors import ConfigError, InputError
 
 
@@ -113,16 +114,16 @@ def test_caption_loader_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image_path": "a.png", "long_caption": "x"}\nnot json\n')
     with pytest.raises(InputError, match="bad.jsonl:2"):
-        load_caption_jsonl(bad)
+        load_captions(bad)
     bad.write_text('{"long_caption": "x"}\n')
     with pytest.raises(InputError, match="image_path"):
-        load_caption_jsonl(bad)
+        load_captions(bad)
     with pytest.raises(InputError, match="does not exist"):
-        load_caption_jsonl(tmp_path / "missing.jsonl")
+        load_captions(tmp_path / "missing.jsonl")
     good = tmp_path / "d" / "g.jsonl"
     good.parent.mkdir()
     good.write_text('{"image_path": "rel/a.png", "text": "t"}\n')
-    assert Captions.load(good.parent).get(tmp_path / "d" / "rel" / "a.png") == "t"  # relative to the JSONL
+    assert load_captions(good.parent).lookup(tmp_path / "d" / "rel" / "a.png") == "t"  # relative to the JSONL
 
 
 def test_bad_hr_config(hr_folder: Path) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,8 @@ from typer.testing import CliRunner
 
 from nsarm_cli.main import app
 from nsarm_core.data.io import write_image
-from nsarm_core.errors import ConfigError, InputError, NSARMError
-from nsarm_core.eval import datasets as D
+from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.eval import benchmarks as D
 from nsarm_core.eval import evaluate as E
 from nsarm_core.eval.metrics import psnr, ssim, to_8bit_levels
 
@@ -161,22 +159,6 @@ def test_no_reference_with_injected_scorer_and_eval_size(tmp_path: Path) -> None
     assert res.protocol["preset"]["name"] == "RP60"
 
 
-def test_run_model_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "nsarm_core.pipeline", None)  # pipeline unavailable
-    with pytest.raises(NSARMError, match="run_model_on_folder"):
-        E.run_model("nsarm-8b", tmp_path, tmp_path / "out")
-    calls = []
-    fake = types.ModuleType("nsarm_core.pipeline")
-
-    def run_model_on_folder(model, lr_dir, out_dir, **opts):
-        calls.append((model, lr_dir, out_dir, opts))
-
-    fake.run_model_on_folder = run_model_on_folder
-    monkeypatch.setitem(sys.modules, "nsarm_core.pipeline", fake)
-    assert E.run_model("m", tmp_path, tmp_path / "out", seed=1) == tmp_path / "out"
-    assert calls == [("m", tmp_path, tmp_path / "out", {"seed": 1})]
-
-
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -212,15 +194,13 @@ def test_cli_evaluate_preset_and_errors(tmp_path: Path, monkeypatch: pytest.Monk
     assert data["protocol"]["resize"]["n_resized"] == 2 and data["protocol"]["preset"]["name"] == "RealSR"
     r = runner.invoke(app, [*args[:-1], "--no-resize-sr"])
     assert r.exit_code != 0 and "size mismatch" in _error_text(r)
-    # --model: the hook writes SR images, then they are scored
-    fake = types.ModuleType("nsarm_core.pipeline")
 
+    # --model: the hook writes SR images, then they are scored
     def run_model_on_folder(model, lr_dir, out_dir, **opts):
         for p in sorted(Path(lr_dir).glob("*.png")):
             write_image(Path(out_dir) / p.name, _rgb(int(p.stem[8]), 32, 32))
 
-    fake.run_model_on_folder = run_model_on_folder
-    monkeypatch.setitem(sys.modules, "nsarm_core.pipeline", fake)
+    monkeypatch.setattr("nsarm_core.eval.run.run_model_on_folder", run_model_on_folder)
     r = runner.invoke(app, ["evaluate", "--model", "fake", "--preset", "RealSR", "--data-root", str(root),
                             "-o", str(tmp_path / "m"), "--json"])  # fmt: skip
     assert r.exit_code == 0, _error_text(r)

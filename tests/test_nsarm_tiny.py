@@ -47,6 +47,7 @@ def test_bundled_weights_match_the_registered_checksum_and_preset() -> None:
     assert config.schedule.token_grids == preset.schedule.token_grids and config.text_encoder is None
 
 
+@pytest.mark.slow  # the README command on every example photo: ~45 s on 2 loaded cores
 def test_readme_main_command_upscales_the_examples_offline(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(ROOT)

@@ -24,7 +24,8 @@ NET = {
 }  # fmt: skip
 
 
-pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+# slow: a few dozen training steps per stage (NSARM_SLOW=1 or -m slow; run by .ci/run)
+pytestmark = [pytest.mark.usefixtures("fresh_accelerate_state"), pytest.mark.slow]
 
 
 @pytest.fixture()

@@ -311,9 +311,14 @@ def test_peer_name_works_wherever_a_model_name_does(tiny_peer: dict[str, object]
     from PIL import Image
 
     from nsarm_cli.main import app
-    from nsarm_core.pipeline import load_pipeline, run_model_on_folder
+    from nsarm_core.batch.upscale import load_upscaler, run_model_on_folder
+    from nsarm_core.pipeline import load_pipeline
 
-    assert isinstance(load_pipeline("realesrgan-x4plus", device="cpu", dtype="auto"), P.PeerUpscaler)
+    assert isinstance(load_upscaler("realesrgan-x4plus", device="cpu", dtype="auto"), P.PeerUpscaler)
+    with pytest.raises(ConfigError, match="peer model"):  # the NSARM loader names the loader to use instead
+        load_pipeline("realesrgan-x4plus", device="cpu")
+    with pytest.raises(ConfigError, match="--fidelity applies to NSARM models"):
+        load_upscaler("realesrgan-x4plus", device="cpu", fidelity=0.5)
     lr = tmp_path / "lr"
     lr.mkdir()
     rng = np.random.default_rng(0)

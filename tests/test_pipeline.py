@@ -23,10 +23,9 @@ from typer.testing import CliRunner
 
 from nsarm_core import weights as W
 from nsarm_core.errors import ChecksumError, WeightsNotFoundError
-from nsarm_core.models.nsarm import NSARM, get_preset
-from nsarm_core.pipeline import SRPipeline, load_pipeline
+from nsarm_core.models.nsarm import NSARM
+from nsarm_core.pipeline import SRPipeline, UpscaleResult, load_pipeline
 from nsarm_core.tiling import TilePlan, plan_tiles
-from nsarm_core.upscale import UpscaleResult
 
 WINDOW = 64  # the tiny preset's native LR window
 SCALE = 4
@@ -37,15 +36,6 @@ SEAM_BOUND = 1.5  # max |difference| across a tile border / mean |difference| ov
 # --------------------------------------------------------------------------------------------- fixtures
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight tiny NSARM saved with save_pretrained (seeded init; the global RNG state is restored)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = NSARM(get_preset("tiny"))
-    return model.save_pretrained(tmp_path_factory.mktemp("nsarm_tiny"))
 
 
 @pytest.fixture(scope="module")

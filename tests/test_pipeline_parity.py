@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from nsarm_core.color_fix import color_adjust_pil, color_fix
+from nsarm_core.color_fix import color_fix
 from nsarm_core.models import transformer as tf
 from nsarm_core.models import vae as vae_mod
 from nsarm_core.models.bsq import bsq_quantize
 from nsarm_core.models.nsarm import NSARM, get_preset
 from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
-from tests.parity import load_manifest, load_tensors, official_state_dict
+from tests.parity import color_adjust_pil, load_manifest, load_tensors, official_state_dict
 
 NAME = "nsarm_infer_tiny"
 
@@ -117,7 +117,8 @@ def test_nsarm_sampler_parity_with_replay(fixture) -> None:
 @torch.no_grad()
 def test_nsarm_pipeline_window_reproduces_official_images(fixture, parity_dir) -> None:
     """Full chain: map network, sampler (free-running, tau 1e-8), decode, colour fix; PNGs within 1 level."""
-    from nsarm_core.pipeline import SamplingSettings, SRPipeline, pil_bicubic
+    from nsarm_core.pipeline import SamplingSettings, SRPipeline
+    from nsarm_core.resize import pil_bicubic
 
     manifest, t = fixture
     config = get_preset("nsarm-parity-tiny")

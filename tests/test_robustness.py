@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from typer.testing import CliRunner
 
 from nsarm_cli.main import app
 from nsarm_core.data.io import write_image
-from nsarm_core.errors import ConfigError, InputError, NSARMError
+from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.eval import robustness as R
 from nsarm_core.eval.evaluate import EvalResult, ImageScores
 
@@ -106,34 +105,72 @@ def test_analyse_worst_and_dict() -> None:
     assert [t["value"] for t in d["thresholds"]] == pytest.approx([0.7375, 0.66375, 0.59])
 
 
-def test_sweep_bicubic_two_levels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_bicubic_two_levels(tmp_path: Path) -> None:
     from skimage import data
 
     hr_dir = tmp_path / "hr"
-    write_image(hr_dir / "astro.png", data.astronaut()[100:166, 150:214])  # 66x64 -> cropped to 64x64
+    write_image(hr_dir / "astro.png", data.astronaut()[100:166, 150:214])  # 66x64 -> trimmed to 64x64
     ladder = R.severity_ladder(["bicubic", "light"])
     with pytest.raises(ConfigError):
         R.severity_ladder(["bicubic", "nope"])
+    bicubic = R.model_method("bicubic")
     sw = R.run_sweep(
-        sorted(hr_dir.glob("*.png")), ladder, R.bicubic_method, "bicubic", tmp_path / "w", scale=4, seed=0
+        sorted(hr_dir.glob("*.png")), ladder, bicubic, "bicubic", tmp_path / "w", scale=4, seed=0
     )
     assert [lv.preset for lv in sw.levels] == ["bicubic", "light"]
     from nsarm_core.data.io import read_image
 
-    assert read_image(tmp_path / "w" / "00_bicubic" / "LR" / "astro.png").rgb.shape == (16, 16, 3)
-    assert read_image(tmp_path / "w" / "HR" / "astro.png").rgb.shape == (64, 64, 3)
+    assert read_image(tmp_path / "w" / "00_bicubic" / "lr" / "astro.png").rgb.shape == (16, 16, 3)
+    assert read_image(tmp_path / "w" / "00_bicubic" / "hr" / "astro.png").rgb.shape == (64, 64, 3)
     curve = sw.curve()
     assert curve.shape == (2,) and np.all(np.isfinite(curve))
     assert sw.curve("psnr")[0] > 15  # bicubic down/up of a real photo: a sane PSNR
     d = sw.to_dict()
     assert d["levels"][1]["preset"] == "light" and "psnr" in d["levels"][0]["metrics"]
     # the same seed reproduces the same LR sets
-    sw2 = R.run_sweep(sorted(hr_dir.glob("*.png")), ladder, R.bicubic_method, "b", tmp_path / "w2", seed=0)
+    sw2 = R.run_sweep(sorted(hr_dir.glob("*.png")), ladder, bicubic, "b", tmp_path / "w2", seed=0)
     np.testing.assert_array_equal(sw.curve("psnr"), sw2.curve("psnr"))
-    # a model method without the pipeline fails clearly
-    monkeypatch.setitem(sys.modules, "nsarm_core.pipeline", None)
-    with pytest.raises(NSARMError, match="run_model_on_folder"):
-        R.run_sweep(sorted(hr_dir.glob("*.png")), ladder[:1], R.model_method("x"), "x", tmp_path / "w3")
+
+
+def test_sweep_lr_sets_are_those_of_nsarm_degrade(tmp_path: Path) -> None:
+    # The bug: the sweep re-implemented the degrade batch with another seeding, so the two LR sets differed.
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_image(tmp_path / "hr" / f"p{i}.png", rng.random((26, 24, 3)).astype(np.float32))
+    ladder = R.severity_ladder(["light"])
+    R.run_sweep(sorted((tmp_path / "hr").glob("*.png")), ladder, R.model_method("bicubic"), "b", tmp_path / "w",
+                scale=2, seed=3)  # fmt: skip
+    r = runner.invoke(app, ["degrade", str(tmp_path / "hr"), str(tmp_path / "d"), "--preset", "light", "--scale",
+                            "2", "--seed", "3", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for i in range(2):
+        sweep_lr = (tmp_path / "w" / "00_light" / "lr" / f"p{i}.png").read_bytes()
+        assert sweep_lr == (tmp_path / "d" / "lr" / f"p{i}.png").read_bytes()
+
+
+def test_sweep_bicubic_is_the_bicubic_of_evaluate_and_upscale(tmp_path: Path) -> None:
+    # The bug: --sweep-method bicubic used PIL on 8-bit levels, evaluate --model bicubic torch on floats.
+    rng = np.random.default_rng(1)
+    write_image(tmp_path / "hr" / "p.png", rng.random((24, 24, 3)).astype(np.float32))
+    R.run_sweep([tmp_path / "hr" / "p.png"], R.severity_ladder(["bicubic"]), R.model_method("bicubic"), "b",
+                tmp_path / "w", scale=4)  # fmt: skip
+    lr_dir = tmp_path / "w" / "00_bicubic" / "lr"
+    r = runner.invoke(app, ["evaluate", "--model", "bicubic", "--lr", str(lr_dir), "--hr",
+                            str(tmp_path / "w" / "00_bicubic" / "hr"), "-o", str(tmp_path / "e"), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    sweep_sr = (tmp_path / "w" / "00_bicubic" / "SR" / "p.png").read_bytes()
+    assert sweep_sr == (tmp_path / "e" / "sr" / "p.png").read_bytes()
+
+
+def test_cli_sweep_with_a_model(tmp_path: Path) -> None:
+    # The bug: `--sweep-method nsarm-tiny` ended as "TypeError: load_pipeline() got an unexpected keyword 'scale'".
+    write_image(tmp_path / "hr" / "p.png", np.random.default_rng(2).random((32, 32, 3)).astype(np.float32))
+    r = runner.invoke(app, ["robustness", "--sweep", "--sweep-method", "nsarm-tiny", "--hr", str(tmp_path / "hr"),
+                            "--levels", "bicubic", "--work-dir", str(tmp_path / "w"), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output + str(r.exception)
+    data = json.loads(r.stdout)
+    assert data["sweep"]["method"] == "nsarm-tiny" and set(data["methods"]) == {"0:bicubic"}
+    assert (tmp_path / "w" / "00_bicubic" / "SR" / "p.png").is_file()
 
 
 def _write_csv(path: Path, values: list[float], metric: str = "ssim") -> None:

@@ -102,7 +102,7 @@ def test_rope_positions_every_template(manifest: dict[str, Any]) -> None:
 
 
 def test_rope_positions_reproduce_official_cos_sin_cache(parity_dir: Path) -> None:
-    """Angles from our positions with the §C.6 frequencies equal the official cache rows (1:1, 0.06M, hd 128)."""
+    """Angles from our positions with the C.6 frequencies equal the official cache rows (1:1, 0.06M, hd 128)."""
     cos_sin = load_file(str(parity_dir / "scale_schedules.rope_1x1_hd128.safetensors"))["cos_sin"]
     pos = S.rope_positions(S.get_schedule(1.0, "0.06M")).float()
     half = 64
@@ -166,7 +166,7 @@ def test_schedule_is_frozen_and_round_trips() -> None:
 
 
 def test_lookup_errors_list_valid_names() -> None:
-    with pytest.raises(ConfigError, match=r"did you mean '0.25M'"):
+    with pytest.raises(ConfigError, match=r"Did you mean '0.25M'"):
         S.get_schedule(1.0, "0.25m")
     with pytest.raises(ConfigError, match="not one of"):
         S.get_schedule("1.1", "1M")
@@ -174,5 +174,5 @@ def test_lookup_errors_list_valid_names() -> None:
         S.get_schedule("square", "1M")
     with pytest.raises(ConfigError, match="positive finite"):
         S.nearest_template(0.0)
-    with pytest.raises(ConfigError, match=r"did you mean 'sr-1024'"):
+    with pytest.raises(ConfigError, match=r"Did you mean 'sr-1024'"):
         S.get_named_schedule("sr-1042")

@@ -13,7 +13,6 @@ from nsarm_core.tiling import (
     blend_weights,
     pad_to_plan,
     plan_tiles,
-    resize_to_scale,
     run_tiled,
     tile_positions,
     weight_sum,
@@ -231,24 +230,3 @@ def test_no_seams_with_blending_but_seams_with_hard_crops(kind: str, h: int, w: 
     # the criterion can fail: the same tiles hard-cropped and butted together show their seams
     hard, hard_rows, hard_cols = _hard_crop_stitch(lr, fn, scale, plan)
     assert _seam_ratio(hard, hard_rows, hard_cols) > 2.0  # measured 2.4-25
-
-
-# --------------------------------------------------------------------------- resizing to other factors
-
-
-def test_resize_to_scale_sizes_and_filters() -> None:
-    g = torch.Generator().manual_seed(3)
-    hr = torch.rand(1, 3, 40, 28, generator=g)  # a 10x7 LR at native scale 4
-    assert resize_to_scale(hr, 4, 4) is hr
-    assert resize_to_scale(hr, 2, 4).shape == (1, 3, 20, 14)
-    assert resize_to_scale(hr, 3, 4).shape == (1, 3, 30, 21)
-    assert resize_to_scale(hr, 2.5, 4).shape == (1, 3, 25, 18)
-    assert resize_to_scale(hr, 8, 4).shape == (1, 3, 80, 56)
-    down = F.interpolate(hr, size=(20, 14), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    torch.testing.assert_close(resize_to_scale(hr, 2, 4), down)
-    up = F.interpolate(hr, size=(80, 56), mode="bicubic", align_corners=False).clamp(0, 1)
-    torch.testing.assert_close(resize_to_scale(hr, 8, 4), up)
-    flat = torch.full((1, 3, 40, 28), 0.25)
-    torch.testing.assert_close(resize_to_scale(flat, 3, 4), torch.full((1, 3, 30, 21), 0.25))
-    with pytest.raises(ConfigError):
-        resize_to_scale(hr, 0, 4)

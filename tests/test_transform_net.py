@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.models.checkpoint import count_parameters
 from nsarm_core.models.transform_net import (
     PRESETS,
     EncoderLayer,
     TransformNet,
     TransformNetConfig,
     build_transform_net,
-    count_parameters,
     get_preset,
     latent_maps_to_outputs,
     load_official_state_dict,

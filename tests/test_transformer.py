@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.models.checkpoint import count_parameters
 from nsarm_core.models.sampler import sample_bits, sample_scales
 from nsarm_core.models.transformer import (
     PRESETS,
     TextCondition,
     TransformerConfig,
     build_transformer,
-    count_parameters,
     get_preset,
     load_official_state_dict,
     load_transformer_weights,

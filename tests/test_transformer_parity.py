@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from nsarm_core.models.checkpoint import count_parameters
 from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.transformer import (
     TextCondition,
     build_transformer,
-    count_parameters,
     load_official_state_dict,
 )
 from nsarm_core.scales import custom, get_schedule

@@ -178,7 +178,7 @@ def test_loader_errors() -> None:
 def test_presets_and_config_validation() -> None:
     assert get_preset("infinity-vae-d56").token_dim == 56
     assert get_preset("infinity-vae-d32").token_dim == 32
-    with pytest.raises(ConfigError, match="did you mean 'infinity-vae-d32'"):
+    with pytest.raises(ConfigError, match="Did you mean 'infinity-vae-d32'"):
         get_preset("infinity-vae-d23")
     with pytest.raises(ConfigError, match="power of two"):
         VAEConfig(8, 12, (1, 2, 2, 2))

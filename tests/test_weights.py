@@ -427,3 +427,48 @@ def test_cli_models_json(hf_cache: Path) -> None:
 
     table = runner.invoke(app, ["models"])
     assert table.exit_code == 0 and "nsarm-8b" in table.stdout and "infinity-2b" in table.stdout
+
+
+# --------------------------------------------------------------------------- one registry: names -> preset + layout
+
+
+def test_every_registered_name_resolves_to_a_preset_and_a_layout() -> None:
+    from nsarm_core.models import nsarm, rrdbnet, transformer
+
+    for name, spec in MODELS.items():
+        if spec.layout == "peer":
+            presets = rrdbnet.PRESETS
+        else:
+            presets = nsarm.PRESETS if spec.upscales else transformer.PRESETS
+        assert spec.preset in presets, name
+        assert spec.layout in W.LAYOUTS and spec.use in W.MODEL_USES
+    assert {n for n, s in MODELS.items() if not s.upscales} >= {"infinity-2b", "infinity-8b"}
+
+
+@pytest.mark.parametrize("name", ["infinity-2b", "infinity-8b"])
+def test_training_bases_are_refused_as_upscale_models(name: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"'{name}' is a training base.*upscaling models: nsarm-8b, nsarm-tiny"
+    ):
+        W.get_upscale_model(name)
+
+
+@pytest.mark.parametrize("name", ["infinity-2b", "infinity-8b"])
+def test_nsarm_upscale_refuses_a_training_base_before_any_download(name: str, tmp_path: Path) -> None:
+    # The bug: offline this asked for a 10 GB download first; with --weights it failed on a missing config.json.
+    src = tmp_path / "a.png"
+    from PIL import Image as PILImage
+
+    PILImage.new("RGB", (8, 8)).save(src)
+    res = CliRunner().invoke(app, ["upscale", str(src), "-o", str(tmp_path / "out"), "--model", name])
+    assert res.exit_code == 2, res.output
+    assert (
+        "training base" in res.output and "not found" not in res.output and "Internal error" not in res.output
+    )
+
+
+def test_nsarm_models_says_what_each_model_is_for(hf_cache: Path) -> None:
+    data = json.loads(CliRunner().invoke(app, ["models", "--json"]).stdout)
+    use = {m["name"]: m["use"] for m in data["models"]}
+    assert use["nsarm-tiny"] == use["nsarm-8b"] == "upscale"
+    assert use["infinity-2b"] == use["infinity-8b"] == "training-base"

@@ -1,6 +1,6 @@
 """Training datasets: HR folders degraded on the fly, and pre-made LR/HR pairs, with optional captions.
 
-Spec: ../shared/docs/architecture.md E.4 (NSARM's ``T2IIterableDataset_deg``: HR images at the schedule's pixel
+Spec: docs/architecture.md E.4 (NSARM's ``T2IIterableDataset_deg``: HR images at the schedule's pixel
 size, LANCZOS cover-resize + crop, mapped to [-1, 1], with ``long_caption`` text and a synthetic LR), E.5 (the
 Real-ESRGAN degradation, here :mod:`nsarm_core.data.degrade`), E.6 (caption JSONL: ``image_path``,
 ``long_caption``) and C.10 (Infinity's crops).
@@ -17,7 +17,6 @@ Shape legend (one sample; the DataLoader adds the batch axis):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from PIL import Image as PILImage
 from torch.utils.data import Dataset
 
+from nsarm_core.data.captions import load_captions
 from nsarm_core.data.degrade import DegradationConfig, apply_pair, get_preset, sample_params
 from nsarm_core.data.files import collect_images
 from nsarm_core.data.io import read_image
@@ -36,100 +36,6 @@ from nsarm_core.errors import ConfigError, InputError
 logger = logging.getLogger(__name__)
 
 CropMode = Literal["random", "center"]
-CAPTION_FIELDS = ("long_caption", "caption", "text")
-
-# ----------------------------------------------------------------------------------------------------------
-# Captions
-# ----------------------------------------------------------------------------------------------------------
-
-
-class Captions:
-    """Captions looked up by image path: JSONL records and/or sidecar ``.txt`` files.
-
-    A JSONL line is ``{"image_path": ..., "long_caption": ...}`` (``caption`` or ``text`` also accepted; the
-    official files, E.6, and ``nsarm caption`` write ``long_caption``). An image matches a record by its resolved
-    path (relative ``image_path`` values are taken relative to the JSONL file), else by file name when that name
-    is unique in the records, since the official files carry the author's absolute paths. Without a record, a
-    sidecar ``<image stem>.txt`` next to the image is used.
-    """
-
-    def __init__(self, records: Mapping[str, str] | None = None, sidecar: bool = True) -> None:
-        self.by_path: dict[str, str] = {}
-        names: dict[str, list[str]] = {}
-        for path, caption in (records or {}).items():
-            self.by_path[_path_key(Path(path))] = caption
-            names.setdefault(Path(path).name, []).append(caption)
-        self.by_name = {name: caps[0] for name, caps in names.items() if len(caps) == 1}
-        self.sidecar = sidecar
-
-    @classmethod
-    def load(cls, source: str | Path | Mapping[str, str] | None, sidecar: bool = True) -> Captions:
-        """From a JSONL file, a folder of ``*.jsonl`` files, a ``{path: caption}`` mapping or ``None``."""
-        if source is None:
-            return cls(None, sidecar)
-        if isinstance(source, Mapping):
-            return cls(source, sidecar)
-        return cls(load_caption_jsonl(source), sidecar)
-
-    def get(self, image: Path) -> str | None:
-        """The caption of ``image``, or ``None`` when there is none."""
-        hit = self.by_path.get(_path_key(image))
-        if hit is None:
-            hit = self.by_name.get(image.name)
-        if hit is None and self.sidecar:
-            txt = image.with_suffix(".txt")
-            if txt.is_file():
-                hit = txt.read_text(encoding="utf-8").strip()
-        return hit
-
-
-def _path_key(path: Path) -> str:
-    return str(path.expanduser().resolve(strict=False))
-
-
-def load_caption_jsonl(source: str | Path) -> dict[str, str]:
-    """Read caption records ``{image path: caption}`` from a JSONL file or every ``*.jsonl`` in a folder.
-
-    Relative ``image_path`` values are resolved against the JSONL file's folder.
-
-    Raises:
-        InputError: a missing file, a line that is not a JSON object, or a record without ``image_path`` or a
-            caption field; the message names the file and line.
-    """
-    src = Path(source)
-    if src.is_dir():
-        files = sorted(src.glob("*.jsonl"))
-        if not files:
-            raise InputError(f"caption folder {src} holds no .jsonl files")
-    elif src.is_file():
-        files = [src]
-    else:
-        raise InputError(f"caption file {src} does not exist; pass a .jsonl file or a folder of them")
-    out: dict[str, str] = {}
-    for f in files:
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(
-                    f"{f}:{n} is not valid JSON ({exc.msg}); each line must be one object"
-                ) from exc
-            if not isinstance(rec, dict) or "image_path" not in rec:
-                raise InputError(
-                    f"{f}:{n} has no 'image_path' field; expected {{'image_path': ..., 'long_caption': ...}}"
-                )
-            field = next((k for k in CAPTION_FIELDS if isinstance(rec.get(k), str)), None)
-            if field is None:
-                raise InputError(f"{f}:{n} has no caption field; expected one of {', '.join(CAPTION_FIELDS)}")
-            path = Path(rec["image_path"]).expanduser()
-            if not path.is_absolute():
-                path = f.parent / path
-            out[str(path)] = rec[field]
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Pixel helpers
 # ----------------------------------------------------------------------------------------------------------
@@ -262,7 +168,7 @@ class HRFolderDataset(Dataset):
         self.degradation = self.degradations[0]
         self.files = collect_images(_as_list(roots), recursive=True)
         self.images = ImageStore(self.files, preload)
-        self.captions = Captions.load(captions)
+        self.captions = load_captions(captions, sidecar=True)
         self.default_caption = default_caption
         self.caption_dropout = caption_dropout
         self.crop = crop
@@ -270,7 +176,7 @@ class HRFolderDataset(Dataset):
         self.sharpened_target = sharpened_target
         self.seed = int(seed)
         self.epoch = 0
-        missing = sum(self.captions.get(p) is None for p in self.files) if captions is not None else 0
+        missing = sum(self.captions.lookup(p) is None for p in self.files) if captions is not None else 0
         if missing:
             logger.warning(
                 "%d of %d images have no caption; they use %r", missing, len(self.files), default_caption
@@ -298,7 +204,7 @@ class HRFolderDataset(Dataset):
         return {
             "hr": target[0] * 2.0 - 1.0,
             "lr": lr[0] * 2.0 - 1.0,
-            "caption": _caption(self.captions.get(path), self.default_caption, self.caption_dropout, rng),
+            "caption": _caption(self.captions.lookup(path), self.default_caption, self.caption_dropout, rng),
             "index": index,
             "path": str(path),
             "degradation": which,
@@ -362,7 +268,7 @@ class PairedFolderDataset(Dataset):
         self.scale = int(scale)
         self.pixel_size = _check_size(pixel_size, self.scale) if pixel_size is not None else None
         self.pairs = _match_pairs(Path(lr_dir), Path(hr_dir))
-        self.captions = Captions.load(captions)
+        self.captions = load_captions(captions, sidecar=True)
         self.default_caption = default_caption
         self.caption_dropout = caption_dropout
         self.crop = crop
@@ -402,9 +308,9 @@ class PairedFolderDataset(Dataset):
             hr = hr[y * s : (y + ph) * s, x * s : (x + pw) * s]
         if self.crop == "random" and self.hflip and rng.random() < 0.5:
             lr, hr = lr[:, ::-1], hr[:, ::-1]
-        caption = self.captions.get(lr_path)
+        caption = self.captions.lookup(lr_path)
         if caption is None:
-            caption = self.captions.get(hr_path)
+            caption = self.captions.lookup(hr_path)
         return {
             "hr": _to_chw(hr) * 2.0 - 1.0,
             "lr": _to_chw(lr) * 2.0 - 1.0,

@@ -1,6 +1,6 @@
 """Real-ESRGAN second-order degradation: configs, parameter sampling and a pure ``apply``.
 
-Reference: protocols.md §2 (all parameters; §2.1 ``realesrgan``, §2.2 ``light``) and architecture.md §E.5
+Reference: docs/architecture.md P.2 (all parameters; P.2.1 ``realesrgan``, P.2.2 ``light``) and docs/architecture.md E.5
 (NSARM's ``infinity/dataset/add_deg.py`` synthesises its LR data this way). The pipeline of Real-ESRGAN's
 ``RealESRNetModel.feed_data`` is split in two pure steps:
 
@@ -24,7 +24,6 @@ Shape legend:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -48,7 +47,7 @@ from nsarm_core.data.kernels import (
     make_kernel,
     usm_sharpen,
 )
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import ConfigError, InputError, did_you_mean, unknown_choice
 
 logger = logging.getLogger(__name__)
 
@@ -322,16 +321,14 @@ _BICUBIC = DegradationConfig(
     gt_usm=False,
 )
 
-#: Named degradation models (protocols.md §2.1, §2.2; ``bicubic`` = antialiased bicubic downscale only).
+#: Named degradation models (docs/architecture.md P.2.1, P.2.2; ``bicubic`` = antialiased bicubic downscale only).
 PRESETS: dict[str, DegradationConfig] = {"realesrgan": _REALESRGAN, "light": _LIGHT, "bicubic": _BICUBIC}
 
 
 def get_preset(name: str) -> DegradationConfig:
     """The preset called ``name``; raises ConfigError listing the valid names (and the closest match)."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(str(name), PRESETS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown degradation preset {name!r}{hint}; valid presets: {', '.join(PRESETS)}")
+        raise unknown_choice("degradation preset", name, PRESETS)
     return PRESETS[name]
 
 
@@ -497,10 +494,7 @@ def apply_overrides(
     valid = valid_override_keys()
     unknown = [k for k in overrides if k not in valid]
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), valid, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        hints = [f"{k!r}{did_you_mean(k, valid)}" for k in unknown]
         raise ConfigError(
             f"{source}: unknown degradation option(s) {', '.join(hints)}; valid keys: {', '.join(valid)}"
         )

@@ -1,6 +1,6 @@
 """Differentiable JPEG compression in torch (the JPEG step of the Real-ESRGAN degradation).
 
-Reference: protocols.md §2.1 ("JPEG ... DiffJPEG (non-differentiable mode)"), architecture.md §E.5. Real-ESRGAN
+Reference: docs/architecture.md P.2.1 ("JPEG ... DiffJPEG (non-differentiable mode)"), docs/architecture.md E.5. Real-ESRGAN
 uses BasicSR's ``DiffJPEG`` (Apache-2.0, after github.com/mlomnitz/DiffJPEG). This is a re-implementation of
 the same codec model: RGB -> YCbCr (JFIF/BT.601 full range), 4:2:0 chroma subsampling (2x2 mean), 8x8 DCT-II
 (JPEG's FDCT is the orthonormal DCT), quantisation with the IJG (JPEG Annex K) tables scaled by quality,

@@ -1,6 +1,6 @@
 """Which files a command works on, and where its outputs go.
 
-Not a paper component: the CLI's batch plumbing (``data/`` in the style.md section 5 layout). Commands accept
+Not a paper component: the CLI's batch plumbing (``data/`` in the docs/architecture.md S.5 layout). Commands accept
 any mix of image files, folders and glob patterns; :func:`collect_images` turns them into one sorted,
 de-duplicated list of image paths, :func:`output_path_for` mirrors each input's sub-folder under the output
 folder, and :func:`ensure_not_input` refuses an output that would overwrite one of the inputs.
@@ -19,7 +19,7 @@ from pathlib import Path
 from nsarm_core.data.io import SUPPORTED_SUFFIXES
 from nsarm_core.errors import InputError
 
-__all__ = ["collect_images", "output_path_for", "ensure_not_input", "is_image_file"]
+__all__ = ["collect_images", "output_path_for", "ensure_not_input", "is_image_file", "path_key"]
 
 _GLOB_CHARS = frozenset("*?[")
 _TEMP_MARKERS = (".tmp-", ".part", ".partial", ".crdownload")
@@ -43,9 +43,10 @@ def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in candidates if not _hidden_below(p, folder) and is_image_file(p))
 
 
-def _key(path: Path) -> str:
-    """De-duplication key: the resolved absolute path (``a/../a/b.png`` and ``a/b.png`` are one file)."""
-    return os.path.normcase(str(path.resolve()))
+def path_key(path: str | os.PathLike[str]) -> str:
+    """The project's one key for "the same file": the resolved absolute path, case-folded where the file system
+    is (``a/../a/b.png``, ``~/a/b.png`` and ``A/B.PNG`` on Windows are one file)."""
+    return os.path.normcase(str(Path(path).expanduser().resolve()))
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = True) -> list[Path]:
@@ -108,7 +109,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool 
             )
     unique: dict[str, Path] = {}
     for path in found:
-        unique.setdefault(_key(path), path)
+        unique.setdefault(path_key(path), path)
     return list(unique.values())
 
 
@@ -165,10 +166,10 @@ def ensure_not_input(out: str | os.PathLike[str], inputs: Iterable[str | os.Path
         InputError: naming the output and the input it would replace.
     """
     out = Path(out)
-    out_key = _key(out)
+    out_key = path_key(out)
     for item in inputs:
         src = Path(item)
-        same = _key(src) == out_key
+        same = path_key(src) == out_key
         if not same and out.exists() and src.exists():
             same = os.path.samefile(out, src)  # hard links, case-insensitive file systems
         if same:

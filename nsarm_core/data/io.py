@@ -1,6 +1,6 @@
 """Robust image I/O for the super-resolution tools: read, write, and convert to/from tensors.
 
-Not a paper component: this is the edge of the pipeline (``data/io.py`` in the style.md section 5 layout).
+Not a paper component: this is the edge of the pipeline (docs/architecture.md S.5, package layout).
 Images travel through nsarm as float32 arrays in [0, 1]; this module is the only place that knows about file
 formats, bit depths, alpha, colour profiles, EXIF and decompression bombs.
 
@@ -19,9 +19,25 @@ What it guarantees:
 * **Corrupt, truncated, empty and non-image files** raise :class:`~nsarm_core.errors.InputError` with a
   one-line message naming the file. Decoding is forced with ``.load()`` and ``LOAD_TRUNCATED_IMAGES`` is never
   set.
-* **Writes are atomic**: the encoder writes a hidden temporary file next to the target, which is renamed over
-  the target only when complete; on any error the temporary file is deleted. No half-written image ever
-  exists.
+* **Writes are atomic** (:mod:`nsarm_core.atomic`): the encoder writes a hidden temporary file next to the
+  target, which is renamed over the target only when complete. No half-written image ever exists.
+
+Why a small 16-bit codec is written here (checked against Pillow 13.0, installed for ``pillow>=10.4``, tifffile
+2026.3 and imageio 2.38, in December 2026):
+
+* Pillow has no 16-bit RGB(A) mode: ``Image.fromarray`` refuses ``uint16 [H, W, 3]`` and ``RGB;16``/``RGB;16B``
+  are not modes, so it can neither keep 16-bit colour PNG/TIFF samples when decoding nor encode them. It does
+  16-bit *gray* exactly, which the TIFF reader below relies on.
+* imageio reads and writes PNG through Pillow, so it has the same limit.
+* tifffile writes 16-bit RGB TIFF (uncompressed or deflate) and reads uncompressed and deflate files, but LZW
+  and PackBits - the compressions most cameras and editors write - need the binary ``imagecodecs`` package. It
+  is not a dependency of this project (only the ``dev`` extra pulls it in, through scikit-image), and its writer
+  alone would save about 70 lines, so the TIFF code stays: it lets Pillow/libtiff decompress every compression
+  libtiff knows and only reassembles the samples.
+* No maintained library on the dependency list writes 16-bit RGB PNG (pypng does, in pure Python, last released
+  in 2022), hence the ~150-line zlib + numpy PNG codec.
+
+Everything else (8-bit images, palettes, CMYK, EXIF, ICC, JPEG/WebP/BMP) goes through Pillow.
 
 Only numpy and Pillow are imported at module import; torch is imported inside :func:`to_tensor` /
 :func:`from_tensor`.
@@ -39,13 +55,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import secrets
 import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -54,6 +68,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageCms
 
+from nsarm_core.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from nsarm_core.errors import InputError
 
 if TYPE_CHECKING:
@@ -883,63 +898,6 @@ def _decode(path: Path, data: bytes, max_pixels: int | None) -> Image:
         source=path,
         format=fmt,
     )
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Atomic writes
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _temp_path(path: Path) -> Path:
-    """A hidden sibling ``.name.tmp-<random>``: same folder, so ``os.replace`` is an atomic rename."""
-    return path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[IO[bytes]]:
-    """Open a binary file for writing that appears at ``path`` only once complete.
-
-    The data go to a hidden temporary file in the same folder, which is flushed, fsynced and renamed over
-    ``path`` when the ``with`` block exits normally. If the block raises, the temporary file is deleted and
-    ``path`` (old content or absent) is untouched. Parent folders are created.
-
-    Args:
-        path: the final file.
-        overwrite: if False and ``path`` exists, raise InputError before writing anything.
-
-    Yields:
-        A writable binary file object.
-    """
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise InputError(f"output exists: '{path}'; pass overwrite=True (--overwrite) or choose another name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_path(path)
-    # O_EXCL: never clobber anything; 0o666 & ~umask: the same permissions an ordinary open() would give.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`); returns ``path``."""
-    with atomic_open(path, overwrite=overwrite) as handle:
-        handle.write(data)
-    return Path(path)
-
-
-def atomic_write_text(
-    path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8", overwrite: bool = True
-) -> Path:
-    """Write ``text`` to ``path`` atomically (JSON sidecars, manifests); returns ``path``."""
-    return atomic_write_bytes(path, text.encode(encoding), overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Blur kernels, 2-D filtering, USM sharpening and noise of the Real-ESRGAN degradation.
 
-Reference: protocols.md §2 / architecture.md §E.5 (Real-ESRGAN second-order degradation, used by NSARM
+Reference: docs/architecture.md P.2 / docs/architecture.md E.5 (Real-ESRGAN second-order degradation, used by NSARM
 to synthesise LR training/test data). Ported from BasicSR (Apache-2.0, XPixelGroup/BasicSR
 ``basicsr/data/degradations.py``, ``basicsr/utils/img_process_util.py``) without depending on it, cv2 or
 scipy. Every function is pure: parameters and random draws are arguments. Parity against the official
@@ -16,7 +16,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nsarm_core.errors import ConfigError
+from nsarm_core.errors import ConfigError, unknown_choice
 
 # ----------------------------------------------------------------------------------------------------------
 # Kernels (numpy, computed in float64 like BasicSR, returned as `dtype`)
@@ -246,9 +245,7 @@ KERNELS: dict[str, Callable[[KernelSpec, type], np.ndarray]] = {
 def get_kernel_fn(name: str) -> Callable[[KernelSpec, type], np.ndarray]:
     """The ``KERNELS`` entry for ``name``; raises ConfigError listing the valid names."""
     if name not in KERNELS:
-        close = difflib.get_close_matches(str(name), KERNELS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown kernel type {name!r}{hint}; valid kernel types: {', '.join(KERNELS)}")
+        raise unknown_choice("kernel type", name, KERNELS)
     return KERNELS[name]
 
 

@@ -1,8 +1,8 @@
 """Folder evaluation: score SR images against HR references (or alone) and write per-image CSV + summary JSON.
 
-Implements the scoring side of NSARM Table 1 (protocols.md §1.2): per-image metric values, their mean and
+Implements the scoring side of NSARM Table 1 (docs/architecture.md P.1.2): per-image metric values, their mean and
 their **per-image variance** (the paper's "Var." columns, lower = more robust). Because published numbers
-move with the protocol (protocols.md §1.2 "Protocol sensitivity"), every summary records it: metric
+move with the protocol (docs/architecture.md P.1.2 "Protocol sensitivity"), every summary records it: metric
 variants, pyiqa version, colour space, bit depth, crop border, sizes and the resize used.
 
 Shape legend: H, W = image height and width; images are RGB ``[H, W, 3]`` in 8-bit levels (see metrics.py).
@@ -24,8 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from nsarm_core.errors import InputError, MissingExtraError, NSARMError
-from nsarm_core.eval.datasets import DatasetPreset, ImagePair, PairProblem, pair_images
+from nsarm_core import __version__
+from nsarm_core.atomic import atomic_write_text
+from nsarm_core.data.files import collect_images
+from nsarm_core.data.io import read_image
+from nsarm_core.errors import InputError, NSARMError
+from nsarm_core.eval.benchmarks import DatasetPreset, ImagePair, PairProblem, pair_images
 from nsarm_core.eval.metrics import (
     MetricSpec,
     Scorer,
@@ -145,7 +149,6 @@ class EvalResult:
 
 def _read_levels(path: Path, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as RGB 8-bit levels ``[H, W, 3]`` float64 (via nsarm_core.data.io)."""
-    from nsarm_core.data.io import read_image
 
     image = read_image(path) if max_pixels is None else read_image(path, max_pixels=max_pixels or None)
     return to_8bit_levels(image.rgb)
@@ -198,7 +201,6 @@ def build_protocol(
     records: Sequence[ImageScores],
 ) -> dict[str, Any]:
     """The protocol block of the summary (everything a reader needs to compare numbers)."""
-    from nsarm_core import __version__
 
     uses_pyiqa = any(s.backend == "pyiqa" for s in specs)
     versions: dict[str, Any] = {
@@ -245,7 +247,7 @@ def evaluate_pairs(
     """Score every pair with every metric.
 
     Args:
-        pairs: from :func:`nsarm_core.eval.datasets.pair_images`.
+        pairs: from :func:`nsarm_core.eval.benchmarks.pair_images`.
         opts: metrics and protocol options.
         preset: dataset preset, recorded in the protocol.
         on_image: progress callback ``(index, total, key)`` after each image.
@@ -315,7 +317,6 @@ def _naming(exc: Exception, pair: ImagePair) -> str:
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files in ``folder`` (via nsarm_core.data.files.collect_images, non-recursive, sorted)."""
-    from nsarm_core.data.files import collect_images
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -340,29 +341,6 @@ def evaluate_folder(
     result.failures[:0] = problems
     result.source = Path(sr_dir)
     return result
-
-
-def run_model(model: str, lr_dir: str | Path, out_dir: str | Path, **opts: Any) -> Path:
-    """Upscale ``lr_dir`` with ``model`` into ``out_dir`` through ``nsarm_core.pipeline.run_model_on_folder``.
-
-    The pipeline is imported lazily so evaluation works without it.
-
-    Raises:
-        NSARMError: the pipeline (or its ``run_model_on_folder``) is not available.
-    """
-    try:
-        from nsarm_core.pipeline import run_model_on_folder
-    except MissingExtraError:
-        raise
-    except ImportError as exc:
-        raise NSARMError(
-            f"--model {model} needs nsarm_core.pipeline.run_model_on_folder, which is not available in this "
-            f"installation ({exc}); upscale the LR folder with `nsarm upscale` and pass the output folder instead"
-        ) from exc
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = run_model_on_folder(model, Path(lr_dir), out, **opts)
-    return Path(result) if isinstance(result, str | Path) else out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -417,7 +395,6 @@ def scores_csv_text(result: EvalResult, base_dir: Path | None = None) -> str:
 
 def write_outputs(result: EvalResult, out_dir: str | Path, stem: str = "scores") -> tuple[Path, Path]:
     """Write ``<stem>.csv`` (per image) and ``<stem>.summary.json`` (means, variances, protocol) atomically."""
-    from nsarm_core.data.io import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """Image-quality metrics of NSARM Table 1: a catalogue, native PSNR/SSIM and a pyiqa backend.
 
-The paper (arXiv 2510.00820, Table 1; protocols.md §1.2) reports PSNR and SSIM (full-reference, Y channel),
+The paper (arXiv 2510.00820, Table 1; docs/architecture.md P.1.2) reports PSNR and SSIM (full-reference, Y channel),
 LPIPS, NIQE and the no-reference MANIQA, MUSIQ, CLIPIQA and TOPIQ. PSNR and SSIM are implemented here
 natively with the BasicSR convention (``basicsr/metrics/psnr_ssim.py`` at commit 8d56e3a, Apache-2.0;
 parity: ``../shared/parity/degradation_kernels`` ``metrics`` and ``color`` entries). Everything else runs
-through pyiqa, an optional, non-commercially licensed extra (``pip install 'nsarm[eval]'``; protocols.md §3).
+through pyiqa, an optional, non-commercially licensed extra (``pip install 'nsarm[eval]'``; docs/architecture.md P.3).
 
 Native versus pyiqa (measured with pyiqa 0.1.16 on 4 photos, 4x bicubic SR; ``tests/test_pyiqa_backend.py``):
 pyiqa's ``psnr``/``ssim`` built with ``test_y_channel=True, color_space='ycbcr'`` differ from ours by < 1e-4 dB
@@ -25,7 +25,6 @@ Shape legend: H, W = image height and width; C = 3 colour channels (RGB order un
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 import math
@@ -43,6 +42,7 @@ from nsarm_core.errors import (
     MissingExtraError,
     NSARMError,
     WeightsNotFoundError,
+    did_you_mean,
     missing_extra,
 )
 
@@ -232,8 +232,8 @@ _PYIQA_HF_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/ma
 
 
 @dataclass(frozen=True)
-class WeightFile:
-    """One file a pyiqa metric loads; ``store`` says where it is looked for (protocols.md §3.3).
+class MetricWeightFile:
+    """One file a pyiqa metric loads; ``store`` says where it is looked for (docs/architecture.md P.3.3).
 
     ``store``: ``pyiqa`` = ``$TORCH_HOME/hub/pyiqa/<file>``; ``torchvision`` = ``$TORCH_HOME/hub/checkpoints``;
     ``clip`` = ``$TORCH_HOME/hub/clip``; ``hf`` = a Hugging Face repo in the hub cache (``$HF_HOME/hub``).
@@ -265,7 +265,7 @@ class MetricSpec:
     norm_offset: float
     norm_scale: float
     norm_rule: str
-    weights: tuple[WeightFile, ...] = field(default_factory=tuple)
+    weights: tuple[MetricWeightFile, ...] = field(default_factory=tuple)
     # Smallest image side (after crop_border) the metric accepts; pyiqa fails below it with an opaque conv
     # error, so the scorer checks first (measured on pyiqa 0.1.16: ms_ssim 161 px, vif 33 px).
     min_side: int = 1
@@ -275,14 +275,14 @@ class MetricSpec:
         return self.norm_offset + self.norm_scale * np.asarray(values, dtype=np.float64)
 
 
-def _pyiqa_file(name: str) -> WeightFile:
-    return WeightFile(name, "pyiqa", _PYIQA_HF_URL.format(file=name))
+def _pyiqa_file(name: str) -> MetricWeightFile:
+    return MetricWeightFile(name, "pyiqa", _PYIQA_HF_URL.format(file=name))
 
 
-_ALEXNET = WeightFile(
+_ALEXNET = MetricWeightFile(
     "alexnet-owt-7be5be79.pth", "torchvision", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 )
-_CLIP_RN50 = WeightFile(
+_CLIP_RN50 = MetricWeightFile(
     "RN50.pt",
     "clip",
     "https://openaipublic.azureedge.net/clip/models/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
@@ -356,7 +356,7 @@ METRICS: dict[str, MetricSpec] = {
         "pyiqa maniqa-pipal (as OSEDiff/PiSA-SR; 20 random 224 crops, seeded per image)", 0.0, 1.0, "x",
         (
             _pyiqa_file("MANIQA_PIPAL-ae6d356b.pth"),
-            WeightFile("timm/vit_base_patch8_224.augreg2_in21k_ft_in1k", "hf", "https://huggingface.co/timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"),
+            MetricWeightFile("timm/vit_base_patch8_224.augreg2_in21k_ft_in1k", "hf", "https://huggingface.co/timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"),
         ),
     ),
     "topiq_nr": MetricSpec(
@@ -364,7 +364,7 @@ METRICS: dict[str, MetricSpec] = {
         0.0, 1.0, "x",
         (
             _pyiqa_file("cfanet_nr_koniq_res50-9a73138b.pth"),
-            WeightFile("timm/resnet50.a1_in1k", "hf", "https://huggingface.co/timm/resnet50.a1_in1k"),
+            MetricWeightFile("timm/resnet50.a1_in1k", "hf", "https://huggingface.co/timm/resnet50.a1_in1k"),
         ),
     ),
 }  # fmt: skip
@@ -382,9 +382,9 @@ def get_metric(name: str) -> MetricSpec:
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key in METRICS:
         return METRICS[key]
-    close = difflib.get_close_matches(key, list(METRICS) + list(ALIASES), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown metric '{name}'; valid names: {', '.join(METRICS)}.{hint}")
+    raise ConfigError(
+        f"unknown metric '{name}'; valid names: {', '.join(METRICS)}.{did_you_mean(key, [*METRICS, *ALIASES])}"
+    )
 
 
 def parse_metric_list(text: str | Sequence[str]) -> list[MetricSpec]:
@@ -445,7 +445,7 @@ def pyiqa_weight_dir() -> Path:
     return Path(cache) if isinstance(cache, str | Path) else _hub_dir() / TORCH_HUB_PYIQA
 
 
-def weight_locations(spec: MetricSpec) -> list[tuple[WeightFile, Path]]:
+def weight_locations(spec: MetricSpec) -> list[tuple[MetricWeightFile, Path]]:
     """Where each weight file of ``spec`` is looked for on this machine (honours TORCH_HOME / HF_HOME)."""
     hub = _hub_dir()
     out = []

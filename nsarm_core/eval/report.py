@@ -1,7 +1,7 @@
 """Robustness report: sorted-score curves (NSARM Fig. 4), sweep plots, worst images, HTML and Markdown.
 
 Fig. 4 of the paper plots, per method, the per-image composite score sorted ascending, with the global mean as a
-dashed line, and lists the Deficient / Poor / Collapse counts of Eq. 7 (protocols.md §1.5–§1.6). The HTML page
+dashed line, and lists the Deficient / Poor / Collapse counts of Eq. 7 (docs/architecture.md P.1.5–P.1.6). The HTML page
 is self-contained: plots and image thumbnails are embedded as base64 data URIs, so it can be mailed or archived
 as one file. matplotlib is imported lazily (``pip install 'nsarm[report]'``) and used through its
 object-oriented API only, so the global pyplot state and backend are never touched.
@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from nsarm_core.atomic import atomic_write_text
 from nsarm_core.errors import MissingExtraError, missing_extra
+from nsarm_core.eval.metrics import get_metric
 from nsarm_core.eval.robustness import RobustnessResult, SweepResult
 
 logger = logging.getLogger(__name__)
@@ -88,8 +90,6 @@ def plot_sweep(sweep: SweepResult, out_stem: Path) -> list[Path]:
     ax.plot(xs, sweep.curve(None), marker="o", linewidth=2.0, label="composite")
     for m in sweep.composite_metrics:
         if len(sweep.composite_metrics) > 1:
-            from nsarm_core.eval.metrics import get_metric
-
             ax.plot(xs, get_metric(m).normalise(sweep.curve(m)), marker=".", linewidth=1.0, alpha=0.8,
                     label=f"{m} ({get_metric(m).norm_rule})")  # fmt: skip
     ax.set_xticks(xs, [lvl.preset for lvl in sweep.levels])
@@ -202,7 +202,6 @@ def write_report(
     Returns:
         The written files.
     """
-    from nsarm_core.data.io import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_sorted_curves(result, out_dir / "sorted_scores")

@@ -1,6 +1,6 @@
-"""Robustness analysis of NSARM §4 / Fig. 4: composite score, Eq. 7 Deficient/Poor/Collapse counts, sweeps.
+"""Robustness analysis of NSARM Sec. 4 / Fig. 4: composite score, Eq. 7 Deficient/Poor/Collapse counts, sweeps.
 
-Paper recipe (protocols.md §1.5–§1.6):
+Paper recipe (docs/architecture.md P.1.5–P.1.6):
 
 * per-image score = mean of CLIPIQA, MUSIQ/100, MANIQA and TOPIQ (every term "higher is better", ~[0, 1]);
 * Eq. 7: mu_G = the global mean of that score over **all images of all compared methods** on one dataset;
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from nsarm_core.batch.degrade import DegradeOptions, degrade_files
+from nsarm_core.batch.upscale import run_model_on_folder
+from nsarm_core.data import degrade
 from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.eval.evaluate import EvalOptions, EvalResult, evaluate_folder
 from nsarm_core.eval.metrics import PAPER_NR_METRICS, MetricSpec, get_metric
@@ -295,7 +299,6 @@ class SeverityLevel:
 
 def severity_ladder(presets: Sequence[str] = DEFAULT_LADDER) -> list[SeverityLevel]:
     """Validate preset names against ``nsarm_core.data.degrade`` and number them by increasing severity."""
-    from nsarm_core.data import degrade
 
     if not presets:
         raise ConfigError("the severity ladder needs at least one degradation preset")
@@ -304,28 +307,13 @@ def severity_ladder(presets: Sequence[str] = DEFAULT_LADDER) -> list[SeverityLev
     return [SeverityLevel(i, p) for i, p in enumerate(presets)]
 
 
-def bicubic_method(lr_dir: Path, out_dir: Path, scale: int) -> None:
-    """The built-in baseline: PIL bicubic upsampling by ``scale`` (8-bit), same file names."""
-    from PIL import Image
-
-    from nsarm_core.data.io import read_image
-    from nsarm_core.eval.evaluate import list_images
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for p in list_images(lr_dir):
-        rgb = np.round(np.clip(read_image(p).rgb, 0, 1) * 255).astype(np.uint8)
-        pil = Image.fromarray(rgb, mode="RGB")
-        pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.BICUBIC).save(
-            out_dir / f"{p.stem}.png"
-        )
-
-
-def model_method(model: str, **opts: Any) -> FolderMethod:
-    """A folder method that runs ``model`` through ``nsarm_core.pipeline.run_model_on_folder``."""
-    from nsarm_core.eval.evaluate import run_model
+def model_method(model: str) -> FolderMethod:
+    """A folder method that runs ``model`` (a registered name, a model folder, or an interpolation baseline such
+    as ``bicubic``) through :func:`nsarm_core.batch.upscale.run_model_on_folder`: the same batch, and so the
+    same baseline, as ``nsarm upscale`` and ``nsarm evaluate --model``."""
 
     def run(lr_dir: Path, out_dir: Path, scale: int) -> None:
-        run_model(model, lr_dir, out_dir, scale=scale, **opts)
+        run_model_on_folder(model, lr_dir, out_dir, scale=scale)
 
     return run
 
@@ -364,11 +352,6 @@ class SweepResult:
         return {"method": self.method, "composite_metrics": self.composite_metrics, "levels": levels}
 
 
-def _crop_to_multiple(rgb: np.ndarray, scale: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    return rgb[: h - h % scale, : w - w % scale]
-
-
 def run_sweep(
     hr_paths: Sequence[Path],
     ladder: Sequence[SeverityLevel],
@@ -383,69 +366,42 @@ def run_sweep(
 ) -> SweepResult:
     """Degrade HR images at each severity level, run ``method`` and score its outputs.
 
-    Each level draws its degradation parameters from its own ``numpy.random.Generator`` seeded with
-    ``(seed, level index)``, so a level's LR set does not depend on which other levels are run.
+    Each level is one degrade batch (:func:`nsarm_core.batch.degrade.degrade_files`) with the run ``seed``:
+    every image draws its parameters from its own seed (the run seed and its path), so a level's LR set is
+    byte-identical to ``nsarm degrade HR_DIR OUT --preset <level> --seed <seed> --scale <scale>``, and does not
+    depend on which other levels or images are run.
 
     Args:
-        hr_paths: HR images (cropped to a multiple of ``scale``; the crops are the references).
+        hr_paths: HR images (trimmed to a multiple of ``scale``; the trimmed images are the references).
         ladder: severity levels from :func:`severity_ladder`.
-        method: folder method (e.g. :func:`bicubic_method`).
+        method: folder method (e.g. ``model_method("bicubic")``).
         method_name: label for plots and JSON.
-        work_dir: where ``HR/``, ``<level>/LR`` and ``<level>/SR`` are written.
+        work_dir: per level ``<index>_<preset>/`` holds the degrade batch (``lr/``, ``hr/``, sidecars, manifest)
+            and the method's outputs ``SR/``.
         metrics: metrics to compute and to average into the composite (weight-free ones work offline).
         scale: SR factor.
-        seed: base seed of the degradation parameters.
+        seed: run seed of the degradations.
         opts: evaluation options (``metrics`` is overridden by ``metrics``).
         on_level: progress callback ``(done, total, preset)``.
     """
-    from nsarm_core.data import degrade
-    from nsarm_core.data.io import read_image, write_image
-
     if not hr_paths:
         raise InputError("the sweep needs at least one HR image")
-    if scale < 1:
-        raise ConfigError(f"scale must be >= 1, got {scale}")
     names = [get_metric(m).name for m in metrics]
     base = opts or EvalOptions()
     opts = EvalOptions(tuple(names), base.crop_border, False, None, base.device, base.seed)
-    hr_dir = work_dir / "HR"
-    hr_dir.mkdir(parents=True, exist_ok=True)
-    hr_images = {}
-    for p in hr_paths:
-        rgb = _crop_to_multiple(read_image(p).rgb, scale)
-        if min(rgb.shape[:2]) < 2 * scale:
-            raise InputError(f"HR image {p} ({rgb.shape[1]}x{rgb.shape[0]}) is too small for scale {scale}")
-        hr_images[Path(p).stem] = rgb
-        write_image(hr_dir / f"{Path(p).stem}.png", rgb)
+    sources = [Path(p) for p in hr_paths]
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in sources]))
     results = []
     for n, level in enumerate(ladder):
-        cfg = degrade.get_preset(level.preset)
-        rng = np.random.default_rng([seed, level.index])
-        lr_dir = work_dir / f"{level.index:02d}_{level.preset}" / "LR"
-        sr_dir = lr_dir.parent / "SR"
-        lr_dir.mkdir(parents=True, exist_ok=True)
-        for stem, rgb in hr_images.items():
-            lr = degrade_image(degrade, cfg, rgb, scale, rng)
-            write_image(lr_dir / f"{stem}.png", lr)
-        method(lr_dir, sr_dir, scale)
-        results.append(evaluate_folder(sr_dir, hr_dir, opts))
+        level_dir = work_dir / f"{level.index:02d}_{level.preset}"
+        # overwrite: an LR set left by an earlier sweep with another seed must not be reused
+        options = DegradeOptions(preset=level.preset, scale=scale, seed=seed, save_hr=True, overwrite=True)
+        report = degrade_files(sources, root, level_dir, options)
+        if report.failures:
+            first = report.failures[0]
+            raise InputError(f"the sweep could not degrade {first['source']}: {first['error']}")
+        method(level_dir / "lr", level_dir / "SR", scale)
+        results.append(evaluate_folder(level_dir / "SR", level_dir / "hr", opts))
         if on_level is not None:
             on_level(n + 1, len(ladder), level.preset)
     return SweepResult(method_name, list(ladder), results, names)
-
-
-def degrade_image(
-    degrade: Any, cfg: Any, rgb: np.ndarray, scale: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Degrade one ``[H, W, 3]`` float RGB image with ``degrade.sample_params`` + ``degrade.apply``.
-
-    Returns the LR image ``[H/scale, W/scale, 3]`` as float32 in [0, 1].
-    """
-    import torch
-
-    params = degrade.sample_params(cfg, scale, rng)
-    hr_t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[
-        None
-    ]  # [1, 3, H, W]
-    lr_t = degrade.apply(hr_t, params)
-    return lr_t[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy().astype(np.float32)

@@ -2,7 +2,7 @@
 
 Paper: NSARM (arXiv 2510.00820) Eq. 2 and Alg. 1 (decomposition of the HR latent into per-scale residual
 bits), Alg. 2 (the "modified GT" labels of stage 2); Infinity's ``MultiScaleBSQ`` and
-``BitwiseSelfCorrection`` (spec: ../shared/docs/architecture.md A.6, C.9, E.3, E.4).
+``BitwiseSelfCorrection`` (spec: docs/architecture.md A.6, C.9, E.3, E.4).
 
 Shape legend (4-D everywhere; the official code carries a T=1 axis that we drop):
     B  batch                      d  latent channels of the VAE (14 or 32; never the patchified 56)

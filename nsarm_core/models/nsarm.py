@@ -13,7 +13,6 @@ the decoder turns the 128x128 latent into the 1024x1024 HR image, so the upscali
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,18 +22,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, WeightsNotFoundError
-from nsarm_core.models import cfw as cfw_mod
-from nsarm_core.models import transform_net as tn
-from nsarm_core.models import transformer as tf
-from nsarm_core.models import vae as vae_mod
-from nsarm_core.scales import ScaleSchedule, custom, get_schedule
+from nsarm_core.errors import ConfigError, unknown_choice
+from nsarm_core.models import checkpoint
+from nsarm_core.models.cfw import CFW, CFWConfig
+from nsarm_core.models.transform_net import TransformNet, TransformNetConfig
+from nsarm_core.models.transform_net import get_preset as transform_net_preset
+from nsarm_core.models.transform_net import load_official_state_dict as load_official_transform_net
+from nsarm_core.models.transformer import InfinityTransformer, TransformerConfig
+from nsarm_core.models.transformer import get_preset as transformer_preset
+from nsarm_core.models.transformer import load_official_state_dict as load_official_transformer
+from nsarm_core.models.vae import BSQVAE, VAEConfig, load_official_vae_state_dict
+from nsarm_core.models.vae import get_preset as vae_preset
+from nsarm_core.scales import ScaleSchedule, custom, get_named_schedule
 
 logger = logging.getLogger(__name__)
 
 MAP_PREFIX = "map_transformer."
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 DEFAULT_PROMPT = "A high-definition image with harmonious colors and rich details."
 
 
@@ -57,14 +60,14 @@ class NSARMConfig:
     """
 
     name: str
-    vae: vae_mod.VAEConfig
-    transformer: tf.TransformerConfig
-    transform_net: tn.TransformNetConfig
+    vae: VAEConfig
+    transformer: TransformerConfig
+    transform_net: TransformNetConfig
     schedule: ScaleSchedule
     text_encoder: str | None = None
     next_input_mode: str = "area"
     default_prompt: str = field(default=DEFAULT_PROMPT)
-    cfw: cfw_mod.CFWConfig | None = None
+    cfw: CFWConfig | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -160,14 +163,14 @@ class NSARMConfig:
         try:
             return cls(
                 name=str(data["name"]),
-                vae=vae_mod.VAEConfig.from_dict(data["vae"]),
-                transformer=tf.TransformerConfig(**data["transformer"]),
-                transform_net=tn.TransformNetConfig.from_dict(data["transform_net"]),
+                vae=VAEConfig.from_dict(data["vae"]),
+                transformer=TransformerConfig(**data["transformer"]),
+                transform_net=TransformNetConfig.from_dict(data["transform_net"]),
                 schedule=ScaleSchedule.from_dict(data["schedule"]),
                 text_encoder=data.get("text_encoder"),
                 next_input_mode=str(data.get("next_input_mode", "area")),
                 default_prompt=str(data.get("default_prompt", DEFAULT_PROMPT)),
-                cfw=cfw_mod.CFWConfig.from_dict(data["cfw"]) if data.get("cfw") is not None else None,
+                cfw=CFWConfig.from_dict(data["cfw"]) if data.get("cfw") is not None else None,
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"NSARM config is missing or has a bad field: {exc}") from exc
@@ -186,10 +189,10 @@ def _tiny_config() -> NSARMConfig:
     )
     return NSARMConfig(
         name="tiny",
-        vae=vae_mod.get_preset("tiny-d14"),
-        transformer=tf.get_preset("tiny"),
+        vae=vae_preset("tiny-d14"),
+        transformer=transformer_preset("tiny"),
         transform_net=replace(
-            tn.get_preset("tiny"),
+            transform_net_preset("tiny"),
             in_channels=14,
             latent_size=(8, 8),
             branch_grids=((2, 2), (4, 4), (8, 8)),
@@ -199,23 +202,24 @@ def _tiny_config() -> NSARMConfig:
     )
 
 
-def _official_8b(transformer: tf.TransformerConfig, name: str, text_encoder: str | None) -> NSARMConfig:
+def _official_8b(transformer: TransformerConfig, name: str, text_encoder: str | None) -> NSARMConfig:
     return NSARMConfig(
         name=name,
-        vae=vae_mod.get_preset("infinity-vae-d56"),
+        vae=vae_preset("infinity-vae-d56"),
         transformer=transformer,
-        transform_net=tn.get_preset("nsarm-8b"),
-        schedule=get_schedule(1.0, "1M", patchify=True),
+        transform_net=transform_net_preset("nsarm-8b"),
+        # the 1:1 template at 1M with patchify, under its registered name (the training configs use it)
+        schedule=get_named_schedule("sr-1024"),
         text_encoder=text_encoder,
     )
 
 
 PRESETS: dict[str, NSARMConfig] = {
     # The released model: Infinity-8B + its d56 VAE + Flan-T5-XL + the transformation network (spec E).
-    "nsarm-8b": _official_8b(tf.get_preset("infinity-8b"), "nsarm-8b", "google/flan-t5-xl"),
+    "nsarm-8b": _official_8b(transformer_preset("infinity-8b"), "nsarm-8b", "google/flan-t5-xl"),
     # The geometry of ../shared/parity/nsarm_infer_tiny (tiny transformer, full-size VAE and map network).
     "nsarm-parity-tiny": _official_8b(
-        tf.get_preset("tiny-parity-patchify"), "nsarm-parity-tiny", "precomputed"
+        transformer_preset("tiny-parity-patchify"), "nsarm-parity-tiny", "precomputed"
     ),
     "tiny": _tiny_config(),
     # The shipped CPU model (nsarm_core/assets/nsarm-tiny; docs/model_card.md): the tiny geometry with the
@@ -223,8 +227,8 @@ PRESETS: dict[str, NSARMConfig] = {
     "nsarm-tiny": replace(
         _tiny_config(),
         name="nsarm-tiny",
-        transformer=tf.get_preset("nsarm-tiny"),
-        transform_net=tn.get_preset("nsarm-tiny"),
+        transformer=transformer_preset("nsarm-tiny"),
+        transform_net=transform_net_preset("nsarm-tiny"),
     ),
 }
 
@@ -232,11 +236,7 @@ PRESETS: dict[str, NSARMConfig] = {
 def get_preset(name: str) -> NSARMConfig:
     """The named :class:`NSARMConfig`; an unknown name raises ConfigError listing the valid ones."""
     if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown NSARM preset {name!r}; valid: {sorted(PRESETS)}{hint}")
+        raise unknown_choice("NSARM preset", name, sorted(PRESETS))
     return PRESETS[name]
 
 
@@ -251,21 +251,21 @@ class NSARM(nn.Module):
     def __init__(self, config: NSARMConfig, *, init: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.vae = vae_mod.BSQVAE(config.vae)
-        self.transform_net = tn.TransformNet(config.transform_net)
-        self.transformer = tf.InfinityTransformer(config.transformer, init=init)
+        self.vae = BSQVAE(config.vae)
+        self.transform_net = TransformNet(config.transform_net)
+        self.transformer = InfinityTransformer(config.transformer, init=init)
         # Optional: the LR-feature fusion into the decoder (our extension; absent from the paper's models).
-        self.cfw = cfw_mod.CFW(config.cfw, config.vae, config.scale) if config.cfw is not None else None
+        self.cfw = CFW(config.cfw, config.vae, config.scale) if config.cfw is not None else None
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part; ``total`` excludes the VAE, as the paper's Table 2 does (8,760 M for nsarm-8b)."""
         counts = {
-            "vae": tf.count_parameters(self.vae),
-            "transform_net": tf.count_parameters(self.transform_net),
-            "transformer": tf.count_parameters(self.transformer),
+            "vae": checkpoint.count_parameters(self.vae),
+            "transform_net": checkpoint.count_parameters(self.transform_net),
+            "transformer": checkpoint.count_parameters(self.transformer),
         }
         if self.cfw is not None:
-            counts["cfw"] = tf.count_parameters(self.cfw)
+            counts["cfw"] = checkpoint.count_parameters(self.cfw)
         counts["total"] = counts["transform_net"] + counts["transformer"]
         return counts
 
@@ -279,25 +279,16 @@ class NSARM(nn.Module):
                 f"the NSARM checkpoint holds no '{MAP_PREFIX}*' keys: this is a plain Infinity checkpoint, not NSARM"
             )
         gpt_sd = {k: v for k, v in nsarm_state_dict.items() if not k.startswith(MAP_PREFIX)}
-        tn.load_official_state_dict(self.transform_net, map_sd, prefix=MAP_PREFIX)
-        tf.load_official_state_dict(self.transformer, gpt_sd)
+        load_official_transform_net(self.transform_net, map_sd, prefix=MAP_PREFIX)
+        load_official_transformer(self.transformer, gpt_sd)
         if vae_state_dict is not None:
-            vae_mod.load_official_vae_state_dict(self.vae, vae_state_dict, strict=True)
+            load_official_vae_state_dict(self.vae, vae_state_dict, strict=True)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (all three parts) into ``directory``."""
-        from safetensors.torch import save_file
-
-        from nsarm_core.data.io import atomic_write_text
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = out / f".{WEIGHTS_NAME}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "model_type": "nsarm"})
-        tmp.replace(out / WEIGHTS_NAME)
-        atomic_write_text(out / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return out
+        return checkpoint.save_folder(
+            directory, self.state_dict(), _config_body(self.config), model_type="nsarm"
+        )
 
     @classmethod
     def from_pretrained(
@@ -307,29 +298,29 @@ class NSARM(nn.Module):
         weights_file: str | Path | None = None,
         device: str | torch.device = "cpu",
     ) -> NSARM:
-        """Rebuild a model written by :meth:`save_pretrained` (strict load, safetensors only)."""
-        from safetensors.torch import load_file
+        """Rebuild a model written by :meth:`save_pretrained` (strict load).
 
-        src = Path(directory)
-        cfg_path = src / CONFIG_NAME
-        w_path = Path(weights_file) if weights_file is not None else src / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise WeightsNotFoundError(
-                    f"{p} not found; expected a model folder written by NSARM.save_pretrained"
-                )
-        config = NSARMConfig.from_dict(json.loads(cfg_path.read_text()))
-        model = cls(config, init=False)
-        state = load_file(str(w_path))
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ConfigError(
-                f"{w_path} does not match {cfg_path}: missing {missing[:10]}, unexpected {unexpected[:10]}"
-            )
-        bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
-        if bad:
-            raise ConfigError(f"{w_path}: shape mismatch for {bad[:10]}")
+        Raises:
+            WeightsNotFoundError: ``config.json`` or the weights are missing.
+            InputError: the weights file is corrupt or truncated (the message names it).
+            ConfigError: the config is invalid, or the weights do not fit it.
+        """
+        data, state = checkpoint.read_folder(
+            directory, model_type="nsarm", weights_file=weights_file, writer="NSARM.save_pretrained"
+        )
+        model = cls(NSARMConfig.from_dict(data), init=False)
+        checkpoint.check_state_dict(
+            model.state_dict(),
+            state,
+            source=str(weights_file or Path(directory) / checkpoint.WEIGHTS_NAME),
+            what=f"the NSARM model of {Path(directory) / checkpoint.CONFIG_NAME}",
+        )
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()
+
+
+def _config_body(config: NSARMConfig) -> dict[str, Any]:
+    """``config.to_dict()`` without ``model_type``, which :func:`checkpoint.save_folder` writes itself."""
+    body = config.to_dict()
+    body.pop("model_type")
+    return body

@@ -19,6 +19,7 @@ Shape legend:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,19 @@ class SampleResult:
     bits_tok: list[Tensor]
     logits: list[Tensor] | None
     next_inputs: list[Tensor]
+
+
+def check_tau(tau: float) -> float:
+    """The one rule for the sampling temperature, used by the sampler, the pipeline and the CLI alike.
+
+    The logits are divided by ``tau``, so it must be a finite number > 0.
+
+    Raises:
+        ConfigError: anything else (0, negative, NaN, infinity, not a number).
+    """
+    if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
+        raise ConfigError(f"tau (the sampling temperature) must be a finite number > 0, got {tau!r}")
+    return float(tau)
 
 
 def sample_bits(logits: Tensor, top_p: float, generator: torch.Generator | None) -> Tensor:
@@ -175,9 +189,7 @@ def sample_scales(
     steps = K if stop_after is None else int(stop_after)
     if not 1 <= steps <= K:
         raise ConfigError(f"stop_after must be in [1, {K}], got {stop_after}")
-    taus, cfgs = _per_scale(tau, K, "tau"), _per_scale(cfg, K, "cfg")
-    if any(t <= 0 for t in taus):
-        raise ConfigError(f"tau must be positive, got {taus}")
+    taus, cfgs = [check_tau(t) for t in _per_scale(tau, K, "tau")], _per_scale(cfg, K, "cfg")
     cond = model.text_condition(text, batch_size)
     B = cond.batch_size
     # CFG doubles the batch with the "empty text" rows (spec D step 1); without a text encoder cond == uncond.

@@ -26,8 +26,6 @@ training runs. Parameter initialisation is torch's default (``nn.MultiheadAttent
 
 from __future__ import annotations
 
-import difflib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -38,12 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.errors import ConfigError, InputError, unknown_choice
+from nsarm_core.models import checkpoint
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,9 +194,7 @@ def get_preset(name: str) -> TransformNetConfig:
     """
     if name in PRESETS:
         return PRESETS[name]
-    close = difflib.get_close_matches(name, PRESETS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown transformation-network preset {name!r}; valid: {sorted(PRESETS)}.{hint}")
+    raise unknown_choice("transformation-network preset", name, sorted(PRESETS))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -427,42 +421,25 @@ class TransformNet(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model": "TransformNet"})
-        return directory
+        return checkpoint.save_folder(
+            directory, self.state_dict(), self.config.to_dict(), model_type="transform_net"
+        )
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> TransformNet:
         """Rebuild a network written by :meth:`save_pretrained` (strict load)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise WeightsNotFoundError(
-                    f"transformation-network file {p} not found; expected a folder written by "
-                    "TransformNet.save_pretrained (config.json + model.safetensors)"
-                )
+        data, state = checkpoint.read_folder(
+            directory, model_type="transform_net", writer="TransformNet.save_pretrained"
+        )
         try:
-            config = TransformNetConfig.from_dict(json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ConfigError(f"cannot read transformation-network config {cfg_path}: {e}") from e
+            config = TransformNetConfig.from_dict(data)
+        except TypeError as e:
+            raise ConfigError(f"cannot read transformation-network config in {directory}: {e}") from e
         model = cls(config)
-        load_official_state_dict(model, load_file(str(w_path)), prefix="")
+        load_official_state_dict(model, state, prefix="")
         return model.to(device=device, dtype=dtype)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (works on the meta device)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def load_official_state_dict(
@@ -483,28 +460,13 @@ def load_official_state_dict(
         sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     else:
         sub = dict(state_dict)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sub))
-    unexpected = sorted(set(sub) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(sub[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sub and tuple(sub[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:3]}")
-    if problems:
-        raise ConfigError(
-            "transformation-network weights do not match the model config "
-            f"(branches {list(model.config.branch_grids)}, dims {list(model.config.branch_dims)}): "
-            + "; ".join(problems)
-            + ". Use the preset that matches the checkpoint (the official NSARM checkpoint needs 'nsarm-8b')."
-        )
+    checkpoint.check_state_dict(
+        model.state_dict(),
+        sub,
+        source="transformation-network weights",
+        what=f"the model config (branches {list(model.config.branch_grids)}, dims {list(model.config.branch_dims)})",
+        hint="Use the preset that matches the checkpoint (the official NSARM checkpoint needs 'nsarm-8b').",
+    )
     model.load_state_dict(sub, strict=True)
     logger.debug("loaded %d transformation-network tensors", len(sub))
 
@@ -528,7 +490,6 @@ __all__ = [
     "TransformNet",
     "TransformNetConfig",
     "build_transform_net",
-    "count_parameters",
     "get_preset",
     "latent_maps_to_outputs",
     "load_official_state_dict",

@@ -17,11 +17,9 @@ Shape legend:
 from __future__ import annotations
 
 import contextlib
-import difflib
-import json
+import dataclasses
 import logging
 import math
-import pickle
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, refused_pickle
+from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, unknown_choice
+from nsarm_core.models import checkpoint
 from nsarm_core.models.layers import (
     AdaLNBeforeHead,
     BlockChunk,
@@ -187,9 +186,7 @@ PRESETS["nsarm-tiny"] = replace(PRESETS["tiny"], depth=4, embed_dim=192, num_hea
 def get_preset(name: str) -> TransformerConfig:
     """The named :class:`TransformerConfig`; unknown names raise ConfigError with the valid names."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown transformer preset {name!r}; valid: {sorted(PRESETS)}{hint}")
+        raise unknown_choice("transformer preset", name, sorted(PRESETS))
     return PRESETS[name]
 
 
@@ -336,6 +333,42 @@ class InfinityTransformer(nn.Module):
         if init and not self.pos_start.is_meta:
             self.init_weights(generator)
 
+    # --- our own checkpoints (config.json + model.safetensors) ----------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` (the :class:`TransformerConfig` fields) and ``model.safetensors``."""
+        return checkpoint.save_folder(
+            directory, self.state_dict(), dataclasses.asdict(self.config), model_type="infinity_transformer"
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, device: str | torch.device = "cpu"
+    ) -> InfinityTransformer:
+        """Rebuild a transformer written by :meth:`save_pretrained` (strict load, float32).
+
+        Raises:
+            WeightsNotFoundError: a file is missing; InputError: corrupt weights; ConfigError: they do not fit.
+        """
+        data, state = checkpoint.read_folder(
+            directory, model_type="infinity_transformer", writer="InfinityTransformer.save_pretrained"
+        )
+        try:
+            config = TransformerConfig(**data)
+        except TypeError as exc:
+            raise ConfigError(
+                f"{Path(directory) / checkpoint.CONFIG_NAME}: not a TransformerConfig ({exc})"
+            ) from exc
+        model = cls(config, init=False)
+        checkpoint.check_state_dict(
+            model.state_dict(),
+            state,
+            source=str(Path(directory) / checkpoint.WEIGHTS_NAME),
+            what="its config.json",
+        )
+        model.load_state_dict(state, strict=True)
+        return model.to(device)
+
     # --- initialisation -----------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -450,10 +483,6 @@ class InfinityTransformer(nn.Module):
         gss = self.shared_ada_lin(cond_BD.to(dtype)).float().reshape(-1, 1, 6, self.config.embed_dim)
         return TextContext(cond_BD=cond_BD, gss=gss, ca_text=ca_text, text_mask=mask)
 
-    def sample_cond_drop(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """bool [B]: which captions to replace by ``cfg_uncond`` this step (probability ``cond_drop_rate``)."""
-        return torch.rand(batch_size, generator=generator) < self.config.cond_drop_rate
-
     # --- positions ----------------------------------------------------------------------------------------
 
     def rope_tables(self, schedule: ScaleSchedule, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -493,7 +522,7 @@ class InfinityTransformer(nn.Module):
             x_BLC_inputs: [B, L − 1, d_vae] inputs of scales 1..K−1 (accumulated codes resized to each grid,
                 patchified with the 8B geometry, row-major tokens); the SOS is built from the text.
             schedule: the token grids of the K scales.
-            cond_drop: optional bool [B] CFG-dropout mask (see :meth:`sample_cond_drop`).
+            cond_drop: optional bool [B] CFG-dropout mask.
 
         Returns:
             logits [B, L, 2·d_vae] float32 (``[..., 2j]`` bit j = 0, ``[..., 2j+1]`` bit j = 1).
@@ -589,11 +618,6 @@ def build_transformer(
         return InfinityTransformer(cfg, init=init)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameter elements (buffers excluded), also on the meta device."""
-    return sum(p.numel() for p in model.parameters())
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Loading official checkpoints
 # ----------------------------------------------------------------------------------------------------------
@@ -633,40 +657,29 @@ def _adapt_state_dict(
     return out
 
 
-def _show(items: list[str]) -> str:
-    return ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
+_PRESET_HINT = "Check that the preset matches the checkpoint (e.g. infinity-2b vs infinity-8b)."
 
 
-def _check_key_names(model: nn.Module, keys: Sequence[str] | set[str], source: str) -> None:
-    expected = model.state_dict().keys()
-    provided = set(keys)
-    missing = [k for k in expected if k not in provided and not k.endswith("zero_k_bias")]
-    unexpected = sorted(k for k in provided if k not in expected)
-    if missing or unexpected:
-        parts = ([f"missing keys: {_show(missing)}"] if missing else []) + (
-            [f"unexpected keys: {_show(unexpected)}"] if unexpected else []
-        )
-        raise ConfigError(
-            f"{source} does not fit this transformer: "
-            + "; ".join(parts)
-            + ". Check that the preset matches the checkpoint (e.g. infinity-2b vs infinity-8b)."
-        )
+def _is_key_bias(key: str) -> bool:
+    """The zero key-bias buffers: recomputed by the model, so a checkpoint may leave them out."""
+    return key.endswith("zero_k_bias")
 
 
-def _check_values(model: nn.Module, part: Mapping[str, Tensor], source: str) -> None:
-    expected = model.state_dict()
-    bad = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in part.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if bad:
-        raise ConfigError(
-            f"{source}: shape mismatches: {_show(bad)}. Check the preset against the checkpoint."
-        )
-    nonzero = [k for k, v in part.items() if k.endswith("zero_k_bias") and bool(v.any())]
+def _check_part(model: nn.Module, part: Mapping[str, Tensor | None], source: str, *, complete: bool) -> None:
+    """Strict report of ``part`` against ``model`` (names only for None values); ``complete=False``: a shard."""
+    checkpoint.check_state_dict(
+        model.state_dict(),
+        part,
+        source=source,
+        what="this transformer",
+        hint=_PRESET_HINT,
+        optional=_is_key_bias if complete else (lambda _key: True),
+    )
+    nonzero = [k for k, v in part.items() if _is_key_bias(k) and v is not None and bool(v.any())]
     if nonzero:
-        raise ConfigError(f"{source}: the key-bias buffers must be zero, but {_show(nonzero)} are not")
+        raise ConfigError(
+            f"{source}: the key-bias buffers must be zero, but {', '.join(nonzero[:12])} are not"
+        )
 
 
 @torch.no_grad()
@@ -688,8 +701,7 @@ def load_official_state_dict(
         ConfigError: listing the missing / unexpected keys or shape mismatches.
     """
     adapted = _adapt_state_dict(model, sd, ignore_prefixes)
-    _check_key_names(model, adapted.keys(), source)
-    _check_values(model, adapted, source)
+    _check_part(model, adapted, source, complete=True)
     model.load_state_dict(adapted, strict=False)
 
 
@@ -720,40 +732,20 @@ def load_transformer_weights(
         WeightsNotFoundError: the path or a shard does not exist.
         ConfigError: keys or shapes do not fit the model.
     """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors.index.json"
-    if not path.exists():
-        raise WeightsNotFoundError(f"transformer weights not found: {path}")
+    path = checkpoint.weights_path(path)
     if path.name.endswith(".index.json"):
-        index = json.loads(path.read_text())
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ConfigError(f"{path} has no 'weight_map'; is it a safetensors index file?")
+        weight_map = checkpoint.read_index(path)
         shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (path.parent / s).exists()]
+        missing = [s for s in shards if not (path.parent / s).is_file()]
         if missing:
             raise WeightsNotFoundError(f"shards listed in {path} are missing: {missing}")
         # Check the key names from the index before reading any tensor (fails fast on a wrong preset).
         names = [k for k in (_adapt_key(model, key, ignore_prefixes) for key in weight_map) if k is not None]
-        _check_key_names(model, names, str(path))
-        for shard in shards:
-            part = _adapt_state_dict(model, load_file(str(path.parent / shard)), ignore_prefixes)
-            _check_key_names(model, set(part) | set(model.state_dict()), str(path.parent / shard))
-            _check_values(model, part, str(path.parent / shard))
+        _check_part(model, dict.fromkeys(names), str(path), complete=True)
+        for shard in shards:  # one shard at a time: peak memory stays about one shard above the model
+            part = _adapt_state_dict(model, checkpoint.load_state_dict(path.parent / shard), ignore_prefixes)
+            _check_part(model, part, str(path.parent / shard), complete=False)
             model.load_state_dict(part, strict=False)
         return
-    if path.suffix == ".safetensors":
-        sd = load_file(str(path))
-    else:
-        try:
-            try:
-                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:  # code or garbage in the pickle: refused, never run
-            raise refused_pickle(path, exc) from exc
-        sd = _unwrap_checkpoint(obj, path)
+    sd = _unwrap_checkpoint(checkpoint.read_weights(path), path)
     load_official_state_dict(model, sd, source=str(path), ignore_prefixes=ignore_prefixes)

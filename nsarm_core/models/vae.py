@@ -1,7 +1,7 @@
 """BSQ-VAE tokenizer: a Flux-style convolutional autoencoder around the multi-scale BSQ of ``bsq.py``.
 
-Paper: NSARM (arXiv 2510.00820) §3 uses Infinity-8B's tokenizer unchanged; spec: ../shared/docs/architecture.md
-§A.1-A.5 (``infinity/models/bsq_vae/{vae,flux_vqgan,conv}.py``) and checklist §H.1, H.12.
+Paper: NSARM (arXiv 2510.00820) Sec. 3 uses Infinity-8B's tokenizer unchanged; spec: docs/architecture.md
+A.1-A.5 (``infinity/models/bsq_vae/{vae,flux_vqgan,conv}.py``) and checklist H.1, H.12.
 
 The module tree reproduces the official state-dict keys exactly (``encoder.conv_in.conv.weight``,
 ``encoder.down.{i}.block.{j}.norm1.norm.weight``, ``decoder.up.{i}.upsample.conv.conv.bias``, ...), so real
@@ -19,11 +19,8 @@ Shape legend:
 
 from __future__ import annotations
 
-import difflib
-import json
 import logging
 import math
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,14 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, refused_pickle
+from nsarm_core.errors import ConfigError, InputError, unknown_choice
+from nsarm_core.models import checkpoint
 from nsarm_core.models.bsq import ResidualScales, decompose_into_residual_scales
 from nsarm_core.scales import ScaleSchedule, vae_default_schedule
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -67,7 +62,7 @@ def norm_groups(channels: int) -> int:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Hyper-parameters of the BSQ-VAE (the official builder fixes everything but d, stride and ch_mult, §A.1).
+    """Hyper-parameters of the BSQ-VAE (the official builder fixes everything but d, stride and ch_mult, A.1).
 
     Attributes:
         codebook_dim: latent channels d (= bits per VAE position; codebook size 2^d).
@@ -159,9 +154,7 @@ PRESETS: dict[str, VAEConfig] = {
 def get_preset(name: str) -> VAEConfig:
     """Named :class:`VAEConfig`; unknown names raise ConfigError listing the valid ones and the closest match."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown VAE preset {name!r}; valid: {sorted(PRESETS)}{hint}")
+        raise unknown_choice("VAE preset", name, sorted(PRESETS))
     return PRESETS[name]
 
 
@@ -175,7 +168,7 @@ def swish(x: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Building blocks (§A.2). The thin wrappers exist so the parameter names carry the official inner ``.conv`` /
+# Building blocks (A.2). The thin wrappers exist so the parameter names carry the official inner ``.conv`` /
 # ``.norm`` segment.
 # ----------------------------------------------------------------------------------------------------------
 
@@ -263,7 +256,7 @@ class _Mid(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Encoder and decoder (§A.3, §A.4)
+# Encoder and decoder (A.3, A.4)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -427,37 +420,18 @@ class BSQVAE(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (float tensors as stored) into ``directory``."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_NAME).write_text(
-            json.dumps({"model_type": "bsq_vae", **self.config.to_dict()}, indent=2)
+        return checkpoint.save_folder(
+            directory, self.state_dict(), self.config.to_dict(), model_type="bsq_vae"
         )
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model_type": "bsq_vae"})
-        return out
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> BSQVAE:
         """Rebuild a model written by :meth:`save_pretrained` (strict load)."""
-        from safetensors.torch import load_file
-
-        src = Path(directory)
-        cfg_path, w_path = src / CONFIG_NAME, src / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise WeightsNotFoundError(
-                    f"{p} not found; expected a folder written by BSQVAE.save_pretrained"
-                )
-        data = json.loads(cfg_path.read_text())
-        model_type = data.pop("model_type", "bsq_vae")
-        if model_type != "bsq_vae":
-            raise ConfigError(f"{cfg_path} describes a {model_type!r} model, not a 'bsq_vae'")
+        data, state = checkpoint.read_folder(directory, model_type="bsq_vae", writer="BSQVAE.save_pretrained")
         model = cls(VAEConfig.from_dict(data))
-        load_official_vae_state_dict(model, load_file(str(w_path)), strict=True)
+        load_official_vae_state_dict(model, state, strict=True)
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
 
 
@@ -467,7 +441,7 @@ def build_vae(preset: str | VAEConfig) -> BSQVAE:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Loading official checkpoints (§A.5, §H.1, §H.12)
+# Loading official checkpoints (A.5, H.1, H.12)
 # ----------------------------------------------------------------------------------------------------------
 
 MASK_KEYS = ("quantizer.lfq.mask", "quantize.lfq.mask")
@@ -501,34 +475,6 @@ def _plain_key(key: str) -> str | None:
     return None
 
 
-def _read_checkpoint(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"VAE checkpoint {path} not found; pass the path of an official .pth or a state dict"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        # mmap keeps the 1.56 GB official files out of RAM until a tensor is read.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise InputError(f"cannot read VAE checkpoint {path}: {exc}") from exc
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as inner:  # a legacy (non-zip) pickle holding code: refused, never run
-            raise refused_pickle(path, inner) from inner
-    except pickle.UnpicklingError as exc:
-        raise refused_pickle(path, exc) from exc
-    except Exception as exc:  # weights_only refuses arbitrary pickled objects
-        raise InputError(
-            f"cannot read VAE checkpoint {path} with torch.load(weights_only=True): {exc}. "
-            "Extract the 'vae' state dict into a plain tensor dict (or .safetensors) first."
-        ) from exc
-
-
 def load_official_vae_state_dict(
     model: BSQVAE, sd_or_path: Mapping[str, Any] | str | Path, *, strict: bool = True
 ) -> LoadReport:
@@ -552,7 +498,7 @@ def load_official_vae_state_dict(
         ConfigError: unexpected/missing keys (strict), a key given in both spellings, a shape mismatch, a bad mask.
         WeightsNotFoundError: the path does not exist.
     """
-    source = _read_checkpoint(Path(sd_or_path)) if isinstance(sd_or_path, (str, Path)) else sd_or_path
+    source = checkpoint.read_weights(sd_or_path) if isinstance(sd_or_path, (str, Path)) else sd_or_path
     if "vae" in source and isinstance(source["vae"], Mapping):
         source = source["vae"]
     target = model.state_dict()
@@ -585,21 +531,19 @@ def load_official_vae_state_dict(
             raise ConfigError(f"checkpoint holds {name} twice (as {name!r} and its plain spelling); keep one")
         if not isinstance(value, Tensor):
             raise ConfigError(f"checkpoint entry {key} is a {type(value).__name__}, expected a tensor")
-        if tuple(value.shape) != tuple(target[name].shape):
-            raise ConfigError(
-                f"checkpoint tensor {key} has shape {tuple(value.shape)} but {name} of VAE preset "
-                f"{model.config.name or '<custom>'} expects {tuple(target[name].shape)}; wrong codebook_dim/patch size?"
-            )
         if name != key:
             renamed.append(key)
         mapped[name] = value
     missing = sorted(set(target) - set(mapped))
-    if strict and (missing or unexpected):
-        raise ConfigError(
-            "VAE checkpoint does not match the model: "
-            f"{len(unexpected)} unexpected key(s) {sorted(unexpected)[:20]}, "
-            f"{len(missing)} missing key(s) {missing[:20]}. Check the preset (d, stride) or pass strict=False."
-        )
+    # Shapes are always checked; missing and unexpected keys only when strict (else they are reported below).
+    checkpoint.check_state_dict(
+        target,
+        {**mapped, **dict.fromkeys(unexpected)} if strict else mapped,
+        source="VAE checkpoint",
+        what=f"VAE preset {model.config.name or '<custom>'}",
+        hint="Check the preset (codebook_dim, stride, patch size) or pass strict=False for missing/unexpected keys.",
+        optional=None if strict else (lambda _key: True),
+    )
     if missing or unexpected:
         logger.warning("VAE load: %d missing and %d unexpected keys", len(missing), len(unexpected))
     with torch.no_grad():

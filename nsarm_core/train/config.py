@@ -1,7 +1,7 @@
 """Training configuration: one frozen dataclass, loaded from YAML with ``--set key=value`` overrides.
 
-Spec: ../shared/docs/style.md section 4 item 10 (training as the accelerate idiom) and
-../shared/docs/architecture.md C.10 (Infinity's example hyper-parameters: AdamW betas (0.9, 0.97), weight
+Spec: docs/architecture.md S.4 item 10 (training as the accelerate idiom) and
+docs/architecture.md C.10 (Infinity's example hyper-parameters: AdamW betas (0.9, 0.97), weight
 decay 0.005, linear decay, grad clip 5, bf16), E.4 (NSARM's two training stages).
 
 A config file is a YAML mapping whose top-level keys are the fields of :class:`TrainConfig`; stage-specific
@@ -18,7 +18,6 @@ ones with the closest match.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -29,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import ConfigError, InputError, did_you_mean
 
 Schedule = Literal["cosine", "constant", "linear"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
@@ -255,10 +254,8 @@ def convert_scalar_fields(cls: type, values: Mapping[str, Any], prefix: str = "s
 def _check_key(key: str) -> None:
     keys = valid_keys()
     if key not in keys:
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(
-            f"unknown train config key '{key}'.{hint} Valid keys: {', '.join(keys)} "
+            f"unknown train config key '{key}'.{did_you_mean(key, keys)} Valid keys: {', '.join(keys)} "
             "(stage-specific settings go under 'stage', e.g. --set stage.NAME=VALUE)"
         )
 
@@ -300,9 +297,9 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool) and ("no" if not value else "yes") in choices:
             value = "no" if not value else "yes"  # YAML 1.1 reads an unquoted `no` as False
         if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"train config: {name}={value!r} is not one of {choices}.{hint}")
+            raise ConfigError(
+                f"train config: {name}={value!r} is not one of {choices}.{did_you_mean(value, choices)}"
+            )
         return value
     if origin is tuple:
         items = value

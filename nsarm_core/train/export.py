@@ -1,7 +1,7 @@
 """Assemble trained parts into one NSARM model folder that ``nsarm upscale --model DIR`` loads.
 
 Paper: NSARM (arXiv 2510.00820) Sec. 3 (the model = tokenizer + transformation network + transformer); spec
-../shared/docs/architecture.md E.4 (the two training stages). Training writes each part on its own:
+docs/architecture.md E.4 (the two training stages). Training writes each part on its own:
 
     tokenizer run   final/vae/             BSQVAE.save_pretrained            (nsarm train-tokenizer)
     stage-1 run     final/transform_net/   TransformNet.save_pretrained      (nsarm train-stage1, Eq. 4)
@@ -16,15 +16,17 @@ the weights it trained against), takes the newest transformation network (stage 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.errors import InputError, WeightsNotFoundError
 from nsarm_core.models.nsarm import DEFAULT_PROMPT, NSARM, NSARMConfig
 from nsarm_core.models.transform_net import TransformNet
-from nsarm_core.models.transformer import TransformerConfig
+from nsarm_core.models.transformer import InfinityTransformer
 from nsarm_core.scales import get_named_schedule
+from nsarm_core.train.config import load_config
+from nsarm_core.train.stage1 import load_frozen_vae
+from nsarm_core.train.stage2 import Stage2Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ def _find_part(path: str | Path, part: str) -> Path | None:
 
 def _load_run_stage(run_dir: Path) -> dict:
     """The ``stage:`` mapping of a run's ``config.yaml``."""
-    from nsarm_core.train.config import load_config
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -83,10 +84,6 @@ def export_nsarm_model(
         WeightsNotFoundError: the VAE weights cannot be found (a random VAE would give a useless model).
         ConfigError: parts whose geometries do not fit (from :class:`NSARMConfig`).
     """
-    from safetensors.torch import load_file
-
-    from nsarm_core.train.stage1 import load_frozen_vae
-    from nsarm_core.train.stage2 import Stage2Settings
 
     run = Path(stage2_run)
     settings = Stage2Settings.from_stage(_load_run_stage(run))
@@ -123,7 +120,8 @@ def export_nsarm_model(
             )
     net = TransformNet.from_pretrained(net_dir)
 
-    gpt_config = TransformerConfig(**json.loads((gpt_dir / "config.json").read_text()))
+    transformer = InfinityTransformer.from_pretrained(gpt_dir)
+    gpt_config = transformer.config
     text_encoder = settings.text_encoder if gpt_config.use_text else None
     out = Path(out_dir)
     config = NSARMConfig(
@@ -139,15 +137,7 @@ def export_nsarm_model(
     model = NSARM(config, init=False)
     model.vae.load_state_dict(vae.state_dict())
     model.transform_net.load_state_dict(net.state_dict())
-    state = load_file(str(gpt_dir / "model.safetensors"))
-    missing, unexpected = model.transformer.load_state_dict(
-        {k: v.float() for k, v in state.items()}, strict=False
-    )
-    if missing or unexpected:
-        raise ConfigError(
-            f"{gpt_dir}/model.safetensors does not match its config.json: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    model.transformer.load_state_dict(transformer.state_dict())
     model.save_pretrained(out)
     logger.info(
         "exported NSARM model %r to %s (VAE %s, transformation net %s, transformer %s)",

@@ -1,7 +1,7 @@
 """The generic training loop (accelerate): what both NSARM stages share.
 
-Spec: ../shared/docs/style.md section 4 item 10 ("training is the accelerate idiom in three short files"),
-../shared/docs/architecture.md C.10 (AdamW, warm-up + decay, clipping, bf16, FSDP, block checkpointing) and
+Spec: docs/architecture.md S.4 item 10 ("training is the accelerate idiom in three short files"),
+docs/architecture.md C.10 (AdamW, warm-up + decay, clipping, bf16, FSDP, block checkpointing) and
 E.4 (the two stages). A stage is a :class:`Recipe`: it declares only its models, which parameters train, its
 dataset and its loss; this file does everything else.
 

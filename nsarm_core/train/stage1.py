@@ -1,7 +1,7 @@
 """Stage 1 of NSARM training: the transformation network learns the HR image's first K_t residual scales.
 
 Paper: NSARM (arXiv 2510.00820) Eq. 4 and the overview figure ("Stage1: MSE Loss"); spec
-../shared/docs/architecture.md E.2-E.4. The frozen BSQ-VAE encodes the HR image to ``F_HR`` and the LR image to
+docs/architecture.md E.2-E.4. The frozen BSQ-VAE encodes the HR image to ``F_HR`` and the LR image to
 ``F_LR``; the HR latent is decomposed into residual scales (Alg. 1, ``bsq.decompose_into_residual_scales``) and
 the network ``T`` is trained so that its K_t outputs match the *continuous* residuals ``r_k`` (before BSQ) of
 the first K_t scales::
@@ -32,16 +32,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from nsarm_core.data.datasets import HRFolderDataset, PairedFolderDataset
 from nsarm_core.errors import ConfigError
 from nsarm_core.models.bsq import decompose_into_residual_scales
+from nsarm_core.models.nsarm import get_preset as get_nsarm_preset
+from nsarm_core.models.transform_net import PRESETS as NET_PRESETS
 from nsarm_core.models.transform_net import (
     TransformNet,
     TransformNetConfig,
     build_transform_net,
     outputs_to_latent_maps,
 )
+from nsarm_core.models.transformer import PRESETS as TRANSFORMER_PRESETS
 from nsarm_core.models.vae import BSQVAE, VAEConfig, build_vae, load_official_vae_state_dict
-from nsarm_core.scales import ScaleSchedule, get_named_schedule
+from nsarm_core.models.vae import PRESETS as VAE_PRESETS
+from nsarm_core.scales import SCHEDULES, ScaleSchedule, get_named_schedule
 from nsarm_core.train.config import TrainConfig, convert_scalar_fields
 from nsarm_core.train.loop import param_groups
 
@@ -99,7 +104,6 @@ class DataSettings:
 
     def make_dataset(self, pixel_size: tuple[int, int], seed: int) -> Dataset:
         """The dataset these settings describe, cropping HR to ``pixel_size``."""
-        from nsarm_core.data.datasets import HRFolderDataset, PairedFolderDataset
 
         common: dict[str, Any] = dict(
             captions=self.captions,
@@ -158,18 +162,56 @@ class Stage1Settings:
         return settings_from_stage(cls, stage)
 
 
+def model_geometry(model: str) -> dict[str, Any]:
+    """The geometry one NSARM preset fixes, as stage settings: ``schedule``, ``vae``, ``transformer`` and
+    ``transform_net``. ``stage.model: NAME`` in a training config stands for these keys, so the geometry is
+    written once (``nsarm_core.models.nsarm.PRESETS``), not copied into every config.
+
+    Raises:
+        ConfigError: an unknown preset, or one whose schedule has no registered name.
+    """
+    config = get_nsarm_preset(model)
+    if config.schedule.name not in SCHEDULES:
+        raise ConfigError(
+            f"NSARM preset {model!r} uses an unnamed scale schedule; it cannot be a stage.model"
+        )
+    return {
+        "schedule": config.schedule.name,
+        "vae": _preset_name(config.vae, VAE_PRESETS) or config.vae.to_dict(),
+        "transformer": _preset_name(config.transformer, TRANSFORMER_PRESETS)
+        or dataclasses.asdict(config.transformer),
+        "transform_net": _preset_name(config.transform_net, NET_PRESETS) or config.transform_net.to_dict(),
+    }
+
+
+def _preset_name(config: object, presets: Mapping[str, object]) -> str | None:
+    """The name of the preset equal to ``config`` (readable settings and logs), or None."""
+    return next((name for name, preset in presets.items() if preset == config), None)
+
+
 def settings_from_stage(cls: type, stage: Mapping[str, Any]) -> Any:
     """Build a stage-settings dataclass ``cls`` (with a ``data: DataSettings`` field) from ``TrainConfig.stage``.
+
+    ``stage.model: NAME`` (an NSARM preset) supplies the geometry keys of :func:`model_geometry` that ``cls`` has;
+    a key given explicitly wins.
 
     Raises:
         ConfigError: unknown keys (listing the valid ones) or values of the wrong kind.
     """
     own = {f.name for f in dataclasses.fields(cls)} - {"data"}
+    stage = dict(stage)
+    # A class with its own ``model`` field (the CFW stage's frozen model folder or name) keeps the key as is.
+    model = stage.pop("model", None) if "model" not in own else None
+    if model is not None:
+        geometry = {k: v for k, v in model_geometry(str(model)).items() if k in own}
+        # keys given next to stage.model (e.g. --set stage.schedule=...) win; check_geometry still checks the fit
+        stage = {**geometry, **stage}
     data_keys = {f.name for f in dataclasses.fields(DataSettings)}
     unknown = sorted(set(stage) - own - data_keys)
     if unknown:
         raise ConfigError(
-            f"unknown stage setting(s) {unknown}; valid: {sorted(own | data_keys)} (set them with --set stage.KEY=VALUE)"
+            f"unknown stage setting(s) {unknown}; valid: {sorted(own | data_keys | {'model'})} "
+            "(set them with --set stage.KEY=VALUE)"
         )
     try:
         data = DataSettings(

@@ -1,7 +1,7 @@
 """Stage 2 of NSARM training: end-to-end fine-tuning with bitwise cross-entropy on the "modified GT" labels.
 
 Paper: NSARM (arXiv 2510.00820) Alg. 2 and the overview figure ("Stage2: CE Loss", "end-to-end full-model
-fine-tuning"); spec ../shared/docs/architecture.md E.4, C.9 (bitwise self-correction), C.10 (Infinity's loss
+fine-tuning"); spec docs/architecture.md E.4, C.9 (bitwise self-correction), C.10 (Infinity's loss
 weighting). One micro-batch:
 
     F_HR, F_LR  = VAE(hr), VAE(lr)                                    frozen, fp32
@@ -28,7 +28,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from nsarm_core.models.bsq import (
     teacher_forcing_inputs,
 )
 from nsarm_core.models.sampler import vae_bits_to_tokens
+from nsarm_core.models.text_encoder import TextEncoder
 from nsarm_core.models.transform_net import (
     TransformNet,
     TransformNetConfig,
@@ -249,8 +249,6 @@ class Stage2Recipe:
         if net is not None:
             models["transform_net"] = net
         if gcfg.use_text:
-            from nsarm_core.models.text_encoder import TextEncoder
-
             # Truncate captions to the transformer's text length (512 for the released models, C.3).
             self.text_encoder = TextEncoder.from_pretrained(s.text_encoder, max_length=gcfg.text_maxlen)
             models["text_encoder"] = self.text_encoder.model  # frozen; the loop moves it to the device
@@ -328,20 +326,10 @@ class Stage2Recipe:
         return loss, metrics
 
     def export(self, out_dir: Path, state_dicts: Mapping[str, dict[str, Tensor]]) -> None:
-        import json
-
-        from safetensors.torch import save_file
-
         assert self.gpt_config is not None, "build_models() runs first"
-        gpt_dir = out_dir / "transformer"
-        gpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in state_dicts["transformer"].items()}
-        save_file(
-            state,
-            str(gpt_dir / "model.safetensors"),
-            metadata={"format": "pt", "model": "InfinityTransformer"},
-        )
-        (gpt_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.gpt_config), indent=2) + "\n")
+        gpt = InfinityTransformer(self.gpt_config, init=False)
+        gpt.load_state_dict(state_dicts["transformer"])
+        gpt.save_pretrained(out_dir / "transformer")
         if "transform_net" in state_dicts:
             assert self.net_config is not None
             net = TransformNet(self.net_config)

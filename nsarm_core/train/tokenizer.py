@@ -1,7 +1,7 @@
 """Training our own BSQ-VAE tokenizer: reconstruction through the multi-scale BSQ, with straight-through.
 
 Paper: NSARM (arXiv 2510.00820) uses Infinity-8B's tokenizer unchanged; Infinity's tokenizer recipe (BitVAE) is
-unpublished (spec ../shared/docs/architecture.md A.6: the released ``BSQ.forward`` zeroes its losses and the
+unpublished (spec docs/architecture.md A.6: the released ``BSQ.forward`` zeroes its losses and the
 builder defaults are "not evidence of training settings"). Our small tokenizers (``vae.PRESETS["tiny-d14"]``)
 therefore follow the recipe below, with every term measured (see "Measured effect" below).
 
@@ -53,7 +53,6 @@ Shape legend:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -68,7 +67,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.data.datasets import ImageStore, _crop_resize, _rng, _to_chw
+from nsarm_core.data.files import collect_images
+from nsarm_core.data.io import read_image
+from nsarm_core.errors import ConfigError, InputError, did_you_mean
 from nsarm_core.models.bsq import decompose_into_residual_scales
 from nsarm_core.models.vae import BSQVAE, VAEConfig, build_vae, load_official_vae_state_dict
 from nsarm_core.scales import ScaleSchedule, get_named_schedule
@@ -152,10 +154,8 @@ class TokenizerSettings:
         valid = [f.name for f in dataclasses.fields(cls)]
         for key in stage:
             if key not in valid:
-                close = difflib.get_close_matches(str(key), valid, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(
-                    f"unknown tokenizer stage setting '{key}'.{hint} Valid: {', '.join(valid)} "
+                    f"unknown tokenizer stage setting '{key}'.{did_you_mean(key, valid)} Valid: {', '.join(valid)} "
                     "(set them with --set stage.KEY=VALUE)"
                 )
         try:
@@ -184,8 +184,6 @@ class ImageCropDataset(Dataset):
         crop: str = "random",
         preload: bool = False,
     ) -> None:
-        from nsarm_core.data.datasets import ImageStore
-        from nsarm_core.data.files import collect_images
 
         self.files = collect_images([str(r) for r in roots], recursive=True)
         if not self.files:
@@ -204,7 +202,6 @@ class ImageCropDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from nsarm_core.data.datasets import _crop_resize, _rng, _to_chw
 
         path = self.files[index]
         rng = _rng(self.seed, self.epoch, index)
@@ -304,8 +301,6 @@ def evaluate_reconstruction(
     Raises:
         InputError: an empty folder or an image smaller than one window.
     """
-    from nsarm_core.data.files import collect_images
-    from nsarm_core.data.io import read_image
 
     vae_grids = grids.vae_grids if isinstance(grids, ScaleSchedule) else [tuple(g) for g in grids]
     stride = vae.config.patch_size

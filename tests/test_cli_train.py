@@ -57,6 +57,7 @@ def _common(run: Path, hr: Path) -> list[str]:
     return ["--run-dir", str(run), *[a for s in sets for a in ("--set", s)]]
 
 
+@pytest.mark.slow  # three short trainings, an export and an upscale end to end: ~20 s on 2 loaded cores
 def test_tokenizer_stage1_stage2_export_and_upscale(tmp_path: Path) -> None:
     hr = _images(tmp_path / "hr", 4, (150, 140), 0)
     val = _images(tmp_path / "val", 2, (64, 64), 1)
@@ -129,10 +130,11 @@ def test_tokenizer_stage1_stage2_export_and_upscale(tmp_path: Path) -> None:
 
 
 def test_config_names_and_errors(tmp_path: Path) -> None:
-    from nsarm_cli.train import resolve_config
+    from nsarm_core.train.run import resolve_config
 
     assert resolve_config("stage1_tiny", "stage1").name == "stage1_tiny.yaml"
     assert resolve_config(None, "stage2").name == "stage2_tiny.yaml"
+    assert resolve_config(None, "cfw").name == "cfw_tiny.yaml"
     res = runner.invoke(app, ["train-stage1", "--config", "stage1_tiyn"])
     assert res.exit_code == 2 and "stage1_tiny" in res.output
     res = runner.invoke(app, ["train-stage1", "--set", "lrr=1"])
@@ -157,21 +159,21 @@ def test_shipped_tiny_configs_fit_the_nsarm_tiny_geometry(name: str) -> None:
         assert s.vae == "tiny-d14" and tiny.vae == get_vae_preset(s.vae)
         assert get_named_schedule(s.eval_schedule) == tiny.schedule  # held-out PSNR on nsarm-tiny's HR window
         return
-    from nsarm_core.models.transform_net import get_preset as net_preset
     from nsarm_core.models.transformer import get_preset as gpt_preset
 
-    assert get_named_schedule(cfg.stage["schedule"]) == tiny.schedule
-    assert get_vae_preset(cfg.stage["vae"]) == tiny.vae and cfg.stage["scale"] == tiny.scale
-    if name == "base_tiny":
+    assert cfg.stage["scale"] == tiny.scale
+    if name == "base_tiny":  # the transformer alone: its geometry is spelled out
         assert cfg.stage["transform_net"] is None
-    else:
-        assert net_preset(cfg.stage["transform_net"]) == tiny.transform_net
-    if name != "stage1_tiny":
+        assert get_named_schedule(cfg.stage["schedule"]) == tiny.schedule
+        assert get_vae_preset(cfg.stage["vae"]) == tiny.vae
         assert gpt_preset(cfg.stage["transformer"]) == tiny.transformer
+    else:  # the stages name the model; its geometry lives once, in models/nsarm.py
+        assert cfg.stage["model"] == "nsarm-tiny"
+        assert not {"schedule", "vae", "transformer", "transform_net"} & set(cfg.stage)
 
 
 def resolve_shipped(name: str) -> Path:
-    from nsarm_cli.train import shipped_config_dir
+    from nsarm_core.train.run import shipped_config_dir
 
     return shipped_config_dir() / f"{name}.yaml"
 
@@ -195,3 +197,26 @@ def test_a_previous_run_needs_resume_or_overwrite(tmp_path: Path) -> None:
     assert (run / "config.yaml").read_text() == "max_steps: 20\n"
     out = _invoke(*args, "--overwrite")
     assert out["step"] == 1 and "max_steps: 1" in (run / "config.yaml").read_text()
+
+
+def test_stage_model_supplies_the_geometry_once() -> None:
+    from nsarm_core.errors import ConfigError
+    from nsarm_core.models.nsarm import get_preset
+    from nsarm_core.models.transform_net import TransformNetConfig
+    from nsarm_core.train.stage1 import Stage1Settings
+    from nsarm_core.train.stage2 import Stage2Settings
+
+    s1 = Stage1Settings.from_stage({"model": "nsarm-tiny", "hr_dirs": ["x"]})
+    assert (s1.schedule, s1.vae, s1.transform_net) == ("tiny-256", "tiny-d14", "nsarm-tiny")
+    s2 = Stage2Settings.from_stage({"model": "nsarm-8b", "hr_dirs": ["x"]})
+    assert (s2.schedule, s2.vae, s2.transformer, s2.transform_net) == (
+        "sr-1024", "infinity-vae-d56", "infinity-8b", "nsarm-8b"
+    )  # fmt: skip
+    # a geometry without a preset of its own comes as a mapping of config fields
+    s3 = Stage1Settings.from_stage({"model": "tiny", "hr_dirs": ["x"]})
+    assert TransformNetConfig.from_dict(s3.transform_net) == get_preset("tiny").transform_net
+    # an explicit key (e.g. --set stage.schedule=...) wins over the model's
+    explicit = Stage1Settings.from_stage({"model": "nsarm-tiny", "schedule": "tiny-128", "hr_dirs": ["x"]})
+    assert explicit.schedule == "tiny-128"
+    with pytest.raises(ConfigError, match="Did you mean 'nsarm-tiny'"):
+        Stage1Settings.from_stage({"model": "nsarm-tinny", "hr_dirs": ["x"]})

@@ -1,4 +1,4 @@
-"""Batch upscaling (nsarm_core/upscale.py) with the bicubic baseline: formats, safety, resume, prompts."""
+"""Batch upscaling (nsarm_core/batch/upscale.py) with the bicubic baseline: formats, safety, resume, prompts."""
 
 from __future__ import annotations
 
@@ -14,21 +14,12 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from PIL import ImageCms
 
+from nsarm_core.batch.inputs import detect_world, plan_inputs, shard
+from nsarm_core.batch.upscale import InterpolationUpscaler, UpscaleOptions, output_suffix_for, upscale_files
+from nsarm_core.data.captions import load_captions
 from nsarm_core.data.io import Image, read_image, write_image
 from nsarm_core.errors import ConfigError, InputError
-from nsarm_core.upscale import (
-    DEFAULT_PROMPT,
-    BicubicUpscaler,
-    UpscaleOptions,
-    Upscaler,
-    UpscaleResult,
-    detect_world,
-    load_captions,
-    output_suffix_for,
-    plan_inputs,
-    shard,
-    upscale_files,
-)
+from nsarm_core.pipeline import Upscaler, UpscaleResult
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -53,7 +44,7 @@ class Recording:
     def __init__(self, raise_on: dict[int, BaseException] | None = None) -> None:
         self.calls: list[tuple[int, str | None]] = []
         self.raise_on = raise_on or {}
-        self._inner = BicubicUpscaler(4)
+        self._inner = InterpolationUpscaler("bicubic", 4)
 
     def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
         self.calls.append((seed, prompt))
@@ -63,7 +54,7 @@ class Recording:
 
 
 def test_bicubic_upscaler_shape_clamp_and_protocol() -> None:
-    up = BicubicUpscaler(4)
+    up = InterpolationUpscaler("bicubic", 4)
     assert isinstance(up, Upscaler)
     x = torch.zeros(1, 3, 5, 7)
     x[..., 2, 3] = 1.0  # an impulse makes bicubic overshoot and ring below 0
@@ -73,10 +64,10 @@ def test_bicubic_upscaler_shape_clamp_and_protocol() -> None:
     raw = F.interpolate(x, size=(20, 28), mode="bicubic", align_corners=False)
     assert raw.min() < 0  # the clamp did something
     assert torch.allclose(res.image, raw.clamp(0, 1))
-    assert BicubicUpscaler(2).upscale(x, seed=0, prompt=None).image.shape == (1, 3, 10, 14)
+    assert InterpolationUpscaler("bicubic", 2).upscale(x, seed=0, prompt=None).image.shape == (1, 3, 10, 14)
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ConfigError):
-            BicubicUpscaler(bad)  # type: ignore[arg-type]
+            InterpolationUpscaler("bicubic", bad)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"\[1, 3, H, W\]"):
         up.upscale(torch.zeros(3, 5, 7), seed=0, prompt=None)
 
@@ -85,7 +76,7 @@ def test_bicubic_upscaler_shape_clamp_and_protocol() -> None:
 def test_output_size_for_any_scale(tmp_path: Path, scale: float, size: tuple[int, int]) -> None:
     _write(tmp_path / "in" / "a.png", h=6, w=10)
     report = upscale_files(
-        BicubicUpscaler(4), [tmp_path / "in"], tmp_path / "out", UpscaleOptions(scale=scale)
+        InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "out", UpscaleOptions(scale=scale)
     )
     assert report.exit_code == 0 and report.records[0].status == "done"
     out = read_image(tmp_path / "out" / "a.png")
@@ -95,7 +86,9 @@ def test_output_size_for_any_scale(tmp_path: Path, scale: float, size: tuple[int
 def test_x2_resize_matches_resize_to_scale(tmp_path: Path) -> None:
     rgb = _rgb(8, 8, 1)
     write_image(tmp_path / "a.png", Image(rgb=rgb))
-    upscale_files(BicubicUpscaler(4), [tmp_path / "a.png"], tmp_path / "o", UpscaleOptions(scale=2))
+    upscale_files(
+        InterpolationUpscaler("bicubic", 4), [tmp_path / "a.png"], tmp_path / "o", UpscaleOptions(scale=2)
+    )
     x4 = F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None], scale_factor=4, mode="bicubic").clamp(
         0, 1
     )
@@ -109,7 +102,7 @@ def test_x2_resize_matches_resize_to_scale(tmp_path: Path) -> None:
 def test_alpha_kept_and_upscaled_with_bicubic(tmp_path: Path) -> None:
     alpha = np.tile(np.linspace(0, 1, 10, dtype=np.float32), (6, 1))
     _write(tmp_path / "a.png", alpha=alpha)
-    upscale_files(BicubicUpscaler(4), [tmp_path / "a.png"], tmp_path / "o", UpscaleOptions())
+    upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "a.png"], tmp_path / "o", UpscaleOptions())
     out = read_image(tmp_path / "o" / "a.png")
     assert out.alpha is not None and out.alpha.shape == (24, 40)
     expected = F.interpolate(torch.from_numpy(alpha)[None, None], size=(24, 40), mode="bicubic").clamp(0, 1)
@@ -124,7 +117,9 @@ def test_16bit_and_gray_kept(tmp_path: Path) -> None:
     g = _rgb(6, 10, 2).mean(axis=2, keepdims=True).repeat(3, axis=2)
     write_image(tmp_path / "in" / "g8.png", Image(rgb=np.ascontiguousarray(g), grayscale=True))
     write_image(tmp_path / "in" / "g16.tif", Image(rgb=np.ascontiguousarray(g), grayscale=True, bit_depth=16))
-    report = upscale_files(BicubicUpscaler(4), [tmp_path / "in"], tmp_path / "o", UpscaleOptions())
+    report = upscale_files(
+        InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "o", UpscaleOptions()
+    )
     assert report.count("done") == 3
     c16 = read_image(tmp_path / "o" / "c16.png")
     assert c16.bit_depth == 16 and not c16.grayscale
@@ -149,12 +144,14 @@ def test_format_fallback_to_png(tmp_path: Path) -> None:
     # End to end: --ext jpg with a 16-bit input writes PNG and says so; the rerun skips it.
     write_image(tmp_path / "in" / "d.png", img16)
     opts = UpscaleOptions(ext="jpg")
-    report = upscale_files(BicubicUpscaler(4), [tmp_path / "in"], tmp_path / "o", opts)
+    report = upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "o", opts)
     rec = report.records[0]
     assert rec.status == "done" and rec.output == tmp_path / "o" / "d.png" and rec.notes
     assert read_image(tmp_path / "o" / "d.png").bit_depth == 16 and not (tmp_path / "o" / "d.jpg").exists()
     assert (
-        upscale_files(BicubicUpscaler(4), [tmp_path / "in"], tmp_path / "o", opts).records[0].status
+        upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "o", opts)
+        .records[0]
+        .status
         == "skipped"
     )
 
@@ -168,14 +165,18 @@ def test_exif_and_icc_carried_and_stripped(tmp_path: Path) -> None:
     exif[0x010F] = "nsarm-test-camera"  # Make
     pil = PILImage.fromarray((_rgb(6, 10) * 255).astype(np.uint8))
     (tmp_path / "in").mkdir()
-    pil.save(tmp_path / "in" / "p.jpg", exif=exif.tobytes(), icc_profile=_icc(), quality=95)
-    upscale_files(BicubicUpscaler(4), [tmp_path / "in"], tmp_path / "keep", UpscaleOptions())
+    icc = _icc()  # once: a new profile carries its creation time, so two calls can differ
+    pil.save(tmp_path / "in" / "p.jpg", exif=exif.tobytes(), icc_profile=icc, quality=95)
+    upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "keep", UpscaleOptions())
     upscale_files(
-        BicubicUpscaler(4), [tmp_path / "in"], tmp_path / "strip", UpscaleOptions(keep_metadata=False)
+        InterpolationUpscaler("bicubic", 4),
+        [tmp_path / "in"],
+        tmp_path / "strip",
+        UpscaleOptions(keep_metadata=False),
     )
     with PILImage.open(tmp_path / "keep" / "p.jpg") as im:
         assert im.size == (40, 24)
-        assert im.info.get("icc_profile") == _icc()
+        assert im.info.get("icc_profile") == icc
         assert im.getexif().get(0x010F) == "nsarm-test-camera"
     with PILImage.open(tmp_path / "strip" / "p.jpg") as im:
         assert not im.info.get("icc_profile") and 0x010F not in im.getexif()
@@ -185,15 +186,17 @@ def test_skip_resume_and_overwrite(tmp_path: Path) -> None:
     for i in range(3):
         _write(tmp_path / "in" / f"{i}.png", seed=i)
     out = tmp_path / "o"
-    first = upscale_files(BicubicUpscaler(4), [tmp_path / "in"], out, UpscaleOptions())
+    first = upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], out, UpscaleOptions())
     assert first.count("done") == 3
     old = 1_000_000_000
     for p in out.iterdir():
         os.utime(p, ns=(old, old))
-    again = upscale_files(BicubicUpscaler(4), [tmp_path / "in"], out, UpscaleOptions())
+    again = upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], out, UpscaleOptions())
     assert again.count("skipped") == 3 and again.exit_code == 0
     assert all(p.stat().st_mtime_ns == old for p in out.iterdir())
-    redo = upscale_files(BicubicUpscaler(4), [tmp_path / "in"], out, UpscaleOptions(overwrite=True))
+    redo = upscale_files(
+        InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], out, UpscaleOptions(overwrite=True)
+    )
     assert redo.count("done") == 3
     assert all(p.stat().st_mtime_ns != old for p in out.iterdir())
 
@@ -207,7 +210,9 @@ def test_bad_files_are_reported_and_the_rest_continue(tmp_path: Path) -> None:
     (src / "corrupt.png").write_bytes(good[: len(good) // 2])
     (src / "empty.png").write_bytes(b"")
     (src / "text.jpg").write_text("not an image at all\n")
-    report = upscale_files(BicubicUpscaler(4), [src], tmp_path / "o", UpscaleOptions(max_pixels=1000))
+    report = upscale_files(
+        InterpolationUpscaler("bicubic", 4), [src], tmp_path / "o", UpscaleOptions(max_pixels=1000)
+    )
     status = {r.input.name: r for r in report.records}
     assert {n for n, r in status.items() if r.status == "done"} == {"good1.png", "good2.jpg"}
     for name in ("corrupt.png", "empty.png", "text.jpg", "big.png"):
@@ -223,14 +228,20 @@ def test_never_overwrites_inputs(tmp_path: Path) -> None:
     for i in range(2):
         _write(tmp_path / f"{i}.png", seed=i)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    report = upscale_files(BicubicUpscaler(4), [tmp_path], tmp_path, UpscaleOptions(overwrite=True))
+    report = upscale_files(
+        InterpolationUpscaler("bicubic", 4), [tmp_path], tmp_path, UpscaleOptions(overwrite=True)
+    )
     assert report.count("failed") == 2 and report.exit_code == 1
     assert all("would overwrite the input" in (r.error or "") for r in report.records)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     # A name suffix makes the same folder fine, and the outputs are not taken as inputs on the next run.
-    ok = upscale_files(BicubicUpscaler(4), [tmp_path], tmp_path, UpscaleOptions(name_suffix="_x4"))
+    ok = upscale_files(
+        InterpolationUpscaler("bicubic", 4), [tmp_path], tmp_path, UpscaleOptions(name_suffix="_x4")
+    )
     assert ok.count("done") == 2
-    rerun = upscale_files(BicubicUpscaler(4), [tmp_path], tmp_path, UpscaleOptions(name_suffix="_x4"))
+    rerun = upscale_files(
+        InterpolationUpscaler("bicubic", 4), [tmp_path], tmp_path, UpscaleOptions(name_suffix="_x4")
+    )
     assert rerun.count("skipped") == 2 and len(rerun.excluded) == 2 and not list(tmp_path.glob("*_x4_x4*"))
 
 
@@ -239,7 +250,7 @@ def test_hard_link_to_input_is_refused(tmp_path: Path) -> None:
     (tmp_path / "o").mkdir()
     os.link(tmp_path / "in" / "a.png", tmp_path / "o" / "a.png")
     report = upscale_files(
-        BicubicUpscaler(4), [tmp_path / "in"], tmp_path / "o", UpscaleOptions(overwrite=True)
+        InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "o", UpscaleOptions(overwrite=True)
     )
     assert report.records[0].status == "failed" and "overwrite the input" in (report.records[0].error or "")
 
@@ -254,7 +265,7 @@ def test_layout_globs_and_earlier_outputs(tmp_path: Path) -> None:
     assert sorted(str(it.src.relative_to(root)) for it in items) == ["a.png", "trip/day2/c.png"]
     assert all(it.root == root for it in items)
     out = root / "up"  # output folder inside the input folder
-    report = upscale_files(BicubicUpscaler(4), [root, loose], out, UpscaleOptions(scale=1))
+    report = upscale_files(InterpolationUpscaler("bicubic", 4), [root, loose], out, UpscaleOptions(scale=1))
     assert report.count("done") == 4
     assert (out / "a.png").is_file() and (out / "trip" / "b.jpg").is_file()
     assert (out / "trip" / "day2" / "c.png").is_file() and (out / "loose.png").is_file()
@@ -267,7 +278,7 @@ def test_layout_globs_and_earlier_outputs(tmp_path: Path) -> None:
 def test_same_output_name_from_two_inputs_fails_the_second(tmp_path: Path) -> None:
     _write(tmp_path / "in" / "a.jpg")
     _write(tmp_path / "in" / "a.png", seed=1)
-    report = upscale_files(BicubicUpscaler(4), [tmp_path / "in" / "a.jpg", tmp_path / "in" / "a.png"],
+    report = upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "in" / "a.jpg", tmp_path / "in" / "a.png"],
                            tmp_path / "o", UpscaleOptions(ext="webp"))  # fmt: skip
     assert [r.status for r in report.records] == ["done", "failed"]
     assert "also the output of" in (report.records[1].error or "")
@@ -311,11 +322,16 @@ def test_interrupt_during_write_leaves_no_file_and_stale_temps_are_removed(
 
     monkeypatch.setattr(io_mod, "_save_pillow", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        upscale_files(BicubicUpscaler(4), [tmp_path / "in"], out, UpscaleOptions())
+        upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], out, UpscaleOptions())
     assert not (out / "a.png").exists() and not stale.exists() and other.exists()
     assert [p for p in out.iterdir() if p != other] == []
     monkeypatch.setattr(io_mod, "_save_pillow", real_save)
-    assert upscale_files(BicubicUpscaler(4), [tmp_path / "in"], out, UpscaleOptions()).count("done") == 1
+    assert (
+        upscale_files(InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], out, UpscaleOptions()).count(
+            "done"
+        )
+        == 1
+    )
 
 
 def test_captions_jsonl_matching(tmp_path: Path) -> None:
@@ -324,7 +340,7 @@ def test_captions_jsonl_matching(tmp_path: Path) -> None:
         _write(src / name)
     lines = [
         {"image_path": str(src / "a.png"), "long_caption": "caption of a"},  # absolute path
-        {"image_path": "elsewhere/b.png", "caption": "caption of b", "long_caption": "ignored"},  # by name
+        {"image_path": "elsewhere/b.png", "caption": "ignored", "long_caption": "caption of b"},  # by name
         {"image_path": "in/c.png", "caption": "caption of c"},  # relative to the jsonl folder
     ]
     cap = tmp_path / "captions.jsonl"
@@ -337,7 +353,9 @@ def test_captions_jsonl_matching(tmp_path: Path) -> None:
     by_name = {r.input.name: r for r in report.records}
     assert by_name["a.png"].prompt == "caption of a" and by_name["b.png"].prompt == "caption of b"
     assert by_name["c.png"].prompt == "caption of c" and by_name["c.png"].prompt_source == "caption"
-    assert by_name["d.png"].prompt == DEFAULT_PROMPT and by_name["d.png"].prompt_source == "default"
+    # no caption: the upscaler gets no prompt and uses its own default (a bicubic one has none)
+    assert by_name["d.png"].prompt is None and by_name["d.png"].prompt_source == "default"
+    assert (7, None) in up.calls
     assert any("no caption" in n for n in by_name["d.png"].notes)
     assert {seed for seed, _ in up.calls} == {7} and by_name["a.png"].seed == 7
     # --prompt is the fallback when captions are given, and the prompt for all otherwise.
@@ -380,11 +398,13 @@ def test_failures_inside_the_upscaler(tmp_path: Path) -> None:
         upscale_files(Recording(raise_on={1: ConfigError("bad tile")}), [tmp_path / "in"], tmp_path / "o2",
                       UpscaleOptions())  # fmt: skip
 
-    class WrongShape(BicubicUpscaler):
+    class WrongShape(InterpolationUpscaler):
         def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
             return UpscaleResult(image=torch.zeros(1, 3, 2, 2), seed=seed)
 
-    bad = upscale_files(WrongShape(4), [tmp_path / "in" / "0.png"], tmp_path / "o3", UpscaleOptions())
+    bad = upscale_files(
+        WrongShape("bicubic", 4), [tmp_path / "in" / "0.png"], tmp_path / "o3", UpscaleOptions()
+    )
     assert bad.records[0].status == "failed" and "expected [1, 3, 24, 40]" in (bad.records[0].error or "")
 
 
@@ -404,7 +424,10 @@ def test_batch_split_between_processes(tmp_path: Path) -> None:
         _write(tmp_path / "in" / f"{i}.png", seed=i)
     reports = [
         upscale_files(
-            BicubicUpscaler(4), [tmp_path / "in"], tmp_path / "o", UpscaleOptions(rank=r, world_size=2)
+            InterpolationUpscaler("bicubic", 4),
+            [tmp_path / "in"],
+            tmp_path / "o",
+            UpscaleOptions(rank=r, world_size=2),
         )
         for r in range(2)
     ]
@@ -426,7 +449,9 @@ def test_options_validation_and_report_json(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             UpscaleOptions(**bad)  # type: ignore[arg-type]
     _write(tmp_path / "a.png")
-    report = upscale_files(BicubicUpscaler(4), [tmp_path / "a.png"], tmp_path / "o", UpscaleOptions())
+    report = upscale_files(
+        InterpolationUpscaler("bicubic", 4), [tmp_path / "a.png"], tmp_path / "o", UpscaleOptions()
+    )
     data = json.loads(json.dumps(report.to_dict()))
     assert data["totals"]["done"] == 1 and data["records"][0]["size_out"] == [40, 24]
     assert data["records"][0]["seed"] == 1 and data["upscaler"] == "bicubic"
@@ -434,7 +459,6 @@ def test_options_validation_and_report_json(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["bicubic", "bilinear", "nearest", "lanczos"])
 def test_interpolation_baselines(mode: str) -> None:
-    from nsarm_core.upscale import InterpolationUpscaler
 
     x = torch.rand(1, 3, 9, 7, generator=torch.Generator().manual_seed(0))
     out = InterpolationUpscaler(mode, scale=4).upscale(x, seed=0, prompt=None).image
@@ -446,7 +470,6 @@ def test_interpolation_baselines(mode: str) -> None:
 
 
 def test_unknown_baseline_is_refused() -> None:
-    from nsarm_core.upscale import InterpolationUpscaler
 
     with pytest.raises(ConfigError, match="valid"):
         InterpolationUpscaler("cubic-spline")

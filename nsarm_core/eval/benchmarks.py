@@ -1,6 +1,6 @@
 """Evaluation dataset presets (local layout + paper protocol) and SR <-> HR file pairing.
 
-NSARM Table 1 (protocols.md §1.1, §1.2, §6) evaluates on RealSR, DRealSR and RP60 ("real-world, generating
+NSARM Table 1 (docs/architecture.md P.1.1, P.1.2, P.6) evaluates on RealSR, DRealSR and RP60 ("real-world, generating
 512x512") and on DIV2K-val ("simulated, generating 1024x1024"). The datasets cannot be redistributed, so a
 preset only *describes* the expected local copy (folder and file names) and the protocol; the user points at
 it with ``--data-root``. Layouts follow the StableSR / OSEDiff benchmark copies (``test_LR`` / ``test_HR``
@@ -12,14 +12,13 @@ Pairing matches files by a normalised stem: the suffixes ``_LR4``, ``_HR``, ``_S
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import InputError, unknown_choice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Suffixes removed from a stem before pairing: _LR4, _HR, _SR, _x4, x4 (DIV2K "0801x4"), case-insensitive.
@@ -28,7 +27,7 @@ DEFAULT_PAIR_SUFFIX = r"(_(lr|hr|sr|gt)\d*|_x\d+|(?<=\d)x\d+)$"
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a dataset is evaluated in the paper (protocols.md §1.1–§1.2); every field is reported in the summary.
+    """How a dataset is evaluated in the paper (docs/architecture.md P.1.1–P.1.2); every field is reported in the summary.
 
     Attributes:
         lr_size: side of the stored LR crops (pixels).
@@ -173,9 +172,7 @@ def get_preset(name: str) -> DatasetPreset:
     for key, preset in PRESETS.items():
         if key.lower() == name.strip().lower():
             return preset
-    close = difflib.get_close_matches(name, list(PRESETS), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown dataset preset '{name}'; valid presets: {', '.join(PRESETS)}.{hint}")
+    raise unknown_choice("dataset preset", name, PRESETS)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,10 @@
 """Batch upscaling: the layer between ``nsarm upscale photos/ --scale 4`` and the model.
 
-Not a paper component. NSARM's official inference (protocols.md section 1.1) reads a jsonl list of 256x256 crops
+Not a paper component. NSARM's official inference (docs/architecture.md P.1.1) reads a jsonl list of 256x256 crops
 and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs around any upscaler (the NSARM
-``SRPipeline`` or the :class:`BicubicUpscaler` baseline), following protocols.md sections 4.5 and 5:
+``SRPipeline`` or an :class:`InterpolationUpscaler` baseline, chosen by :func:`load_upscaler`), following docs/architecture.md P.4.5 and P.5:
 
-* **inputs**: files, folders (recursive) and glob patterns; the output mirrors each input folder's sub-folders;
-  outputs of an earlier run that sit inside an input folder are not taken as new inputs;
+* **inputs**: planned by :mod:`nsarm_core.batch.inputs` (files, folders, glob patterns; sub-folders mirrored);
 * **safety**: an input is never overwritten (a per-file refusal); writes are atomic (``write_image``), existing
   outputs are skipped unless ``overwrite``, so an interrupted batch is finished by running it again, and
   temporary files left by a killed run are removed when their output is redone;
@@ -15,10 +14,11 @@ and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs
   (``keep_metadata=False`` strips them); a format that cannot hold the result (16-bit or alpha into JPEG/BMP,
   16-bit into WebP) is replaced by PNG, with a warning;
 * **any factor**: the upscaler works at its native factor (4); other factors are a final bicubic resize of its
-  output (antialiased when shrinking, :func:`nsarm_core.tiling.resize_to_scale`);
+  output (antialiased when shrinking, :func:`nsarm_core.resize.resize_to_scale`);
 * **prompts**: one fixed prompt, per-image captions from jsonl files (the official ``image_path`` +
-  ``long_caption`` layout), or :data:`DEFAULT_PROMPT`;
-* **multi-GPU**: under ``accelerate launch`` every process takes every ``world``-th file (:func:`shard`).
+  ``long_caption`` layout, :mod:`nsarm_core.data.captions`), or the model's own ``default_prompt``;
+* **multi-GPU**: under ``accelerate launch`` every process takes every ``world``-th file
+  (:func:`nsarm_core.batch.inputs.shard`).
 
 Shape legend:
     H, W     input height and width in pixels
@@ -29,50 +29,50 @@ Shape legend:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from nsarm_core.data.files import collect_images, ensure_not_input, output_path_for
+from nsarm_core.batch.inputs import BatchItem, InputGuard, plan_inputs, shard
+from nsarm_core.data.captions import CaptionIndex
+from nsarm_core.data.files import output_path_for, path_key
 from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, from_tensor, read_image, to_tensor, write_image
-from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError, missing_extra
-from nsarm_core.tiling import resize_to_scale
+from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError
+from nsarm_core.peers import PEER_MODELS, load_peer
+from nsarm_core.pipeline import (
+    Upscaler,
+    UpscaleResult,
+    check_device_name,
+    check_dtype_name,
+    load_pipeline,
+    pipeline_settings,
+    resolve_device,
+    resolve_dtype,
+)
+from nsarm_core.resize import INTERPOLATION_MODES, interpolate, resize_alpha, resize_to_scale
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_PROMPT",
     "OUTPUT_EXTS",
-    "UpscaleResult",
-    "Upscaler",
-    "BicubicUpscaler",
-    "CaptionIndex",
-    "load_captions",
+    "InterpolationUpscaler",
+    "load_upscaler",
     "UpscaleOptions",
-    "BatchItem",
     "ImageRecord",
     "BatchReport",
-    "plan_inputs",
-    "shard",
-    "detect_world",
     "output_suffix_for",
     "upscale_image",
     "upscale_files",
+    "run_model_on_folder",
 ]
-
-#: The fixed prompt used when an image has no caption (NSARM's commented-out alternative, protocols.md 1.1).
-DEFAULT_PROMPT: str = "A high-definition image with harmonious colors and rich details."
 
 #: Values of ``--ext``: an output format, or ``same`` as the input.
 OUTPUT_EXTS: tuple[str, ...] = ("same", "png", "jpg", "webp", "tif")
@@ -82,9 +82,8 @@ OUTPUT_EXTS: tuple[str, ...] = ("same", "png", "jpg", "webp", "tif")
 _HOLDS_16BIT = frozenset({".png", ".tif", ".tiff"})
 _HOLDS_ALPHA = frozenset({".png", ".webp", ".tif", ".tiff"})
 
-# write_image's temporary files: ".<name>.tmp-<8 hex>" next to the target (data/io.py::_temp_path).
+# write_image's temporary files: ".<name>.tmp-<8 hex>" next to the target (nsarm_core.atomic.temp_path).
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.tmp-[0-9a-f]{8}$")
-_GLOB_CHARS = frozenset("*?[")
 
 # Errors that concern the whole run (configuration, weights, missing packages): they stop the batch instead of
 # being recorded against one image.
@@ -92,41 +91,8 @@ _FATAL_ERRORS: tuple[type[BaseException], ...] = (ConfigError, WeightsNotFoundEr
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The upscaler interface and the bicubic baseline
+# The interpolation baselines, and the choice baseline-or-model
 # ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class UpscaleResult:
-    """What an upscaler returns for one image.
-
-    Attributes:
-        image: float32 [1, 3, s*H, s*W] in [0, 1], at the upscaler's native factor ``s``.
-        seed: the seed actually used (recorded per image so a result can be reproduced).
-        settings: the sampling settings that produced it (tau, top_p, cfg, tile, ...), JSON-serialisable.
-        timings: seconds per stage, e.g. ``{"encode": 0.1, "sample": 2.3, "decode": 0.4}``.
-    """
-
-    image: torch.Tensor
-    seed: int
-    settings: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Upscaler(Protocol):
-    """Anything that super-resolves one RGB image by a fixed native factor.
-
-    Implemented by ``nsarm_core.pipeline.SRPipeline`` (NSARM; tiles internally, so any H, W) and
-    :class:`BicubicUpscaler`.
-    """
-
-    native_scale: int
-    name: str
-
-    def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
-        """``rgb`` [1, 3, H, W] float32 in [0, 1] -> :class:`UpscaleResult` with image [1, 3, s*H, s*W]."""
-        ...
 
 
 class InterpolationUpscaler:
@@ -160,153 +126,75 @@ class InterpolationUpscaler:
             raise InputError(f"{self.name} upscaler expects a tensor [1, 3, H, W]; got {list(rgb.shape)}")
         start = time.perf_counter()
         h, w = rgb.shape[-2:]
-        size = (h * self.native_scale, w * self.native_scale)
-        if self.mode == "lanczos":
-            out = pil_resize(rgb, size, "lanczos")
-        elif self.mode == "nearest":
-            out = F.interpolate(rgb.float(), size=size, mode="nearest")
-        else:
-            out = F.interpolate(rgb.float(), size=size, mode=self.mode, align_corners=False)
+        out = interpolate(rgb, (h * self.native_scale, w * self.native_scale), self.mode)
         return UpscaleResult(
-            image=out.clamp_(0.0, 1.0),
+            image=out,
             seed=seed,
             settings={"method": self.mode, "scale": self.native_scale},
             timings={"upscale": time.perf_counter() - start},
         )
 
 
-def pil_resize(x: torch.Tensor, size: Sequence[int], resample: str = "bicubic") -> torch.Tensor:
-    """Resize ``[1, C, h, w]`` float to ``size = (H, W)`` with Pillow's filter on float ("F") channels.
+def load_upscaler(
+    model: str | Path,
+    *,
+    scale: float = 4.0,
+    device: str = "auto",
+    dtype: str = "fp32",
+    weights: str | Path | None = None,
+    vae_weights: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    sampling: Mapping[str, Any] | None = None,
+    color_fix: str | None = None,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    fidelity: float | None = None,
+) -> Upscaler:
+    """The one choice baseline-or-model: an :class:`InterpolationUpscaler` for ``bicubic``, ``bilinear``,
+    ``nearest`` and ``lanczos``, a peer network for a peer name (``realesrgan-x4plus``,
+    :func:`nsarm_core.peers.load_peer`), else the NSARM pipeline (:func:`nsarm_core.pipeline.load_pipeline`,
+    whose options the other arguments are).
 
-    Pillow's kernels differ from torch's (bicubic a = -0.5 vs -0.75; torch has no Lanczos); float channels avoid
-    the uint8 rounding and clipping between Pillow's two passes. The result is not clamped.
+    ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
+    interpolation step; any other factor is x4 plus the batch's final resize, as for a model. ``fidelity`` (the
+    CFW weight) applies to NSARM models only; a baseline or a peer refuses it.
     """
-    from PIL import Image as PILImage
-
-    filt = {"bicubic": PILImage.Resampling.BICUBIC, "lanczos": PILImage.Resampling.LANCZOS}[resample]
-    h, w = int(size[0]), int(size[1])
-    channels = [
-        np.asarray(PILImage.fromarray(c, mode="F").resize((w, h), filt), dtype=np.float32)
-        for c in x[0].detach().float().cpu().numpy()
-    ]
-    return torch.from_numpy(np.stack(channels))[None]
-
-
-class BicubicUpscaler(InterpolationUpscaler):
-    """The bicubic baseline (``InterpolationUpscaler("bicubic", scale)``)."""
-
-    def __init__(self, scale: int = 4) -> None:
-        super().__init__("bicubic", scale)
-
-
-INTERPOLATION_MODES = ("bicubic", "bilinear", "nearest", "lanczos")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Captions
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _path_key(path: Path) -> str:
-    return os.path.normcase(str(path.resolve()))
-
-
-class CaptionIndex:
-    """Per-image prompts from jsonl lines ``{"image_path": ..., "caption" | "long_caption": ...}``.
-
-    An image is matched by its path first (the ``image_path`` resolved against the jsonl file's folder and
-    against the current folder), then by file name alone. A file name listed twice with different captions is
-    only matched by path (a warning says so). ``caption`` wins over ``long_caption`` when a line has both.
-    """
-
-    def __init__(self, by_path: Mapping[str, str], by_name: Mapping[str, str], source: str) -> None:
-        self._by_path = dict(by_path)
-        self._by_name = dict(by_name)
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self._by_path)
-
-    def lookup(self, image: str | os.PathLike[str]) -> str | None:
-        """The caption of ``image``, or None when it has no entry."""
-        path = Path(image)
-        return self._by_path.get(_path_key(path), self._by_name.get(path.name))
-
-    @classmethod
-    def from_lines(cls, lines: Iterable[str], base: Path, source: str) -> CaptionIndex:
-        """Build an index from jsonl text lines; relative ``image_path`` values are taken relative to ``base``.
-
-        Raises:
-            InputError: a line that is not a JSON object with ``image_path`` and ``caption``/``long_caption``.
-        """
-        by_path: dict[str, str] = {}
-        names: dict[str, set[str]] = {}
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(
-                    f"captions file '{source}' line {number}: not valid JSON ({exc.msg})"
-                ) from exc
-            caption = (entry.get("caption") or entry.get("long_caption")) if isinstance(entry, dict) else None
-            image_path = entry.get("image_path") if isinstance(entry, dict) else None
-            if not isinstance(image_path, str) or not image_path or not isinstance(caption, str):
-                raise InputError(
-                    f"captions file '{source}' line {number}: expected an object with \"image_path\" and "
-                    f'"caption" or "long_caption" strings'
-                )
-            raw = Path(image_path)
-            candidates = [raw] if raw.is_absolute() else [base / raw, raw]
-            for candidate in candidates:
-                by_path[_path_key(candidate)] = caption
-            names.setdefault(raw.name, set()).add(caption)
-        by_name = {name: next(iter(caps)) for name, caps in names.items() if len(caps) == 1}
-        ambiguous = sorted(name for name, caps in names.items() if len(caps) > 1)
-        if ambiguous:
-            logger.warning(
-                "captions '%s': %d file name(s) have different captions in different folders (e.g. %s); "
-                "those images are matched by path only",
-                source,
-                len(ambiguous),
-                ambiguous[0],
-            )
-        return cls(by_path, by_name, source)
-
-
-def load_captions(path: str | os.PathLike[str]) -> CaptionIndex:
-    """Read a captions jsonl file, or every ``*.jsonl`` in a folder (the official ``--input_info`` layout).
-
-    Raises:
-        InputError: a missing file, a folder without jsonl files, or a malformed line (named by number).
-    """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise InputError(f"no .jsonl caption files in folder '{path}'")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise InputError(f"captions file not found: '{path}' (expected a .jsonl file or a folder of them)")
-    by_path: dict[str, str] = {}
-    by_name: dict[str, str] = {}
-    clashing: set[str] = set()
-    for file in files:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read captions file '{file}': {exc}") from exc
-        part = CaptionIndex.from_lines(text.splitlines(), file.parent, str(file))
-        by_path.update(part._by_path)
-        for name, caption in part._by_name.items():
-            if by_name.get(name, caption) != caption:
-                clashing.add(name)
-            by_name[name] = caption
-    for name in clashing:
-        del by_name[name]
-    return CaptionIndex(by_path, by_name, str(path))
+    # Every option is checked here, for a baseline too, so a typo fails the same way whatever the model.
+    pipeline_settings(sampling, color_fix, tile_overlap, fidelity)
+    check_device_name(device)
+    check_dtype_name(dtype)
+    if tile is not None and tile < 1:
+        raise ConfigError(f"tile must be >= 1 LR pixels, got {tile}")
+    name = str(model)
+    if fidelity is not None and (name in INTERPOLATION_MODES or name in PEER_MODELS):
+        raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
+    if name in INTERPOLATION_MODES:
+        native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
+        return InterpolationUpscaler(name, scale=native)
+    if name in PEER_MODELS:
+        # A feed-forward network: the sampling and colour-fix options do not apply, the tiling ones do.
+        dev = resolve_device(device)
+        return load_peer(
+            name,
+            device=dev,
+            dtype=resolve_dtype(dtype, dev),
+            weights=weights,
+            tile=tile,
+            tile_overlap=tile_overlap,
+        )
+    return load_pipeline(
+        model,
+        device=device,
+        dtype=dtype,
+        weights=weights,
+        vae_weights=vae_weights,
+        text_encoder=text_encoder,
+        sampling=sampling,
+        color_fix=color_fix,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        fidelity=fidelity,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -329,7 +217,7 @@ class UpscaleOptions:
         max_pixels: refuse inputs larger than this many pixels (decompression bombs); None or 0: no limit.
         seed: the sampling seed, the same for every image (an image gives the same result alone or in a batch).
         prompt: a fixed prompt for every image; with ``captions``, the prompt for images without an entry.
-        captions: per-image prompts; images missing from it get ``prompt`` or :data:`DEFAULT_PROMPT` (warning).
+        captions: per-image prompts; images missing from it get ``prompt`` or the model's default (warning).
         rank: this process's index when the batch is split across processes (:func:`shard`).
         world_size: number of processes the batch is split across.
     """
@@ -469,152 +357,6 @@ class BatchReport:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Planning: which files, where their outputs go, which process takes them
-# ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One input file and the folder whose layout its output mirrors (None for a file given directly)."""
-
-    src: Path
-    root: Path | None
-    explicit: bool
-
-
-def _glob_root(pattern: str) -> Path:
-    """The folder part of a glob pattern before its first wildcard (``shots/**/*.png`` -> ``shots``)."""
-    parts = Path(pattern).parts
-    static: list[str] = []
-    for part in parts:
-        if _GLOB_CHARS & set(part):
-            break
-        static.append(part)
-    return Path(*static) if static else Path()
-
-
-def _is_below(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
-
-def plan_inputs(
-    inputs: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
-    *,
-    ext: str = "same",
-    name_suffix: str = "",
-) -> tuple[list[BatchItem], list[Path]]:
-    """Expand ``inputs`` (files, folders, globs) into batch items, leaving out earlier outputs.
-
-    Files found in folders or by patterns are dropped when they are outputs of an earlier run: files below
-    ``out_dir`` when ``out_dir`` lies inside the input folder, and files at the output path of another input
-    (e.g. ``a_x4.png`` next to ``a.png`` with ``name_suffix="_x4"``). Files named directly are always kept.
-
-    Args:
-        inputs: what the user gave.
-        out_dir: the output folder.
-        ext: the output format (see :data:`OUTPUT_EXTS`), used to recognise earlier outputs.
-        name_suffix: the output name suffix, used likewise.
-
-    Returns:
-        ``(items, excluded)``: the items in order (de-duplicated) and the excluded earlier outputs.
-
-    Raises:
-        InputError: an input that does not exist or has no images (from :func:`collect_images`).
-    """
-    out_resolved = Path(out_dir).resolve()
-    seen: dict[str, BatchItem] = {}
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        if path.is_dir():
-            root: Path | None = path
-        elif path.is_file():
-            root = None
-        elif _GLOB_CHARS & set(text):
-            root = _glob_root(text)
-        else:
-            root = None  # collect_images raises the "not found" error
-        for src in collect_images([text]):
-            seen.setdefault(_path_key(src), BatchItem(src=src, root=root, explicit=root is None))
-    items = list(seen.values())
-
-    planned: set[str] = set()
-    for it in items:
-        for suffix in {None if ext == "same" else f".{ext}", ".png"}:
-            planned.add(
-                _path_key(output_path_for(it.src, it.root, out_dir, suffix=suffix, name_suffix=name_suffix))
-            )
-    kept: list[BatchItem] = []
-    excluded: list[Path] = []
-    for it in items:
-        src_resolved = it.src.resolve()
-        inside_out = (
-            it.root is not None
-            and out_resolved != it.root.resolve()
-            and _is_below(out_resolved, it.root.resolve())
-            and _is_below(src_resolved, out_resolved)
-        )
-        own_output = _path_key(
-            output_path_for(
-                it.src, it.root, out_dir, suffix=None if ext == "same" else f".{ext}", name_suffix=name_suffix
-            )
-        ) == _path_key(it.src)
-        earlier_output = _path_key(it.src) in planned and not own_output
-        if not it.explicit and (inside_out or earlier_output):
-            excluded.append(it.src)
-        else:
-            kept.append(it)
-    if excluded:
-        logger.info(
-            "left out %d earlier output(s) found among the inputs (e.g. '%s')", len(excluded), excluded[0]
-        )
-    return kept, excluded
-
-
-def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
-    """The share of process ``rank`` out of ``world_size``: items ``i`` with ``i % world_size == rank``.
-
-    Every item goes to exactly one process and the shares differ in length by at most one. The split is taken
-    on the full, sorted input list (not on what is left to do), so processes that start at slightly different
-    times still agree on it.
-
-    Raises:
-        ConfigError: ``world_size < 1`` or ``rank`` outside ``[0, world_size)``.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"need 0 <= rank < world_size; got rank {rank}, world_size {world_size}")
-    return list(items[rank::world_size])
-
-
-def detect_world() -> tuple[int, int, str | None]:
-    """``(rank, world_size, device)`` of this process; ``(0, 1, None)`` unless run with several processes.
-
-    Several processes are recognised from ``WORLD_SIZE > 1`` (set by ``accelerate launch`` / ``torchrun``);
-    accelerate's ``PartialState`` then gives the rank and this process's device (e.g. ``cuda:1``).
-
-    Raises:
-        MissingExtraError: several processes but accelerate is not installed.
-    """
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    except ValueError:
-        world = 1
-    if world <= 1:
-        return 0, 1, None
-    try:
-        from accelerate import PartialState
-    except ImportError as exc:
-        raise missing_extra("accelerate", "train", "splitting `nsarm upscale` across processes") from exc
-    state = PartialState()
-    return int(state.process_index), int(state.num_processes), str(state.device)
-
-
-# ------------------------------------------------------------------------------------------------------------
 # One image
 # ------------------------------------------------------------------------------------------------------------
 
@@ -634,14 +376,6 @@ def output_suffix_for(src: Path, image: Image, ext: str) -> tuple[str, str | Non
     if not lacks:
         return suffix, None
     return ".png", f"{suffix.lstrip('.').upper()} cannot hold {' and '.join(lacks)}; written as PNG instead"
-
-
-def _resize_alpha(alpha: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of an alpha plane [H, W] to ``size_hw`` (antialiased when shrinking), clamped to [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
-    shrink = size_hw[0] < alpha.shape[0] or size_hw[1] < alpha.shape[1]
-    out = F.interpolate(t, size=size_hw, mode="bicubic", align_corners=False, antialias=shrink)
-    return np.ascontiguousarray(out[0, 0].clamp_(0.0, 1.0).numpy())
 
 
 def upscale_image(
@@ -679,7 +413,7 @@ def upscale_image(
     rgb_out = from_tensor(out)
     alpha = None
     if image.alpha is not None:
-        alpha = _resize_alpha(image.alpha, (rgb_out.shape[0], rgb_out.shape[1]))
+        alpha = resize_alpha(image.alpha, (rgb_out.shape[0], rgb_out.shape[1]))
     upscaled = Image(
         rgb=rgb_out,
         alpha=alpha,
@@ -731,31 +465,11 @@ def _remove_stale_temps(outputs: Sequence[Path]) -> int:
 # ------------------------------------------------------------------------------------------------------------
 
 
-class _InputGuard:
-    """Fast "would this output overwrite an input?" over the whole input list (paths and inode numbers)."""
+def _prompt_for(src: Path, options: UpscaleOptions) -> tuple[str | None, str, str | None]:
+    """``(prompt, source, note)`` for ``src``: caption, else the fixed prompt, else None.
 
-    def __init__(self, inputs: Sequence[Path]) -> None:
-        self._by_key = {_path_key(p): p for p in inputs}
-        self._by_inode: dict[tuple[int, int], Path] = {}
-        for p in inputs:
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            self._by_inode[(st.st_dev, st.st_ino)] = p
-
-    def check(self, out: Path) -> None:
-        """Raise InputError (via :func:`ensure_not_input`) if ``out`` is one of the inputs."""
-        hit = self._by_key.get(_path_key(out))
-        if hit is None and out.exists():  # hard links, case-insensitive file systems
-            st = out.stat()
-            hit = self._by_inode.get((st.st_dev, st.st_ino))
-        if hit is not None:
-            ensure_not_input(out, [hit])
-
-
-def _prompt_for(src: Path, options: UpscaleOptions) -> tuple[str, str, str | None]:
-    """``(prompt, source, note)`` for ``src``: caption, else the fixed prompt, else :data:`DEFAULT_PROMPT`."""
+    None lets the upscaler use its own default: an NSARM model's ``default_prompt`` from its ``config.json``.
+    """
     if options.captions is not None:
         caption = options.captions.lookup(src)
         if caption is not None:
@@ -763,11 +477,11 @@ def _prompt_for(src: Path, options: UpscaleOptions) -> tuple[str, str, str | Non
         if options.prompt is not None:
             note = f"no caption for '{src}' in '{options.captions.source}'; using the given --prompt"
             return options.prompt, "fixed", note
-        note = f"no caption for '{src}' in '{options.captions.source}'; using the default prompt"
-        return DEFAULT_PROMPT, "default", note
+        note = f"no caption for '{src}' in '{options.captions.source}'; using the model's default prompt"
+        return None, "default", note
     if options.prompt is not None:
         return options.prompt, "fixed", None
-    return DEFAULT_PROMPT, "default", None
+    return None, "default", None
 
 
 def upscale_files(
@@ -803,7 +517,7 @@ def upscale_files(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     items, excluded = plan_inputs(inputs, out_dir, ext=options.ext, name_suffix=options.name_suffix)
-    guard = _InputGuard([it.src for it in items])
+    guard = InputGuard([it.src for it in items])
     mine = shard(items, options.rank, options.world_size)
     planned = [
         output_path_for(
@@ -842,10 +556,10 @@ def upscale_files(
     )
 
 
-def _claim(out: Path, src: Path, guard: _InputGuard, claimed: dict[str, Path]) -> None:
+def _claim(out: Path, src: Path, guard: InputGuard, claimed: dict[str, Path]) -> None:
     """Refuse ``out`` if it is an input, or if another input of this run already writes it."""
     guard.check(out)
-    owner = claimed.setdefault(_path_key(out), src)
+    owner = claimed.setdefault(path_key(out), src)
     if owner != src:
         raise InputError(
             f"output '{out}' is also the output of '{owner}' (same name); use --suffix, keep the inputs in "
@@ -858,7 +572,7 @@ def _process_one(
     item: BatchItem,
     out: Path,
     options: UpscaleOptions,
-    guard: _InputGuard,
+    guard: InputGuard,
     claimed: dict[str, Path],
     record: ImageRecord,
 ) -> str:
@@ -881,8 +595,10 @@ def _process_one(
     if prompt_note is not None:
         record.notes.append(prompt_note)
         logger.warning("%s", prompt_note)
-    record.prompt, record.prompt_source = prompt, source
     upscaled, result = upscale_image(upscaler, image, scale=options.scale, seed=options.seed, prompt=prompt)
+    # The prompt the upscaler actually used (its default when none was given; None for the baselines).
+    record.prompt = prompt if prompt is not None else result.settings.get("prompt")
+    record.prompt_source = source
     record.seed, record.settings, record.timings = result.seed, dict(result.settings), dict(result.timings)
     # overwrite=False unless asked: an output that appeared meanwhile (another process) is not clobbered.
     write_image(
@@ -894,3 +610,33 @@ def _process_one(
     )
     record.size_out = (upscaled.width, upscaled.height)
     return "done"
+
+
+def run_model_on_folder(
+    model: str | Path,
+    lr_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    scale: float = 4.0,
+    seed: int = 1,
+    device: str = "auto",
+    dtype: str = "fp32",
+) -> list[Path]:
+    """Upscale every image of ``lr_dir`` into ``out_dir`` as PNG (same relative names), resumably.
+
+    The batch behind ``nsarm evaluate --model`` and the robustness sweep's ``--sweep-method``: ``model`` is
+    anything ``nsarm upscale --model`` takes (a registered name, a model folder, or an interpolation baseline),
+    run by :func:`load_upscaler` and :func:`upscale_files`, so a baseline is the same one everywhere.
+
+    Raises:
+        InputError: some images could not be upscaled (the message lists them).
+    """
+    upscaler = load_upscaler(model, scale=scale, device=device, dtype=dtype)
+    options = UpscaleOptions(scale=scale, seed=seed, ext="png")
+    report = upscale_files(upscaler, [Path(lr_dir)], Path(out_dir), options)
+    if report.failed:
+        listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
+        raise InputError(
+            f"{len(report.failed)} image(s) of {lr_dir} could not be upscaled with {model}: {listed}"
+        )
+    return [r.output for r in report.records if r.output is not None]

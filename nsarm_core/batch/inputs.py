@@ -1,0 +1,189 @@
+"""Input planning of a batch: which files, where their outputs go, which process takes them.
+
+Not a paper component. Inputs are files, folders (recursive) and glob patterns; the output mirrors each input
+folder's sub-folders; outputs of an earlier run that sit inside an input folder are not taken as new inputs;
+an output is never written over an input; under ``accelerate launch`` every process takes every
+``world``-th file (:func:`shard`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nsarm_core.data.files import collect_images, ensure_not_input, output_path_for, path_key
+from nsarm_core.errors import ConfigError, missing_extra
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BatchItem", "InputGuard", "plan_inputs", "shard", "detect_world"]
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One input file and the folder whose layout its output mirrors (None for a file given directly)."""
+
+    src: Path
+    root: Path | None
+    explicit: bool
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob pattern before its first wildcard (``shots/**/*.png`` -> ``shots``)."""
+    parts = Path(pattern).parts
+    static: list[str] = []
+    for part in parts:
+        if _GLOB_CHARS & set(part):
+            break
+        static.append(part)
+    return Path(*static) if static else Path()
+
+
+def _is_below(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def plan_inputs(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    ext: str = "same",
+    name_suffix: str = "",
+) -> tuple[list[BatchItem], list[Path]]:
+    """Expand ``inputs`` (files, folders, globs) into batch items, leaving out earlier outputs.
+
+    Files found in folders or by patterns are dropped when they are outputs of an earlier run: files below
+    ``out_dir`` when ``out_dir`` lies inside the input folder, and files at the output path of another input
+    (e.g. ``a_x4.png`` next to ``a.png`` with ``name_suffix="_x4"``). Files named directly are always kept.
+
+    Args:
+        inputs: what the user gave.
+        out_dir: the output folder.
+        ext: the output format (see :data:`OUTPUT_EXTS`), used to recognise earlier outputs.
+        name_suffix: the output name suffix, used likewise.
+
+    Returns:
+        ``(items, excluded)``: the items in order (de-duplicated) and the excluded earlier outputs.
+
+    Raises:
+        InputError: an input that does not exist or has no images (from :func:`collect_images`).
+    """
+    out_resolved = Path(out_dir).resolve()
+    seen: dict[str, BatchItem] = {}
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            root: Path | None = path
+        elif path.is_file():
+            root = None
+        elif _GLOB_CHARS & set(text):
+            root = _glob_root(text)
+        else:
+            root = None  # collect_images raises the "not found" error
+        for src in collect_images([text]):
+            seen.setdefault(path_key(src), BatchItem(src=src, root=root, explicit=root is None))
+    items = list(seen.values())
+
+    planned: set[str] = set()
+    for it in items:
+        for suffix in {None if ext == "same" else f".{ext}", ".png"}:
+            planned.add(
+                path_key(output_path_for(it.src, it.root, out_dir, suffix=suffix, name_suffix=name_suffix))
+            )
+    kept: list[BatchItem] = []
+    excluded: list[Path] = []
+    for it in items:
+        src_resolved = it.src.resolve()
+        inside_out = (
+            it.root is not None
+            and out_resolved != it.root.resolve()
+            and _is_below(out_resolved, it.root.resolve())
+            and _is_below(src_resolved, out_resolved)
+        )
+        own_output = path_key(
+            output_path_for(
+                it.src, it.root, out_dir, suffix=None if ext == "same" else f".{ext}", name_suffix=name_suffix
+            )
+        ) == path_key(it.src)
+        earlier_output = path_key(it.src) in planned and not own_output
+        if not it.explicit and (inside_out or earlier_output):
+            excluded.append(it.src)
+        else:
+            kept.append(it)
+    if excluded:
+        logger.info(
+            "left out %d earlier output(s) found among the inputs (e.g. '%s')", len(excluded), excluded[0]
+        )
+    return kept, excluded
+
+
+def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """The share of process ``rank`` out of ``world_size``: items ``i`` with ``i % world_size == rank``.
+
+    Every item goes to exactly one process and the shares differ in length by at most one. The split is taken
+    on the full, sorted input list (not on what is left to do), so processes that start at slightly different
+    times still agree on it.
+
+    Raises:
+        ConfigError: ``world_size < 1`` or ``rank`` outside ``[0, world_size)``.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"need 0 <= rank < world_size; got rank {rank}, world_size {world_size}")
+    return list(items[rank::world_size])
+
+
+def detect_world() -> tuple[int, int, str | None]:
+    """``(rank, world_size, device)`` of this process; ``(0, 1, None)`` unless run with several processes.
+
+    Several processes are recognised from ``WORLD_SIZE > 1`` (set by ``accelerate launch`` / ``torchrun``);
+    accelerate's ``PartialState`` then gives the rank and this process's device (e.g. ``cuda:1``).
+
+    Raises:
+        MissingExtraError: several processes but accelerate is not installed.
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        world = 1
+    if world <= 1:
+        return 0, 1, None
+    try:
+        from accelerate import PartialState
+    except ImportError as exc:
+        raise missing_extra("accelerate", "train", "splitting `nsarm upscale` across processes") from exc
+    state = PartialState()
+    return int(state.process_index), int(state.num_processes), str(state.device)
+
+
+class InputGuard:
+    """Fast "would this output overwrite an input?" over the whole input list (paths and inode numbers)."""
+
+    def __init__(self, inputs: Sequence[Path]) -> None:
+        self._by_key = {path_key(p): p for p in inputs}
+        self._by_inode: dict[tuple[int, int], Path] = {}
+        for p in inputs:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            self._by_inode[(st.st_dev, st.st_ino)] = p
+
+    def check(self, out: Path) -> None:
+        """Raise InputError (via :func:`ensure_not_input`) if ``out`` is one of the inputs."""
+        hit = self._by_key.get(path_key(out))
+        if hit is None and out.exists():  # hard links, case-insensitive file systems
+            st = out.stat()
+            hit = self._by_inode.get((st.st_dev, st.st_ino))
+        if hit is not None:
+            ensure_not_input(out, [hit])
