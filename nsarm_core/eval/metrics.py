@@ -45,6 +45,7 @@ from nsarm_core.errors import (
     did_you_mean,
     missing_extra,
 )
+from nsarm_core.eval.niqe import niqe
 
 logger = logging.getLogger(__name__)
 
@@ -412,8 +413,6 @@ def native_scorer(spec: MetricSpec, crop_border: int = 0) -> Scorer:
     """Scorer for a native metric (PSNR/SSIM on Y with ``crop_border``; NIQE on the whole image)."""
     # no-reference: NIQE (nsarm_core/eval/niqe.py); crop_border is a full-reference convention
     if spec.kind == "NR":
-        from nsarm_core.eval.niqe import niqe
-
         return lambda sr, hr: niqe(_crop_for(spec, sr, 0))
     fn = {"psnr": psnr, "ssim": ssim}[spec.name]
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from nsarm_core.errors import InputError
+from nsarm_core.weights import file_checksums
 
 __all__ = [
     "PATCH",
@@ -72,8 +73,6 @@ def pristine_params() -> tuple[np.ndarray, np.ndarray]:
         InputError: the bundled file is missing or damaged (reinstall nsarm).
     """
     from safetensors.numpy import load_file
-
-    from nsarm_core.weights import file_checksums
 
     if not PRISTINE_PARAMS_FILE.is_file():
         raise InputError(f"the NIQE parameters {PRISTINE_PARAMS_FILE} are missing; reinstall nsarm")
