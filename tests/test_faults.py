@@ -465,9 +465,6 @@ CASES: list[tuple[str, str, Any, int, str]] = [
 # Cases that still end badly, with the issue item that owns them (left to the weights/batch redesign).
 KNOWN_OPEN = {
     "upscale-vae-weights-ignored": "silently ignored for a model with its own VAE: weights options, issue 12",
-    "upscale-model-config-non-utf8": "issue 16 item 3 (folder-model reading is being redesigned, issue 12)",
-    "upscale-model-pickle-weights": "issue 16 item 3 (folder-model reading is being redesigned, issue 12)",
-    "upscale-model-bad-header": "issue 16 item 3 (folder-model reading is being redesigned, issue 12)",
 }
 
 
