@@ -18,7 +18,7 @@ from PIL import Image
 from nsarm_core.data.datasets import HRFolderDataset, degradation_mixture
 from nsarm_core.errors import ConfigError
 from nsarm_core.models.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
-from nsarm_core.models.nsarm import NSARM, get_preset
+from nsarm_core.models.nsarm import NSARM
 from nsarm_core.train.cfw import CACHE_NAME, CachedWindows, CFWRecipe, CFWSettings, draw_fidelity
 from nsarm_core.train.config import TrainConfig
 from nsarm_core.train.loop import train
@@ -38,11 +38,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = NSARM(get_preset("tiny"))
-    return model.save_pretrained(tmp_path_factory.mktemp("base"))
+def base_model(tiny_dir: Path) -> Path:
+    """The frozen model the CFW stage fits on: conftest's random-weight tiny NSARM (only read, never changed)."""
+    return tiny_dir
 
 
 def _cfg(tmp_path: Path, photos: Path, base_model: Path, **kw: object) -> TrainConfig:
@@ -113,10 +111,39 @@ def test_cfw_settings_are_validated() -> None:
         CFWSettings.from_stage({})
     with pytest.raises(ConfigError, match="unknown stage setting"):
         CFWSettings.from_stage({**ok, "gan_wieght": 0.1})
+    with pytest.raises(ConfigError, match="Did you mean 'tiny'"):
+        CFWSettings.from_stage({**ok, "cfw": "tinny"})  # refused before any model is loaded
+    with pytest.raises(ConfigError, match="unknown CFW config keys"):
+        CFWSettings.from_stage({**ok, "cfw": {"widht": 16}})
+    with pytest.raises(ConfigError, match="stage.gan_start"):  # --set gives text; typed like the other keys
+        CFWSettings.from_stage({**ok, "gan_start": "soon"})
+    with pytest.raises(ConfigError, match="CFW preset name or a mapping"):
+        CFWSettings.from_stage({**ok, "cfw": 3})
     with pytest.raises(ConfigError, match="crop_size"):
         CachedWindows(
             {"hr": torch.zeros(1, 3, 64, 64, dtype=torch.uint8)}, crop=36, stride=8, scale=4, seed=0
         )
+
+
+def test_cfw_settings_convert_stage_values() -> None:
+    # stage.model is the CFW stage's own frozen model (a folder or a name), not a geometry preset
+    folder = CFWSettings.from_stage({"model": "runs/nsarm-tiny-v1", "hr_dirs": ["x"]})
+    assert folder.model == "runs/nsarm-tiny-v1"
+    named = CFWSettings.from_stage(
+        {"model": "nsarm-tiny", "cfw": "large", "degradation": "light", "gan_start": "7", "hr_dirs": ["x"]}
+    )
+    assert (named.model, named.cfw, named.data.degradation, named.gan_start) == (
+        "nsarm-tiny",
+        "large",
+        "light",
+        7,
+    )
+    mixed = CFWSettings.from_stage(
+        {"cfw": {"width": 16, "num_blocks": 1, "up_width": 8}, "degradation": ["bicubic", "light"],
+         "degradation_weights": [1, 3], "default_fidelity": "0.25", "hr_dirs": ["x"]}
+    )  # fmt: skip
+    assert mixed.cfw == {"width": 16, "num_blocks": 1, "up_width": 8} and mixed.default_fidelity == 0.25
+    assert mixed.data.degradation == ("bicubic", "light") and mixed.data.degradation_weights == (1, 3)
 
 
 def test_cached_windows_are_aligned_crops() -> None:

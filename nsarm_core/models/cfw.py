@@ -1,5 +1,7 @@
 """Controllable feature wrapping (CFW): the LR image's own features fused into the VAE decoder, scaled by ``w``.
 
+Not a paper component of NSARM: our extension, docs/architecture.md E.11.
+
 Why: NSARM passes the LR to its generator only through the first K_t bit-quantised scales (about 0.2 bits per
 pixel for nsarm-tiny). The paper's 8 B-parameter prior and GAN-trained decoder fill in the rest; a 5 M-parameter
 model cannot, and loses faces, text and thin structures (docs/model_card.md, "Why v1 stays below bicubic"). CFW is
@@ -26,7 +28,6 @@ Shape legend: ``lr [B, 3, h, w]`` in [-1, 1]; decoder level features ``[B, C_i, 
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError
+from nsarm_core.errors import ConfigError, unknown_choice
 from nsarm_core.models.vae import VAEConfig, swish
 
 # ----------------------------------------------------------------------------------------------------------
@@ -100,9 +101,7 @@ PRESETS: dict[str, CFWConfig] = {
 def get_preset(name: str) -> CFWConfig:
     """A named :class:`CFWConfig` (``tiny`` for nsarm-tiny, ``large`` for big decoders)."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown CFW preset {name!r}; valid: {sorted(PRESETS)}{hint}")
+        raise unknown_choice("CFW preset", name, PRESETS)
     return PRESETS[name]
 
 

@@ -1,5 +1,7 @@
 """A PatchGAN discriminator trained from scratch, and the hinge losses of adversarial decoder training.
 
+Used by the CFW stage (docs/architecture.md E.11), as StableSR trains its CFW decoder adversarially.
+
 Why from scratch: the adversarial terms of VQGAN/Real-ESRGAN need no pretrained weights; only their perceptual
 (VGG/LPIPS) terms do, and those cannot be fetched offline. The network is VQGAN's ``NLayerDiscriminator``
 (Esser et al. 2021, after pix2pix's PatchGAN): 4x4 convolutions, stride 2 in the first ``num_layers`` layers,

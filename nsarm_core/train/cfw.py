@@ -1,5 +1,7 @@
 """The CFW stage: fit controllable feature wrapping and the decoder on top of a frozen NSARM model.
 
+Not a paper component of NSARM: our extension, docs/architecture.md E.11 (the stages: E.4).
+
 Our extension of NSARM for small models (``nsarm_core.models.cfw``), trained as StableSR trains its CFW
 (Wang et al. 2023, Sec. 3.3): the generator is frozen, and the decoder learns to turn *what the generator
 actually samples* into the HR image, helped by the LR window's own features. Here the VAE encoder, the
@@ -27,7 +29,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,15 @@ class CFWSettings:
             )
         if not self.data.hr_dirs:
             raise ConfigError("the CFW stage degrades HR photos on the fly: set stage.hr_dirs")
+        # stage.cfw is checked now, not after the frozen model has been loaded and sampled
+        if isinstance(self.cfw, str):
+            get_preset(self.cfw)
+        elif isinstance(self.cfw, Mapping):
+            CFWConfig.from_dict(self.cfw)
+        else:
+            raise ConfigError(
+                f"stage.cfw must be a CFW preset name or a mapping of its fields, got {self.cfw!r}"
+            )
 
     @classmethod
     def from_stage(cls, stage: Mapping[str, Any]) -> CFWSettings:
@@ -392,8 +403,6 @@ class CFWRecipe:
 
     def export(self, out_dir: Path, state_dicts: Mapping[str, dict[str, Tensor]]) -> None:
         assert self.base is not None and self.cfw_config is not None, "build_models() runs first"
-        from dataclasses import replace
-
         cfw_config = replace(self.cfw_config, default_fidelity=self.settings.default_fidelity)
         config = replace(self.base.config, cfw=cfw_config)
         model = NSARM(config, init=False)
