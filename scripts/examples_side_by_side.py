@@ -32,7 +32,9 @@ def _label(img: Image.Image, text: str) -> Image.Image:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--v1", required=True, help="nsarm-tiny v1 model (folder or name)")
-    ap.add_argument("--v2", required=True, help="nsarm-tiny v2 model (folder or name), at its default fidelity")
+    ap.add_argument(
+        "--v2", required=True, help="nsarm-tiny v2 model (folder or name), at its default fidelity"
+    )
     ap.add_argument("--photos", default="examples/photos", help="folder of the example photos")
     ap.add_argument("-o", "--out", default="docs/nsarm_tiny/examples", help="output folder")
     args = ap.parse_args()
@@ -44,7 +46,10 @@ def main() -> int:
         src = Image.open(path).convert("RGB")
         w, h = src.size
         lr = torch.from_numpy(np.asarray(src, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
-        tiles = [src.resize((4 * w, 4 * h), Image.Resampling.NEAREST), src.resize((4 * w, 4 * h), Image.BICUBIC)]
+        tiles = [
+            src.resize((4 * w, 4 * h), Image.Resampling.NEAREST),
+            src.resize((4 * w, 4 * h), Image.BICUBIC),
+        ]
         for pipe in pipes:
             hr = pipe.upscale(lr, seed=0).image[0].permute(1, 2, 0).numpy()
             tiles.append(Image.fromarray((hr * 255.0 + 0.5).clip(0, 255).astype(np.uint8)))
