@@ -224,3 +224,36 @@ def test_cfw_overfits_four_windows(tmp_path: Path, photos: Path, base_model: Pat
     result = train(CFWRecipe.from_config(cfg), cfg)
     first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
     assert last < 0.6 * first, (first, last)
+
+
+def test_train_cfw_command_runs_the_cfw_stage_and_needs_overwrite(
+    tmp_path: Path, photos: Path, base_model: Path
+) -> None:
+    """`nsarm train-cfw` goes through train/run.py's `cfw` stage: cfw_tiny by default, --overwrite as elsewhere."""
+    from accelerate.state import AcceleratorState
+    from typer.testing import CliRunner
+
+    from nsarm_cli.main import app
+
+    run = tmp_path / "run"
+    sets = [
+        f"stage.model={base_model}", f"stage.hr_dirs=[{photos}]", "stage.cfw={width: 16, num_blocks: 1, up_width: 8}",
+        "stage.crop_size=32", "stage.cache_windows=2", "stage.cache_batch=2", "stage.disc_channels=8",
+        "stage.disc_layers=2", "stage.degradation=bicubic", "stage.degradation_weights=null",
+        "stage.preload_images=false", "batch_size=2", "checkpoint_every=0", "progress=false", "tensorboard=false",
+        "cpu=true",
+    ]  # fmt: skip
+    args = ["train-cfw", *[a for s in sets for a in ("--set", s)], "--run-dir", str(run), "--max-steps", "1"]
+    runner = CliRunner()
+    first = runner.invoke(app, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["stage"] == "cfw" and summary["step"] == 1
+    model_dir = Path(summary["model_dir"])
+    assert model_dir == run / "final" / "model" and json.loads((model_dir / "config.json").read_text())["cfw"]
+    AcceleratorState._reset_state(True)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    AcceleratorState._reset_state(True)
+    replaced = runner.invoke(app, [*args, "--overwrite", "--json"])
+    assert replaced.exit_code == 0, replaced.output
