@@ -299,20 +299,20 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "nsarm-tiny": ModelSpec(
         name="nsarm-tiny",
-        description="Small NSARM trained on CPU by this project (5.2 M parameters, 64 -> 256 windows); the "
-        "default model (docs/model_card.md)",
+        description="Small NSARM trained on CPU by this project, v2: with controllable feature wrapping "
+        "(--fidelity, default 0.75; 6.0 M parameters, 64 -> 256 windows); the default model (docs/model_card.md)",
         files={
             # bundled files are verified like downloaded ones: a damaged install is refused, not run
             "checkpoint": WeightFile(
                 "assets/nsarm-tiny/model.safetensors",
                 bundled=True,
-                sha256="76880c5f0fed73161427790b74c5fbc9822272d9dc5a31fe27f7f4b000035207",
-                size=20771972,
+                sha256="30c9066ae93ff4d3b070298ce76f35864d1560f6b51fff414248f9cd0583d060",
+                size=24235220,
             ),
             "config": WeightFile(
                 "assets/nsarm-tiny/config.json",
                 bundled=True,
-                sha256="d2227faac96da80a47f5ba01800a02bcb5a7822c617013d720be84a0ad3bc896",
+                sha256="690ef8a2e8eee701d7fdeea8bb7b586bde4ef0005cdcdea7151d9b19c25f7ed4",
             ),
         },
         preset="nsarm-tiny",
