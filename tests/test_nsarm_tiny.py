@@ -10,7 +10,6 @@ default fidelity the output is far closer to the photo than at w = 0 (the paper'
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import json
 from pathlib import Path
