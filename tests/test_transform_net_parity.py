@@ -29,6 +29,8 @@ FIXTURE = "nsarm_map_transformer"
 OUT_TOL = 1e-4  # README section 4: map outputs max|diff| <= 1e-4 (batched vs per-sample alone is 2.4e-5)
 FAST_BRANCHES = 5
 
+FEATURE_TOL = 5e-5  # max |difference| of the feature extractor's output (see test_feature_extractor)
+
 
 def _run_official(parity_dir: Path, n_branches: int) -> dict:
     """Build the first ``n_branches`` branches of nsarm-8b, fill them from the fixture keys, run the batch."""
@@ -70,7 +72,9 @@ def run(parity_dir: Path) -> dict:
 
 
 def test_feature_extractor(run: dict) -> None:
-    assert (run["feat"] - run["ref"]["feature_extractor"]).abs().max().item() <= 1e-5
+    # 1e-5 where the fixtures were made; 2.3e-5 measured on an AVX2-only CPU (AMD EPYC Zen 3, convolution
+    # kernels that sum in another order), hence FEATURE_TOL.
+    assert (run["feat"] - run["ref"]["feature_extractor"]).abs().max().item() <= FEATURE_TOL
 
 
 def test_branch_outputs_per_row(run: dict) -> None:
@@ -147,7 +151,7 @@ def test_full_model_all_branches(parity_dir: Path) -> None:
     """The whole 385M-parameter network (all 7 branches), as in the fixture."""
     full = _run_official(parity_dir, 7)
     assert len(full["outs"]) == 7
-    assert (full["feat"] - full["ref"]["feature_extractor"]).abs().max().item() <= 1e-5
+    assert (full["feat"] - full["ref"]["feature_extractor"]).abs().max().item() <= FEATURE_TOL
     _check_outputs(full)
     _check_sensitivity(full)
     _check_codes(full)

@@ -8,8 +8,10 @@ ill-conditioned. A relative perturbation of 1e-7 of the input latent moves the o
 implementations that differ only in reduction order (1 vs 2 threads, oneDNN on/off) differ by up to 2.5e-3, and a
 float64 run of our decoder is 1.7e-3 away from the stored float32 reference. The stored reference is therefore
 only reproducible to about 2e-3 unless the convolution kernels round identically. The d14 decoder, which is better
-conditioned, matches the reference bit for bit here, so it is checked at the README's 2e-4; the d32 decoder is
-checked with max <= 5e-3 and mean <= 2e-4 (measured: 2.0e-3 and 4.5e-5).
+conditioned, matched the reference bit for bit where the fixtures were made (max 1.0e-3, mean 3.3e-5 on an
+AVX2-only AMD EPYC, whose kernels sum in another order), so it is checked at max <= 3e-3 and mean <= 2e-4; the d32
+decoder is checked at max <= 1.5e-2 and mean <= 2e-4 (measured: 2.0e-3 and 4.5e-5 where the fixtures were made;
+5.7e-3 and 7.7e-5 on that AMD EPYC).
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from nsarm_core.models.vae import BSQVAE, MASK_KEYS, VAEConfig, load_official_va
 from tests.parity import load_manifest, load_tensors, official_state_dict
 
 FIXTURES = ("vae_d14_patchify", "vae_d32")
-DECODE_TOL = {"vae_d14_patchify": (2e-4, 2e-4), "vae_d32": (5e-3, 2e-4)}  # (max, mean), see module docstring
+# (max, mean), see module docstring. The max bounds also cover AVX2-only CPUs (AMD EPYC Zen 3, where CI runs):
+# their convolution kernels sum in another order, measured max 1.0e-3 (d14) and 5.7e-3 (d32) with means of
+# 3.3e-5 and 7.7e-5, so the tight mean bounds still catch any real difference.
+DECODE_TOL = {"vae_d14_patchify": (3e-3, 2e-4), "vae_d32": (1.5e-2, 2e-4)}
 
 
 class _Fixture:
