@@ -353,7 +353,12 @@ def memory_check(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model folder (default: the tiny preset, random weights)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model folder, or several as NAME=FOLDER,NAME=FOLDER measured in one run (e.g. v1=runs/nsarm-tiny-v1,"
+        "v2=nsarm_core/assets/nsarm-tiny); default: the tiny preset, random weights",
+    )
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--windows", default="1,2,3,4", help="windows per side; sizes t + (n-1)(t-o)")
     p.add_argument("--sizes", default=None, help="explicit LR sizes (square), overrides --windows")
@@ -378,45 +383,50 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(_save_random_tiny(Path(tmp) / "tiny"))
+        models = (
+            _parse_models(args.model) if args.model else {"tiny": str(_save_random_tiny(Path(tmp) / "tiny"))}
+        )
         from nsarm_core.models.nsarm import NSARMConfig
 
-        window = NSARMConfig.from_dict(json.loads((Path(model) / "config.json").read_text())).lr_size[0]
-        overlap = args.overlap if args.overlap is not None else window // 4
-        if args.sizes:
-            sizes = [int(s) for s in args.sizes.split(",")]
-        else:
-            sizes = [window + (int(n) - 1) * (window - overlap) for n in args.windows.split(",")]
         rows = []
-        for dtype in args.dtypes.split(","):
-            for size in sizes:
-                cmd = [
-                    sys.executable, __file__, "--_child", "--model", model, "--dtype", dtype, "--size", str(size),
-                    "--overlap", str(overlap), "--threads", str(args.threads), "--repeats", str(args.repeats),
-                    "--device", args.device,
-                ]  # fmt: skip
-                t0 = time.perf_counter()
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-                rec = json.loads(out.stdout.strip().splitlines()[-1])
-                rec["process_seconds"] = time.perf_counter() - t0
-                rows.append(rec)
-                _print_row(rec, header=len(rows) == 1)
+        for name, model in models.items():
+            window = NSARMConfig.from_dict(json.loads((Path(model) / "config.json").read_text())).lr_size[0]
+            overlap = args.overlap if args.overlap is not None else window // 4
+            if args.sizes:
+                sizes = [int(s) for s in args.sizes.split(",")]
+            else:
+                sizes = [window + (int(n) - 1) * (window - overlap) for n in args.windows.split(",")]
+            for dtype in args.dtypes.split(","):
+                for size in sizes:
+                    cmd = [
+                        sys.executable, __file__, "--_child", "--model", model, "--dtype", dtype,
+                        "--size", str(size), "--overlap", str(overlap), "--threads", str(args.threads),
+                        "--repeats", str(args.repeats), "--device", args.device,
+                    ]  # fmt: skip
+                    t0 = time.perf_counter()
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                    rec = json.loads(out.stdout.strip().splitlines()[-1])
+                    rec["process_seconds"] = time.perf_counter() - t0
+                    rec["model"] = name
+                    rows.append(rec)
+                    _print_row(rec, header=len(rows) == 1)
     fits = {}
-    for dtype in args.dtypes.split(","):
-        sub = [r for r in rows if r["dtype"] == dtype]
+    for name, dtype in ((n, d) for n in models for d in args.dtypes.split(",")):
+        sub = [r for r in rows if r["dtype"] == dtype and r["model"] == name]
+        key = dtype if len(models) == 1 else f"{name}/{dtype}"
         a, b, r2 = _fit([r["tiles"] for r in sub], [r["seconds"] for r in sub])
         am, bm, r2m = _fit([r["out_mp"] for r in sub], [r["seconds"] for r in sub])
         growth = [r["rss_growth_mb"] for r in sub]
-        fits[dtype] = {
+        fits[key] = {
             "seconds_per_tile_slope": a, "intercept_s": b, "r2_tiles": r2,
             "seconds_per_mp_slope": am, "r2_mp": r2m,
             "rss_peak_range_mb": [min(r["rss_peak_mb"] for r in sub), max(r["rss_peak_mb"] for r in sub)],
             "rss_growth_range_mb": [min(growth), max(growth)],
         }  # fmt: skip
         print(
-            f"{dtype}: seconds = {a:.3f} * tiles + {b:+.3f} (R^2 {r2:.4f}); seconds = {am:.2f} * out_MP "
-            f"{bm:+.3f} (R^2 {r2m:.4f}); peak RSS {fits[dtype]['rss_peak_range_mb'][0]:.0f}.."
-            f"{fits[dtype]['rss_peak_range_mb'][1]:.0f} MiB, growth beyond one window "
+            f"{key}: seconds = {a:.3f} * tiles + {b:+.3f} (R^2 {r2:.4f}); seconds = {am:.2f} * out_MP "
+            f"{bm:+.3f} (R^2 {r2m:.4f}); peak RSS {fits[key]['rss_peak_range_mb'][0]:.0f}.."
+            f"{fits[key]['rss_peak_range_mb'][1]:.0f} MiB, growth beyond one window "
             f"{min(growth):.1f}..{max(growth):.1f} MiB"
         )
     if args.json_out:
@@ -433,16 +443,25 @@ def main() -> None:
         print(f"wrote {args.json_out}")
 
 
+def _parse_models(text: str) -> dict[str, str]:
+    """``FOLDER`` or ``NAME=FOLDER,NAME=FOLDER`` -> ``{name: folder}`` (a bare folder is named by itself)."""
+    models = {}
+    for item in text.split(","):
+        name, _, folder = item.rpartition("=")
+        models[name or folder] = folder
+    return models
+
+
 def _print_row(r: dict[str, Any], header: bool) -> None:
     if header:
         print(
-            f"{'dtype':5} {'LR':>5} {'tiles':>5} {'outMP':>6} {'sec':>7} {'s/MP':>7} {'s/tile':>7} "
+            f"{'model':8} {'dtype':5} {'LR':>5} {'tiles':>5} {'outMP':>6} {'sec':>7} {'s/MP':>7} {'s/tile':>7} "
             + " ".join(f"{k[:6]:>6}" for k in STAGES)
             + f" {'blend':>6} {'RSSpk':>7} {'grow':>6} {'canvas':>6}"
         )
     shares = " ".join(f"{100 * r['stage_share'][k]:5.1f}%" for k in STAGES)
     print(
-        f"{r['dtype']:5} {r['lr_size']:5d} {r['tiles']:5d} {r['out_mp']:6.3f} {r['seconds']:7.2f} "
+        f"{r.get('model', '')[:8]:8} {r['dtype']:5} {r['lr_size']:5d} {r['tiles']:5d} {r['out_mp']:6.3f} {r['seconds']:7.2f} "
         f"{r['s_per_mp']:7.2f} {r['s_per_tile']:7.3f} {shares} {100 * r['outside_windows_share']:5.1f}% "
         f"{r['rss_peak_mb']:7.0f} {r['rss_growth_mb']:6.1f} {r['canvas_mb']:6.1f}",
         flush=True,
