@@ -128,10 +128,16 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
-    """Least-squares line ``y = a x + b``; returns ``(a, b, R^2)``."""
+    """Least-squares line ``y = a x + b``; returns ``(a, b, R^2)``.
+
+    With a single size (or all x equal) there is no line to fit: the slope is the mean ``y / x`` through the
+    origin, the intercept 0 and R^2 NaN.
+    """
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return sum(y / x for x, y in zip(xs, ys, strict=True)) / n, 0.0, float("nan")
     a = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
     b = my - a * mx
     ss_res = sum((y - a * x - b) ** 2 for x, y in zip(xs, ys, strict=True))
