@@ -129,7 +129,7 @@ def upscale(
         typer.Option(
             "--fidelity",
             help="Fidelity-realism knob w in [0, 1] of models with CFW: 0 = NSARM's generative output, "
-            "1 = most faithful to the input (default: the model's own, 0.5 for nsarm-tiny).",
+            "1 = most faithful to the input (default: the model's own, 0.75 for nsarm-tiny).",
         ),
     ] = None,
     tile: Annotated[
