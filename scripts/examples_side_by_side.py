@@ -13,10 +13,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from nsarm_core.data.io import atomic_open
+from nsarm_core.data.io import atomic_open, from_tensor, read_image, to_tensor
+from nsarm_core.eval.metrics import to_8bit_levels
 from nsarm_core.pipeline import load_pipeline
 
 COLUMNS = ("input (nearest x4)", "bicubic", "nsarm-tiny v1", "nsarm-tiny v2")
@@ -45,14 +45,14 @@ def main() -> int:
     for path in sorted(Path(args.photos).glob("*.png")):
         src = Image.open(path).convert("RGB")
         w, h = src.size
-        lr = torch.from_numpy(np.asarray(src, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+        lr = to_tensor(read_image(path).rgb)
         tiles = [
             src.resize((4 * w, 4 * h), Image.Resampling.NEAREST),
             src.resize((4 * w, 4 * h), Image.BICUBIC),
         ]
         for pipe in pipes:
-            hr = pipe.upscale(lr, seed=0).image[0].permute(1, 2, 0).numpy()
-            tiles.append(Image.fromarray((hr * 255.0 + 0.5).clip(0, 255).astype(np.uint8)))
+            hr = to_8bit_levels(from_tensor(pipe.upscale(lr, seed=0).image))
+            tiles.append(Image.fromarray(hr.astype(np.uint8)))
         row = Image.fromarray(
             np.concatenate([np.asarray(_label(t, c)) for t, c in zip(tiles, COLUMNS, strict=True)], axis=1)
         )
