@@ -19,7 +19,14 @@ from nsarm_core.data.datasets import HRFolderDataset, degradation_mixture
 from nsarm_core.errors import ConfigError
 from nsarm_core.models.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
 from nsarm_core.models.nsarm import NSARM
-from nsarm_core.train.cfw import CACHE_NAME, CachedWindows, CFWRecipe, CFWSettings, draw_fidelity
+from nsarm_core.train.cfw import (
+    CACHE_NAME,
+    CachedWindows,
+    CFWRecipe,
+    CFWSettings,
+    draw_fidelity,
+    perturb_latent,
+)
 from nsarm_core.train.config import TrainConfig
 from nsarm_core.train.loop import train
 
@@ -268,3 +275,20 @@ def test_train_cfw_command_runs_the_cfw_stage_and_needs_overwrite(
     AcceleratorState._reset_state(True)
     replaced = runner.invoke(app, [*args, "--overwrite", "--json"])
     assert replaced.exit_code == 0, replaced.output
+
+
+def test_perturb_latent_touches_only_samples_with_fidelity_and_about_the_fraction() -> None:
+    latent = torch.randn(4, 8, 32, 32, generator=torch.Generator().manual_seed(1))
+    w = torch.tensor([0.0, 0.5, 1.0, 0.0])
+    out = perturb_latent(latent, w, 0.05, torch.Generator().manual_seed(0))
+    changed = (out != latent).any(dim=1)  # [B, H, W]
+    assert not changed[0].any() and not changed[3].any()  # w = 0: the paper's decoder input, untouched
+    for i in (1, 2):
+        assert 0.02 < changed[i].float().mean() < 0.09
+    assert torch.equal(perturb_latent(latent, w, 0.0, torch.Generator()), latent)
+    assert torch.equal(out, perturb_latent(latent, w, 0.05, torch.Generator().manual_seed(0)))
+
+
+def test_latent_noise_is_bounded() -> None:
+    with pytest.raises(ConfigError, match="latent_noise"):
+        CFWSettings.from_stage({"hr_dirs": ["x"], "latent_noise": 1.5})

@@ -70,6 +70,8 @@ class CFWSettings:
         cache_batch: windows sampled at once while building the cache.
         tau, top_p: the sampling settings of the cached latents (the pipeline's defaults).
         fidelity_endpoints: probability that a sample's ``w`` is exactly 0 or 1 (half each); otherwise uniform.
+        latent_noise: fraction of latent positions perturbed per sample with ``w > 0`` (see
+            :func:`perturb_latent`): teaches the decoder to trust the LR over isolated wrongly sampled codes.
         gan_weight: factor on the adaptive adversarial weight (0 disables the adversarial term).
         gan_start: first step with the adversarial term on the generator (the discriminator trains from step 0).
         disc_channels, disc_layers: PatchGAN width and depth.
@@ -88,6 +90,7 @@ class CFWSettings:
     tau: float = 0.5
     top_p: float = 0.97
     fidelity_endpoints: float = 0.3
+    latent_noise: float = 0.0
     gan_weight: float = 0.1
     gan_start: int = 500
     disc_channels: int = 64
@@ -99,6 +102,8 @@ class CFWSettings:
         check_fidelity(self.default_fidelity, "stage.default_fidelity")
         if not 0.0 <= self.fidelity_endpoints <= 1.0:
             raise ConfigError(f"stage.fidelity_endpoints must be in [0, 1], got {self.fidelity_endpoints}")
+        if not 0.0 <= self.latent_noise <= 1.0:
+            raise ConfigError(f"stage.latent_noise must be in [0, 1], got {self.latent_noise}")
         for name in ("crop_size", "cache_windows", "cache_batch", "disc_channels", "disc_layers"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"stage.{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -130,6 +135,25 @@ def draw_fidelity(batch: int, generator: torch.Generator, endpoints: float) -> T
     pick = torch.rand(batch, generator=generator)
     w = torch.where(pick < endpoints / 2, torch.zeros_like(u), u)
     return torch.where((pick >= endpoints / 2) & (pick < endpoints), torch.ones_like(u), w)
+
+
+def perturb_latent(latent: Tensor, fidelity: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
+    """``latent`` with a random ``fraction`` of its positions replaced by noise, in samples with ``w > 0``.
+
+    Why: at inference the sampler occasionally picks a wrong code at a fine scale (``tau`` < 1 makes it rare,
+    not impossible), and the decoder turns each into an isolated speck a few pixels wide. Perturbed positions
+    (Gaussian noise with the latent's own per-channel spread, added on top) have no counterpart in the HR
+    target, so the decoder learns to follow the LR features there. Samples with ``w = 0`` keep the sampled
+    latent untouched: without CFW the decoder has nothing else to follow (the paper's path).
+    """
+    if fraction <= 0.0:
+        return latent
+    b, c, h, w = latent.shape
+    mask = torch.rand(b, 1, h, w, generator=generator).to(latent.device) < fraction
+    mask = mask & (fidelity.view(b, 1, 1, 1) > 0)
+    spread = latent.detach().float().std(dim=(0, 2, 3), keepdim=True).to(latent.dtype)
+    noise = torch.randn(latent.shape, generator=generator).to(latent.device, latent.dtype) * spread
+    return torch.where(mask, latent + noise, latent)
 
 
 class DecoderWithCFW(nn.Module):
@@ -368,6 +392,7 @@ class CFWRecipe:
         gen, disc = models["generator"], models["disc"]
         hr, lr, latent = batch["hr"], batch["lr"], batch["latent"]
         w = draw_fidelity(int(hr.shape[0]), generator, s.fidelity_endpoints).to(hr.device)
+        latent = perturb_latent(latent, w, s.latent_noise, generator)
         fake = gen(latent, lr, w)
         rec = F.l1_loss(fake.float(), hr.float())
         loss = rec
