@@ -32,7 +32,7 @@ def _print_catalogue(json_out: bool) -> None:
         table.add_row(r["name"], r["type"], "lower" if r["lower_better"] else "higher", f"[{lo:g}, {'inf' if hi is None else f'{hi:g}'}]",
                       r["backend"], r["variant"], r["composite_normalisation"])  # fmt: skip
     out_console.print(table)
-    presets = Table(title="Dataset presets (--preset NAME --data-root DIR)")
+    presets = Table(title="Datasets (--dataset NAME [--data-root DIR])")
     for col in ("name", "images", "LR folder", "HR folder", "protocol"):
         presets.add_column(col)
     for p in PRESETS.values():
@@ -73,11 +73,19 @@ def evaluate(
             "else clipiqa,musiq,maniqa,topiq_nr.",
         ),
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Benchmark set: RealSR, DRealSR, RP60, DIV2K-val. Without --data-root, RealSR and DRealSR "
+            "are downloaded once from the Hugging Face Hub (StableSR's test sets) into the cache.",
+        ),
+    ] = None,
     preset: Annotated[
-        str | None, typer.Option("--preset", help="Dataset preset: RealSR, DRealSR, RP60, DIV2K-val.")
+        str | None, typer.Option("--preset", hidden=True, help="Old name of --dataset.")
     ] = None,
     data_root: Annotated[
-        Path | None, typer.Option("--data-root", help="Your local copy of the preset's dataset.")
+        Path | None, typer.Option("--data-root", help="Your local copy of the --dataset set.")
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Run this model on the LR folder first (nsarm upscale).")
@@ -114,25 +122,27 @@ def evaluate(
             "--max-pixels", help="Refuse images with more pixels (decompression bombs); 0: no limit."
         ),
     ] = 100_000_000,
-    list_all: Annotated[
-        bool, typer.Option("--list", help="List metrics and dataset presets, then exit.")
-    ] = False,
+    list_all: Annotated[bool, typer.Option("--list", help="List metrics and datasets, then exit.")] = False,
     json_out: JsonOut = False,
 ) -> None:
     """Score SR images: PSNR/SSIM on Y (BasicSR convention) and NIQE natively, LPIPS/CLIPIQA/MUSIQ/MANIQA/TOPIQ via pyiqa.
 
-    Writes OUT/scores.csv (per image) and OUT/scores.summary.json (mean, per-image variance, protocol).
+    Writes OUT/scores.csv (per image) and OUT/scores.summary.json (mean, per-image variance, protocol), and
+    records the run in ./nsarm-evaluations.jsonl, from which `nsarm robustness` compares the methods.
     """
     if list_all:
         _print_catalogue(json_out)
         return
+    if dataset is not None and preset is not None and dataset != preset:
+        raise typer.BadParameter(f"--dataset {dataset} and --preset {preset} differ; give --dataset only")
     from nsarm_core.eval.evaluate import json_safe
+    from nsarm_core.eval.index import default_index_path
     from nsarm_core.eval.run import EvaluationRequest, run_evaluation
 
     request = EvaluationRequest(
-        sr_dir=sr_dir, hr=hr, lr=lr, preset=preset, data_root=data_root, model=model, out=out, metrics=metrics,
-        crop_border=crop_border, resize_sr=resize_sr, eval_size=eval_size, allow_missing=allow_missing,
-        device=device, seed=seed, max_pixels=max_pixels,
+        sr_dir=sr_dir, hr=hr, lr=lr, preset=dataset or preset, data_root=data_root, model=model, out=out,
+        metrics=metrics, crop_border=crop_border, resize_sr=resize_sr, eval_size=eval_size,
+        allow_missing=allow_missing, device=device, seed=seed, max_pixels=max_pixels, index=default_index_path(),
     )  # fmt: skip
     with progress(transient=True) as bar:
         task = bar.add_task("scoring", total=None, status="")
@@ -150,5 +160,8 @@ def evaluate(
     else:
         out_console.print(summary_table(summary, f"{run.sr_dir} ({len(run.result.records)} images)"))
         info(f"per-image scores: {run.csv_path}\nsummary + protocol: {run.json_path}")
+        info(
+            f"recorded in {request.index}: `nsarm robustness --report` compares every method evaluated there"
+        )
     if run.result.failures:  # the good pairs are scored and written; the run is still incomplete
         raise typer.Exit(1)

@@ -18,7 +18,7 @@ from nsarm_cli.caption import caption
 from nsarm_cli.degrade import degrade
 from nsarm_cli.evaluate import evaluate
 from nsarm_cli.models import models_app
-from nsarm_cli.robustness import robustness
+from nsarm_cli.robustness import RobustnessCommand, robustness
 from nsarm_cli.train import (
     export_model,
     train_base,
@@ -133,7 +133,7 @@ app.command("train-stage2")(train_stage2)
 app.command("train-cfw")(train_cfw)
 app.command("export-model")(export_model)
 app.command("evaluate")(evaluate)
-app.command("robustness")(robustness)
+app.command("robustness", cls=RobustnessCommand)(robustness)
 app.add_typer(models_app, name="models")  # `nsarm models` lists, `nsarm models fetch NAME` gets
 # --- end commands ---
 

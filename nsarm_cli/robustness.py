@@ -9,9 +9,45 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from nsarm_cli._console import info, out_console, print_json, progress
 from nsarm_cli._options import HRFolder, JsonOut, MetricDevice
+
+# `--report` given without a folder (last, or followed by another option) stands for this value: Typer's
+# options always take a value, so the command class below inserts it before parsing.
+REPORT_DEFAULT = ""
+
+
+class RobustnessCommand(TyperCommand):
+    """``nsarm robustness``: lets ``--report`` go without its folder (then the default folder is used)."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        args = list(args)
+        i = 0
+        while i < len(args) and args[i] != "--":
+            if args[i] == "--report" and (i + 1 == len(args) or _is_option(args[i + 1])):
+                args.insert(i + 1, REPORT_DEFAULT)
+            i += 1
+        return super().parse_args(ctx, args)
+
+
+def _is_option(arg: str) -> bool:
+    return arg.startswith("-") and len(arg) > 1
+
+
+def _report_dir(value: str | None) -> Path | None:
+    """The folder of ``--report DIR``; refuses a score file taken for the folder (``--report a.csv b.csv``)."""
+    if value is None or value == REPORT_DEFAULT:
+        return None
+    looks_like_input = value.lower().endswith(".csv") or ("=" in value and not Path(value).exists())
+    if looks_like_input and not Path(value).is_dir():
+        raise typer.BadParameter(
+            f"--report takes the report folder, got {value!r}, which looks like a method's scores: put the "
+            "methods before --report, or give --report DIR",
+            param_hint="--report",
+        )
+    return Path(value)
 
 
 def _counts_table(data: dict[str, Any], title: str) -> Any:
@@ -32,7 +68,8 @@ def robustness(
     inputs: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Per-image score CSVs from `nsarm evaluate` or SR folders (scored here), as PATH or NAME=PATH."
+            help="Per-image score CSVs from `nsarm evaluate` or SR folders (scored here), as PATH or NAME=PATH. "
+            "None: every method evaluated on one dataset, from the evaluation index (nsarm-evaluations.jsonl)."
         ),
     ] = None,
     metrics: Annotated[
@@ -40,7 +77,8 @@ def robustness(
         typer.Option(
             "--metrics",
             "-m",
-            help="Composite metrics (default clipiqa,musiq,maniqa,topiq_nr; sweep: psnr,ssim).",
+            help="Composite metrics (default clipiqa,musiq,maniqa,topiq_nr, or those every method has; "
+            "sweep: psnr,ssim).",
         ),
     ] = None,
     thresholds: Annotated[
@@ -51,9 +89,19 @@ def robustness(
         int, typer.Option("--worst-k", help="Worst images per method shown in the report.")
     ] = 4,
     report: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--report", help="Write robustness.html (self-contained), robustness.md and plots here."
+            "--report",
+            metavar="[DIR]",
+            help="Write robustness.html (self-contained), robustness.md and plots to DIR "
+            "(without DIR: reports/robustness-<dataset>, printed).",
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Without methods: the dataset of the evaluation index to compare (default: the latest).",
         ),
     ] = None,
     sweep: Annotated[
@@ -80,12 +128,14 @@ def robustness(
     Deficient (< mu_G), Poor (< 0.9 mu_G) and Collapse (< 0.8 mu_G) counts, per-image variance, sorted curves.
     """
     from nsarm_core.eval.evaluate import json_safe
+    from nsarm_core.eval.index import default_index_path
     from nsarm_core.eval.run import RobustnessRequest, run_robustness
 
     request = RobustnessRequest(
-        inputs=tuple(inputs or ()), metrics=metrics, thresholds=thresholds, hr=hr, worst_k=worst_k, report=report,
-        sweep=sweep, levels=levels, sweep_method=sweep_method, scale=scale, seed=seed, work_dir=work_dir,
-        crop_border=crop_border, device=device,
+        inputs=tuple(inputs or ()), metrics=metrics, thresholds=thresholds, hr=hr, worst_k=worst_k,
+        report=_report_dir(report), report_default=report is not None, sweep=sweep, levels=levels,
+        sweep_method=sweep_method, scale=scale, seed=seed, work_dir=work_dir, crop_border=crop_border,
+        device=device, index=default_index_path(), dataset=dataset,
     )  # fmt: skip
     with progress(transient=True) as bar:
         task = bar.add_task("robustness", total=None, status="")
@@ -99,5 +149,5 @@ def robustness(
     out_console.print(
         _counts_table(data, f"Robustness (composite: {' + '.join(names)}; mu_G = {analysis.global_mean:.4f})")
     )
-    if report is not None:
+    if "report" in data:
         info(f"report: {data['report']['html']} and {data['report']['markdown']}")

@@ -18,9 +18,11 @@ PARITY_DIR = Path(
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own NSARM_HOME, so no test reads or writes the user's cache."""
+    """Every test gets its own NSARM_HOME (so no test reads or writes the user's cache) and its own evaluation
+    index (``nsarm evaluate`` would otherwise record its runs in the working folder)."""
     home = tmp_path_factory.mktemp("nsarm_home")
     monkeypatch.setenv("NSARM_HOME", str(home))
+    monkeypatch.setenv("NSARM_EVAL_INDEX", str(home / "nsarm-evaluations.jsonl"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

@@ -1,9 +1,10 @@
 """Evaluation dataset presets (local layout + paper protocol) and SR <-> HR file pairing.
 
 NSARM Table 1 (docs/architecture.md P.1.1, P.1.2, P.6) evaluates on RealSR, DRealSR and RP60 ("real-world, generating
-512x512") and on DIV2K-val ("simulated, generating 1024x1024"). The datasets cannot be redistributed, so a
-preset only *describes* the expected local copy (folder and file names) and the protocol; the user points at
-it with ``--data-root``. Layouts follow the StableSR / OSEDiff benchmark copies (``test_LR`` / ``test_HR``
+512x512") and on DIV2K-val ("simulated, generating 1024x1024"). The datasets are not shipped, so a preset
+*describes* the expected local copy (folder and file names) and the protocol; the user points at it with
+``--data-root``, or, for the sets with a public Hugging Face Hub copy (``hub``: StableSR's RealSR and DRealSR
+centre crops), :mod:`nsarm_core.eval.hub_sets` downloads it into the cache. Layouts follow the StableSR / OSEDiff benchmark copies (``test_LR`` / ``test_HR``
 with identical file names), the NSARM release (``RealSR_LR_256`` ...) and the original releases.
 
 Pairing matches files by a normalised stem: the suffixes ``_LR4``, ``_HR``, ``_SR``, ``_x4`` ... are dropped
@@ -51,6 +52,28 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class HubCopy:
+    """A public copy of a benchmark set in a Hugging Face Hub dataset repository: one zip archive, and the
+    folder inside it that holds the preset's LR/HR folders.
+
+    Attributes:
+        repo_id: the dataset repository.
+        filename: the archive in it.
+        folder: the folder inside the archive whose contents become the preset's data root.
+        revision: a branch, tag or commit (None: the default branch).
+    """
+
+    repo_id: str
+    filename: str
+    folder: str
+    revision: str | None = None
+
+
+# StableSR's test sets (Wang et al., IJCV 2024), the centre crops every recent Real-ISR paper reports on.
+STABLESR_TEST_SETS = "Iceclear/StableSR-TestSets"
+
+
+@dataclass(frozen=True)
 class DatasetPreset:
     """Expected local layout of one evaluation set and its protocol.
 
@@ -64,6 +87,7 @@ class DatasetPreset:
         n_images: number of images in the paper's split.
         source: where to obtain the data.
         protocol: the paper's evaluation protocol.
+        hub: its public Hugging Face Hub copy, downloaded when no ``--data-root`` is given (None: none known).
     """
 
     name: str
@@ -75,6 +99,7 @@ class DatasetPreset:
     n_images: int
     source: str
     protocol: Protocol
+    hub: HubCopy | None = None
 
     @property
     def full_reference(self) -> bool:
@@ -112,6 +137,7 @@ PRESETS: dict[str, DatasetPreset] = {
         n_images=100,
         source="huggingface.co/datasets/Iceclear/StableSR-TestSets (RealSR_CenterCrop) or OSEDiff preset/datasets",
         protocol=_REAL_WORLD,
+        hub=HubCopy(STABLESR_TEST_SETS, "StableSR_testsets.zip", "StableSR_testsets/RealSRVal_crop128"),
     ),
     "DRealSR": DatasetPreset(
         name="DRealSR",
@@ -123,6 +149,7 @@ PRESETS: dict[str, DatasetPreset] = {
         n_images=93,
         source="huggingface.co/datasets/Iceclear/StableSR-TestSets (DRealSR_CenterCrop) or OSEDiff preset/datasets",
         protocol=_REAL_WORLD,
+        hub=HubCopy(STABLESR_TEST_SETS, "StableSR_testsets.zip", "StableSR_testsets/DrealSRVal_crop128"),
     ),
     "RP60": DatasetPreset(
         name="RP60",

@@ -180,12 +180,32 @@ def _fit_size(
     if sr.shape[:2] == tuple(target):
         return sr, False
     if not opts.resize_sr:
+        scale = trimmed_scale(sr.shape[:2], tuple(target))
+        if scale is not None:  # the LR was made from an HR cut to a multiple of the scale (nsarm degrade)
+            raise InputError(
+                f"size mismatch: SR {pair.sr} is {sr.shape[1]}x{sr.shape[0]} but HR {pair.hr} is "
+                f"{target[1]}x{target[0]}, i.e. the HR cut to a multiple of {scale}, as `nsarm degrade` cuts it "
+                "before downscaling; score against the cut HR images that `nsarm degrade --save-hr` writes to "
+                "OUT/hr (--hr OUT/hr)"
+            )
         raise InputError(
             f"size mismatch: SR {pair.sr} is {sr.shape[1]}x{sr.shape[0]} but HR {pair.hr} is "
             f"{target[1]}x{target[0]}; pass --resize-sr to resize SR images to the HR size (PIL bicubic, "
             "recorded in the protocol) or produce outputs at the HR size"
         )
     return resize_levels(sr, tuple(target)), True
+
+
+def trimmed_scale(sr_hw: tuple[int, ...], hr_hw: tuple[int, ...], max_scale: int = 16) -> int | None:
+    """The smallest factor k in 2..max_scale with SR = HR cut down to multiples of k, or None.
+
+    ``nsarm degrade`` (and any Real-ESRGAN-style pipeline) cuts the HR to a multiple of the scale so LR pixels
+    align with HR blocks; an SR of that LR is then a few pixels smaller than the uncut HR.
+    """
+    for k in range(2, max_scale + 1):
+        if all(s == h - h % k for s, h in zip(sr_hw, hr_hw, strict=True)):
+            return k
+    return None
 
 
 def _fit_short_side(img: np.ndarray, side: int) -> tuple[int, int]:

@@ -4,7 +4,8 @@ Fig. 4 of the paper plots, per method, the per-image composite score sorted asce
 dashed line, and lists the Deficient / Poor / Collapse counts of Eq. 7 (docs/architecture.md P.1.5–P.1.6). The HTML page
 is self-contained: plots and image thumbnails are embedded as base64 data URIs, so it can be mailed or archived
 as one file. matplotlib is imported lazily (``pip install 'nsarm[report]'``) and used through its
-object-oriented API only, so the global pyplot state and backend are never touched.
+object-oriented API only, so the global pyplot state and backend are never touched. Without matplotlib the
+report is written without its plots, and says so and how to get them (a base install must still get a report).
 
 Shape legend: N = images of one method; L = severity levels; thumbnails are at most ``THUMB_SIDE`` pixels.
 """
@@ -129,6 +130,7 @@ class ReportFiles:
     html: Path
     markdown: Path
     plots: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 _CSS = """
@@ -200,12 +202,42 @@ def write_report(
         protocol: evaluation protocol to print (e.g. from a summary JSON).
 
     Returns:
-        The written files.
+        The written files; ``notes`` says what was left out (the plots, without matplotlib).
     """
+    created = not out_dir.exists()
+    try:
+        return _write_report(result, out_dir, worst_k, sweep, title, protocol)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # an empty report folder would read as a report that was made
+        raise
 
+
+def _plots_or_note(make: Any, *args: Any) -> tuple[list[Path], str | None]:
+    """``make(*args)``'s plot files, or no files and the reason (matplotlib is an optional extra)."""
+    try:
+        return make(*args), None
+    except MissingExtraError as exc:
+        return [], str(exc)
+
+
+def _write_report(
+    result: RobustnessResult,
+    out_dir: Path,
+    worst_k: int,
+    sweep: SweepResult | None,
+    title: str,
+    protocol: dict[str, Any] | None,
+) -> ReportFiles:
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot_sorted_curves(result, out_dir / "sorted_scores")
-    sweep_plots = plot_sweep(sweep, out_dir / "sweep") if sweep is not None else []
+    plots, missing = _plots_or_note(plot_sorted_curves, result, out_dir / "sorted_scores")
+    sweep_plots: list[Path] = []
+    if sweep is not None and missing is None:
+        sweep_plots, missing = _plots_or_note(plot_sweep, sweep, out_dir / "sweep")
+    notes = []
+    if missing is not None:
+        notes.append(f"plots left out: {missing}")
+        logger.warning("report without plots: %s", missing)
     h1, rows1, h2, rows2 = _tables(result)
     thr = ", ".join(f"{lab}: score < {r:g}·μG = {r * result.global_mean:.4f}"
                     for r, lab in zip(result.thresholds.ratios, result.thresholds.labels, strict=True))  # fmt: skip
@@ -222,7 +254,9 @@ def write_report(
         "<h2>Per-metric mean and per-image variance</h2>",
         _html_table(h2, rows2),
         "<h2>Sorted scores</h2>",
-        f"<img class='plot' alt='sorted composite scores' src='{_file_data_uri(plots[0])}'>",
+        f"<img class='plot' alt='sorted composite scores' src='{_file_data_uri(plots[0])}'>"
+        if plots
+        else f"<p class='note'>No plot: {_esc(missing)}</p>",
     ]
     md = [
         f"# {title}",
@@ -239,12 +273,15 @@ def write_report(
         "",
         "## Sorted scores",
         "",
-        f"![sorted composite scores]({plots[0].name}) ([SVG]({plots[1].name}))",
+        f"![sorted composite scores]({plots[0].name}) ([SVG]({plots[1].name}))"
+        if plots
+        else f"No plot: {missing}",
         "",
     ]
     if sweep is not None:
-        parts += ["<h2>Score vs degradation severity</h2>",
-                  f"<img class='plot' alt='severity sweep' src='{_file_data_uri(sweep_plots[0])}'>"]  # fmt: skip
+        parts.append("<h2>Score vs degradation severity</h2>")
+        if sweep_plots:
+            parts.append(f"<img class='plot' alt='severity sweep' src='{_file_data_uri(sweep_plots[0])}'>")
         sd = sweep.to_dict()
         srows = [
             [str(lv["level"]), lv["preset"], _fmt(lv["composite_mean"]), f"{lv['composite_var']:.5f}"]
@@ -255,7 +292,7 @@ def write_report(
         md += [
             "## Score vs degradation severity",
             "",
-            f"![severity sweep]({sweep_plots[0].name})",
+            f"![severity sweep]({sweep_plots[0].name})" if sweep_plots else f"No plot: {missing}",
             "",
             _md_table(sh, srows),
             "",
@@ -283,4 +320,4 @@ def write_report(
     md_path = out_dir / "robustness.md"
     atomic_write_text(html_path, "\n".join(parts) + "\n")
     atomic_write_text(md_path, "\n".join(md))
-    return ReportFiles(html_path, md_path, plots + sweep_plots)
+    return ReportFiles(html_path, md_path, plots + sweep_plots, notes)

@@ -34,7 +34,7 @@ from nsarm_core.batch.upscale import run_model_on_folder
 from nsarm_core.data import degrade
 from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.eval.evaluate import EvalOptions, EvalResult, evaluate_folder
-from nsarm_core.eval.metrics import PAPER_NR_METRICS, MetricSpec, get_metric
+from nsarm_core.eval.metrics import METRICS, PAPER_NR_METRICS, MetricSpec, get_metric
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,42 @@ def composite_scores(result: EvalResult, metrics: Sequence[str] = DEFAULT_COMPOS
             raise InputError(f"metric '{spec.name}' is not finite for image(s) {', '.join(bad[:5])}")
         terms.append(v)
     return np.mean(np.stack(terms, axis=0), axis=0)
+
+
+def default_composite(
+    results: Mapping[str, EvalResult], preferred: Sequence[str] = DEFAULT_COMPOSITE
+) -> tuple[list[str], str | None]:
+    """The composite used when none is chosen: ``preferred`` (the paper's four) when every method has those
+    scores, else the catalogue metrics that every method has, with a one-line note saying so.
+
+    A base install scores PSNR/SSIM/NIQE natively but not the paper's pyiqa metrics, so refusing would make
+    the default unusable there; the note names the metrics used and how to choose others.
+
+    Returns:
+        ``(metrics, note)``; ``note`` is None when ``preferred`` is used as it is.
+
+    Raises:
+        ConfigError: no catalogue metric is in the scores of every method.
+    """
+    if not results:
+        raise ConfigError("robustness needs the scores of at least one method")
+    first = next(iter(results.values()))
+    common = [m for m in first.metrics if m in METRICS and all(m in r.metrics for r in results.values())]
+    wanted = list(preferred)
+    if all(m in common for m in wanted):
+        return wanted, None
+    chosen = [m for m in wanted if m in common] or common
+    if not chosen:
+        raise ConfigError(
+            "no metric is in the scores of every method ("
+            + "; ".join(f"{name}: {', '.join(r.metrics) or 'none'}" for name, r in results.items())
+            + "); evaluate the same metrics for each method"
+        )
+    note = (
+        f"the default composite ({', '.join(wanted)}) is not in the scores; using the metrics every method "
+        f"has: {', '.join(chosen)} (choose others with --metrics)"
+    )
+    return chosen, note
 
 
 def eq7_counts(
