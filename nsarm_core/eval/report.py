@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,8 +209,8 @@ def write_report(
     try:
         return _write_report(result, out_dir, worst_k, sweep, title, protocol)
     except BaseException:
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # an empty report folder would read as a report that was made
+        if created:  # a folder of plots without the report (or an empty one) would read as a finished report
+            shutil.rmtree(out_dir, ignore_errors=True)
         raise
 
 
