@@ -33,14 +33,15 @@ def _print_catalogue(json_out: bool) -> None:
                       r["backend"], r["variant"], r["composite_normalisation"])  # fmt: skip
     out_console.print(table)
     presets = Table(title="Datasets (--dataset NAME [--data-root DIR])")
-    for col in ("name", "images", "LR folder", "HR folder", "protocol"):
+    for col in ("name", "images", "LR folder", "HR folder", "protocol", "without --data-root"):
         presets.add_column(col)
     for p in PRESETS.values():
         pr = p.protocol
         presets.add_row(p.name, str(p.n_images), f"{'|'.join(p.lr_dirs)}/{p.lr_pattern}",
                         f"{'|'.join(p.hr_dirs)}/{p.hr_pattern}" if p.hr_dirs else "– (no-reference)",
                         f"LR {pr.lr_size} -> in {pr.model_input_size} -> out {pr.output_size} -> eval {pr.eval_size}, "
-                        f"crop {pr.crop_border}")  # fmt: skip
+                        f"crop {pr.crop_border}",
+                        f"Hub dataset {p.hub.repo_id}" if p.hub else "– (needs --data-root)")  # fmt: skip
     out_console.print(presets)
 
 
