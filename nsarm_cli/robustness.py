@@ -142,6 +142,13 @@ def robustness(
         analysis, data = run_robustness(
             request, on_level=lambda i, n, p: bar.update(task, completed=i, total=n, status=p)
         )
+    if "index" in data:  # the methods came from the evaluation index: say which
+        idx = data["index"]
+        others = idx["other_datasets"]
+        info(
+            f"comparing {', '.join(idx['methods'])}: the methods evaluated on {idx['dataset']} ({idx['path']})"
+            + (f"; other datasets there: {', '.join(others)} (choose with --dataset)" if others else "")
+        )
     if json_out:
         print_json(json_safe(data))
         return

@@ -169,7 +169,7 @@ def test_robustness_report_compares_the_methods_of_the_index(tmp_path: Path, mon
 
     r = runner.invoke(app, ["robustness", "--report"])
     assert r.exit_code == 0, _out(r)
-    assert "comparing 2 method(s) evaluated on hr:hr" in _out(r)
+    assert "comparing sr_good, sr_bad: the methods evaluated on hr:hr" in _out(r)
     assert "report: reports/robustness-hr/robustness.html" in _out(r)
     md = (tmp_path / "reports" / "robustness-hr" / "robustness.md").read_text()
     assert "| sr_good |" in md and "| sr_bad |" in md
@@ -180,6 +180,11 @@ def test_robustness_report_compares_the_methods_of_the_index(tmp_path: Path, mon
     assert list(json.loads(r.stdout)["methods"]) == ["sr_good", "sr_bad"]
     r = runner.invoke(app, ["robustness", "g=sr_good_eval/scores.csv", "--report", "mine"])
     assert r.exit_code == 0 and (tmp_path / "mine" / "robustness.html").is_file(), _out(r)
+
+    shutil.rmtree(tmp_path / "sr_bad_eval")  # a recorded run whose scores were deleted is left out, loudly
+    r = runner.invoke(app, ["robustness", "--json"])
+    assert r.exit_code == 0 and list(json.loads(r.stdout)["methods"]) == ["sr_good"], _out(r)
+    assert "left out, their score files no longer exist: sr_bad" in _out(r)
 
 
 def test_robustness_without_methods_or_index_says_what_to_run(tmp_path: Path) -> None:

@@ -227,20 +227,32 @@ def default_report_dir(dataset: str | None) -> Path:
     return Path("reports") / (f"robustness-{dataset_slug(dataset)}" if dataset else "robustness")
 
 
-def _inputs_from_index(r: RobustnessRequest) -> tuple[list[str], str]:
-    """``NAME=scores.csv`` for every method evaluated on the chosen dataset of the index, and that dataset."""
+def _inputs_from_index(r: RobustnessRequest) -> tuple[list[str], dict[str, Any]]:
+    """``NAME=scores.csv`` for every method evaluated on the chosen dataset of the index, and what was chosen.
+
+    A recorded run whose score file has since been deleted is left out with a warning naming it.
+    """
     if r.index is None:
         raise ConfigError("give score CSVs / SR folders to compare, or --sweep with --hr")
     entries = read_index(r.index)
     dataset = choose_dataset(entries, r.dataset)
     methods = methods_of_dataset(entries, dataset)
-    others = sorted({e.dataset for e in entries if e.dataset not in (None, dataset)})
-    logger.warning(
-        "comparing %d method(s) evaluated on %s (from %s): %s%s",
-        len(methods), dataset, r.index, ", ".join(methods),
-        f"; other datasets there: {', '.join(others)} (choose with --dataset)" if others else "",
-    )  # fmt: skip
-    return [f"{name}={e.scores}" for name, e in methods.items()], dataset
+    gone = [f"{name} ({e.scores})" for name, e in methods.items() if not e.scores.is_file()]
+    if gone:
+        logger.warning("left out, their score files no longer exist: %s", ", ".join(gone))
+    methods = {name: e for name, e in methods.items() if e.scores.is_file()}
+    if not methods:
+        raise ConfigError(
+            f"the score files of every method evaluated on {dataset} are gone; run `nsarm evaluate` again"
+        )
+    chosen = {
+        "path": str(r.index),
+        "dataset": dataset,
+        "methods": list(methods),
+        "other_datasets": sorted({e.dataset for e in entries if e.dataset not in (None, dataset)}),
+    }
+    logger.info("comparing %s evaluated on %s (from %s)", ", ".join(methods), dataset, r.index)
+    return [f"{name}={e.scores}" for name, e in methods.items()], chosen
 
 
 def _folder_metrics(hr: Path | None) -> list[str]:
@@ -268,15 +280,17 @@ def run_robustness(
     alone uses PSNR and SSIM.
 
     Returns:
-        ``(analysis, data)``: ``data`` is the JSON form (the analysis, ``sweep`` and ``report`` when made).
+        ``(analysis, data)``: ``data`` is the JSON form (the analysis, ``sweep`` and ``report`` when made,
+        ``index`` when the methods came from the evaluation index).
 
     Raises:
         ConfigError: nothing to compare, two inputs with one name, a bad ``worst_k``, or a sweep without ``hr``.
     """
     r = request
-    inputs, dataset = list(r.inputs), r.dataset
+    inputs, dataset, from_index = list(r.inputs), r.dataset, None
     if not inputs and not r.sweep:
-        inputs, dataset = _inputs_from_index(r)
+        inputs, from_index = _inputs_from_index(r)
+        dataset = from_index["dataset"]
     check_worst_k(r.worst_k)  # before any scoring
     thresholds = parse_thresholds(r.thresholds)
     chosen = [s.name for s in parse_metric_list(r.metrics)] if r.metrics else None
@@ -329,6 +343,8 @@ def run_robustness(
     data = analysis.to_dict(worst_k=r.worst_k)
     if note:
         data["composite"]["note"] = note
+    if from_index is not None:
+        data["index"] = from_index
     if sweep is not None:
         data["sweep"] = sweep.to_dict()
     if report_dir is not None:
