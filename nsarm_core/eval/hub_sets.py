@@ -22,7 +22,7 @@ from typing import Any
 
 from nsarm_core.atomic import atomic_write_text
 from nsarm_core.errors import ChecksumError, ConfigError, InputError
-from nsarm_core.eval.benchmarks import IMAGE_SUFFIXES, DatasetPreset
+from nsarm_core.eval.benchmarks import IMAGE_SUFFIXES, DatasetPreset, HubCopy
 from nsarm_core.weights import file_checksums, hub_cache_dir, is_offline, nsarm_home
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def fetch_dataset(preset: DatasetPreset) -> Path:
             f"--dataset {preset.name} needs --data-root DIR holding {layout_text(preset)} "
             f"(no public Hugging Face Hub copy is known; source: {preset.source})"
         )
-    archive = _download(preset)
+    archive = _download(preset, hub)
     _extract(archive, hub.folder, root)
     record = {
         "dataset": preset.name,
@@ -93,13 +93,11 @@ def fetch_dataset(preset: DatasetPreset) -> Path:
     return root
 
 
-def _download(preset: DatasetPreset) -> Path:
-    """The archive of ``preset.hub`` in the Hub cache (downloaded unless offline)."""
+def _download(preset: DatasetPreset, hub: HubCopy) -> Path:
+    """The archive of ``hub`` (the copy of ``preset``) in the Hub cache (downloaded unless offline)."""
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    hub = preset.hub
-    assert hub is not None  # checked by the caller
     offline = is_offline()
     try:
         path = huggingface_hub.hf_hub_download(
