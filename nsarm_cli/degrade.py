@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import STATE, info, out_console, print_json, progress
-from nsarm_cli._options import JsonOut, Overwrite
+from nsarm_cli._options import JsonOut, Overwrite, device_option
 
 
 def _summary_table(counts: dict[str, int], failures: list[dict[str, str]], elapsed: float, title: str) -> Any:
@@ -71,9 +71,7 @@ def degrade(
         bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")
     ] = True,
     overwrite: Overwrite = False,
-    device: Annotated[
-        str, typer.Option("--device", help="Torch device for the degradation (cpu, cuda, cuda:1).")
-    ] = "cpu",
+    device: Annotated[str, device_option("Torch device for the degradation (cpu, cuda, cuda:1).")] = "cpu",
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", help="Refuse larger images (width*height); 0 = no limit.")
     ] = 100_000_000,
