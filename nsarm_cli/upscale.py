@@ -27,7 +27,7 @@ _HELP_TILE = (
     "Tile side in input pixels; 0: no extra tiling (the default). For realesrgan-x4plus it is the window "
     "side, the memory knob of Real-ESRGAN. NSARM models already run in native windows, so their memory does "
     "not depend on it: with N > 0 the image is processed as N x N tiles (each cut into windows, neighbours "
-    "blended), which gives another sample than --tile 0 (the baselines: the same image within one 8-bit level)."
+    "blended), which gives another sample than --tile 0 (the baselines: the same image up to float rounding)."
 )
 
 
