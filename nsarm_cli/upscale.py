@@ -215,25 +215,23 @@ def upscale(
     label = "upscale" if world == 1 else f"upscale [{rank + 1}/{world}]"
     try:
         with progress() as bar:
-            # Two bars: all windows of the run (its ETA is the run's), and the windows of the current image.
-            overall = bar.add_task(label, total=None, status="")
-            image = bar.add_task("image", total=None, status="", visible=False)
+            # One line, so a log keeps it unpadded: all windows of the run (its ETA is the run's), and the
+            # image in progress with its own windows.
+            task = bar.add_task(label, total=None, status="")
             windows: list[int] = []
 
             def on_plan(counts: list[int]) -> None:
                 windows[:] = counts
-                bar.update(overall, total=sum(counts) or None, status=f"windows of {len(counts)} image(s)")
+                bar.update(task, total=sum(counts) or None)
 
-            def on_window(index: int, k: int, n: int) -> None:
-                bar.update(overall, completed=sum(windows[:index]) + k)
-                bar.update(image, completed=k, total=n, visible=True)
+            def on_window(index: int, src: Path, k: int, n: int) -> None:
+                status = f"image {index + 1}/{len(windows)} {src.name}: window {k}/{n}"
+                bar.update(task, completed=sum(windows[:index]) + k, status=status)
 
             def on_progress(i: int, n: int, record: Any) -> None:
                 done[:] = [i, n]
-                bar.update(overall, completed=sum(windows[:i]))
-                bar.update(
-                    image, description=f"image {i}/{n}", status=f"{record.status}: {record.input.name}"
-                )
+                status = f"image {i}/{n} {record.input.name}: {record.status}"
+                bar.update(task, completed=sum(windows[:i]), status=status)
 
             report = upscale_files(
                 upscaler, inputs, out, options, on_progress=on_progress, on_plan=on_plan, on_window=on_window

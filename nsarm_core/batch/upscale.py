@@ -540,7 +540,7 @@ def upscale_files(
     *,
     on_progress: Callable[[int, int, ImageRecord], None] | None = None,
     on_plan: Callable[[list[int]], None] | None = None,
-    on_window: Callable[[int, int, int], None] | None = None,
+    on_window: Callable[[int, Path, int, int], None] | None = None,
 ) -> BatchReport:
     """Upscale every image of ``inputs`` into ``out_dir``; one failed image does not stop the batch.
 
@@ -562,7 +562,8 @@ def upscale_files(
         on_progress: called after each file as ``on_progress(done, total, record)``.
         on_plan: called once before the first file with the number of model windows of each file of this
             process's share, in order (0 for files that will be skipped or whose size is unknown).
-        on_window: called after each model window as ``on_window(file index, windows done, windows total)``.
+        on_window: called after each model window as ``on_window(file index, file, windows done, windows
+            total)``.
 
     Returns:
         The :class:`BatchReport` (``exit_code`` 1 when any image failed).
@@ -598,7 +599,7 @@ def upscale_files(
         record = ImageRecord(input=item.src, output=out, status="failed", size_in=sizes[index])
         on_tile = None
         if on_window is not None:
-            on_tile = lambda done, total, i=index: on_window(i, done, total)  # noqa: E731
+            on_tile = lambda done, total, i=index, src=item.src: on_window(i, src, done, total)  # noqa: E731
         try:
             record.status = _process_one(upscaler, item, out, options, guard, claimed, record, on_tile)
         except _FATAL_ERRORS:
