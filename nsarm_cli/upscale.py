@@ -24,10 +24,10 @@ _HELP_SCALE = (
 
 
 _HELP_TILE = (
-    "Tile side in input pixels; 0: no extra tiling (the default). For realesrgan-x4plus it is the window "
-    "side, the memory knob of Real-ESRGAN. NSARM models already run in native windows, so their memory does "
-    "not depend on it: with N > 0 the image is processed as N x N tiles (each cut into windows, neighbours "
-    "blended), which gives another sample than --tile 0 (the baselines: the same image up to float rounding)."
+    "Tile side in input pixels; 0: no extra tiling. realesrgan-x4plus: its window side (Real-ESRGAN's memory "
+    "knob). NSARM models and the baselines: the image is processed as N x N tiles, each cut into the model's "
+    "windows and blended; NSARM's memory is one window either way and its sample changes (baselines: the "
+    "same image up to float rounding)."
 )
 
 
