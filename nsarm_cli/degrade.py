@@ -86,6 +86,7 @@ def degrade(
     Unreadable images are reported and skipped; the exit code is then 1.
     """
     from nsarm_core.batch.degrade import DegradeOptions, degrade_files
+    from nsarm_core.batch.outputs import check_output_folder
     from nsarm_core.data.files import collect_images
 
     options = DegradeOptions(
@@ -93,6 +94,7 @@ def degrade(
         overwrite=overwrite, device=device, max_pixels=max_pixels or None,
     )  # fmt: skip
     sources = collect_images([hr_dir], recursive=recursive)
+    check_output_folder(out_dir)  # before the progress bar starts (degrade_files checks it too)
     root = hr_dir if hr_dir.is_dir() else hr_dir.parent
     with progress() as bar:
         task = bar.add_task("degrading", total=len(sources), status="")

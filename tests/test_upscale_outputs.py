@@ -147,3 +147,37 @@ def test_write_errors_name_the_file_and_the_reason(
 
 def test_unknown_errno_keeps_the_system_text() -> None:
     assert os_error_reason(OSError(errno.EBUSY, "Device or resource busy")) == "Device or resource busy"
+
+
+# --- the same checks in nsarm degrade -------------------------------------------------------------------------
+
+
+def test_degrade_refuses_an_output_that_is_a_file_before_any_work(tmp_path: Path) -> None:
+    _write(tmp_path / "hr" / "a.png", 32, 32)
+    target = tmp_path / "out.txt"
+    target.write_text("keep me")
+    res = runner.invoke(app, ["degrade", str(tmp_path / "hr"), str(target)])
+    assert "existing file" in _one_error_line(res) and target.read_text() == "keep me"
+
+
+def test_degrade_write_errors_name_the_file_and_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def fail(_fd: int) -> None:  # the disk is full for the image, and has room again for the manifest
+        calls.append(_fd)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "raw system text")
+
+    _write(tmp_path / "hr" / "a.png", 32, 32)
+    monkeypatch.setattr("nsarm_core.atomic.os.fsync", fail)
+    res = runner.invoke(
+        app, ["degrade", str(tmp_path / "hr"), str(tmp_path / "d"), "--preset", "bicubic", "--json"]
+    )
+    assert res.exit_code == 1
+    error = json.loads(res.stdout)["failures"][0]["error"]
+    assert (
+        error
+        == f"cannot write '{tmp_path / 'd' / 'lr' / 'a.png'}': the disk is full (no space left on the device)"
+    )

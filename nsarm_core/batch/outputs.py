@@ -76,18 +76,18 @@ def check_output_folder(out_dir: str | os.PathLike[str]) -> None:
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output folder '{out_dir}' is an existing file, not a folder; pass a folder to -o")
+        raise ConfigError(f"output folder '{out_dir}' is an existing file, not a folder; pass a folder")
     base = _deepest_existing(out_dir)
     if not base.is_dir():
         raise ConfigError(
-            f"cannot create output folder '{out_dir}': '{base}' is a file, not a folder; pass another -o"
+            f"cannot create output folder '{out_dir}': '{base}' is a file, not a folder; pass another folder"
         )
     try:
         fd, probe = tempfile.mkstemp(prefix=".nsarm-write-test-", dir=base)
     except OSError as exc:
         where = "" if base == out_dir.absolute() else f" (its parent '{base}' would hold it)"
         raise ConfigError(
-            f"cannot write to output folder '{out_dir}'{where}: {os_error_reason(exc)}; pass another -o"
+            f"cannot write to output folder '{out_dir}'{where}: {os_error_reason(exc)}; pass another folder"
         ) from exc
     os.close(fd)
     os.unlink(probe)
