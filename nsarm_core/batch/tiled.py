@@ -30,6 +30,7 @@ Exact behaviour, compared with no tiling (``--tile 0``):
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -46,15 +47,13 @@ TILE_SEED_STRIDE: int = 1_000_003
 
 
 def tile_overlap_for(tile: int) -> int:
-    """Input pixels that neighbouring tiles share and blend: an eighth of the tile, at least 4 (bicubic's
-    support is 2 pixels each side, so its tile edges fall under the low end of the blend ramp)."""
+    """Input pixels that neighbouring tiles share and blend, and the context each tile is upscaled with: an
+    eighth of the tile, at least 4 (more than the 2-3 pixel support of the interpolation baselines)."""
     return min(max(tile // 8, 4), tile // 2)
 
 
 def accepts_on_tile(upscaler: Upscaler) -> bool:
     """Whether ``upscaler.upscale`` takes an ``on_tile(done, total)`` progress callback."""
-    import inspect
-
     try:
         return "on_tile" in inspect.signature(upscaler.upscale).parameters
     except (TypeError, ValueError):

@@ -302,7 +302,8 @@ class ImageRecord:
         input: the input file.
         output: the output file (planned, for skipped and failed images; None if it could not be planned).
         status: ``"done"``, ``"skipped"`` (output exists) or ``"failed"``.
-        size_in: ``(W, H)`` of the input, when read.
+        size_in: ``(W, H)`` of the input: from its header before the batch starts (also for skipped files),
+            then from the decoded image.
         size_out: ``(oW, oH)`` of the written output.
         seconds: wall time for this image (read + upscale + write).
         seed: the seed used (None when not upscaled).
