@@ -250,3 +250,17 @@ def test_scale_below_one_warns_that_the_model_runs_then_shrinks(tmp_path: Path) 
 def test_readme_output_folders_are_ignored_by_git() -> None:
     lines = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
     assert {"/upscaled/", "/out/"} <= lines
+
+
+def test_header_size_follows_exif_orientation_like_reading(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    from nsarm_core.data.io import read_image, read_image_size
+
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: viewers (and read_image) show it 20 wide, 30 high
+    PILImage.new("RGB", (30, 20)).save(tmp_path / "r.jpg", exif=exif.tobytes())
+    image = read_image(tmp_path / "r.jpg")
+    assert read_image_size(tmp_path / "r.jpg") == (image.width, image.height) == (20, 30)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert read_image_size(tmp_path / "bad.png") is None
