@@ -43,7 +43,7 @@ Threads = Annotated[
         "--threads",
         min=1,
         help="CPU threads for torch (default: $OMP_NUM_THREADS if set, else the cores this process may use). "
-        "On a machine busy with other work fewer threads can be much faster: 1 thread ran 5x faster than 2 "
+        "On a machine busy with other work fewer threads can be much faster: 1 thread ran 3-5x faster than 2 "
         "on a 2-core machine with one core taken.",
     ),
 ]
