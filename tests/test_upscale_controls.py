@@ -176,16 +176,15 @@ def test_tile_zero_is_no_extra_tiling_and_small_tiles_are_refused(tiny_dir: Path
 @pytest.mark.usefixtures("one_torch_thread")
 def test_nsarm_runs_in_tiles_of_n_pixels_each_cut_into_windows(tiny_dir: Path) -> None:
     # Before: every --tile other than the native window (64) was refused for NSARM models.
-    upscaler = load_upscaler(tiny_dir, device="cpu", dtype="fp32", tile=96)
-    rgb = torch.rand(1, 3, 70, 100, generator=torch.Generator().manual_seed(0))
+    upscaler = load_upscaler(tiny_dir, device="cpu", dtype="fp32", tile=64)
+    rgb = torch.rand(1, 3, 64, 80, generator=torch.Generator().manual_seed(0))
     calls: list[tuple[int, int]] = []
     result = upscaler.upscale(rgb, seed=3, prompt=None, on_tile=lambda k, n: calls.append((k, n)))
-    assert result.image.shape == (1, 3, 280, 400)
-    assert (
-        result.settings["outer_tiles"] == 2 and result.settings["tiles"] == 4
-    )  # 4 windows per 96-pixel tile
-    total = count_windows(upscaler, 100, 70)
-    assert total == 8 and calls == [(k, total) for k in range(1, total + 1)]
+    assert result.image.shape == (1, 3, 256, 320)
+    # 2 tiles of 64, each upscaled with 8 pixels of context (64x72: 2 windows of 64 each)
+    assert result.settings["outer_tiles"] == 2 and result.settings["tiles"] == 2
+    total = count_windows(upscaler, 80, 64)
+    assert total == 4 and calls == [(k, total) for k in range(1, total + 1)]
 
 
 # --- 5. one --device option -------------------------------------------------------------------------------
