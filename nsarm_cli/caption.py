@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from nsarm_cli._console import info, print_json, progress
+from nsarm_cli._options import device_option
 
 
 def caption(
@@ -38,9 +39,7 @@ def caption(
         int, typer.Option("--max-new-tokens", help="Caption length limit (tokens).")
     ] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if available).")
-    ] = None,
+    device: Annotated[str | None, device_option("cpu, cuda, cuda:1 (default: cuda if available).")] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start OUT afresh instead of skipping images already in it.")
     ] = False,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import STATE, info, out_console, print_json, progress
-from nsarm_cli._options import JsonOut, Overwrite
+from nsarm_cli._options import JsonOut, Overwrite, device_option
 
 
 def _summary_table(counts: dict[str, int], failures: list[dict[str, str]], elapsed: float, title: str) -> Any:
@@ -71,9 +71,7 @@ def degrade(
         bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")
     ] = True,
     overwrite: Overwrite = False,
-    device: Annotated[
-        str, typer.Option("--device", help="Torch device for the degradation (cpu, cuda, cuda:1).")
-    ] = "cpu",
+    device: Annotated[str, device_option("Torch device for the degradation (cpu, cuda, cuda:1).")] = "cpu",
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", help="Refuse larger images (width*height); 0 = no limit.")
     ] = 100_000_000,
@@ -88,6 +86,7 @@ def degrade(
     Unreadable images are reported and skipped; the exit code is then 1.
     """
     from nsarm_core.batch.degrade import DegradeOptions, degrade_files
+    from nsarm_core.batch.outputs import check_output_folder
     from nsarm_core.data.files import collect_images
 
     options = DegradeOptions(
@@ -95,6 +94,7 @@ def degrade(
         overwrite=overwrite, device=device, max_pixels=max_pixels or None,
     )  # fmt: skip
     sources = collect_images([hr_dir], recursive=recursive)
+    check_output_folder(out_dir)  # before the progress bar starts (degrade_files checks it too)
     root = hr_dir if hr_dir.is_dir() else hr_dir.parent
     with progress() as bar:
         task = bar.add_task("degrading", total=len(sources), status="")

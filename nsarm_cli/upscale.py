@@ -13,12 +13,21 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import STATE, err_console, info, out_console, print_json, progress, warn
+from nsarm_cli._options import Threads, device_option
 
 _TABLE_ROWS = 50  # longer batches list only the failed images in the summary table
 
 _HELP_SCALE = (
     "Output factor, any number > 0. 4 is the model's native factor; other factors resize the x4 result "
     "with bicubic (antialiased when shrinking), e.g. 2, 3 or 1.5."
+)
+
+
+_HELP_TILE = (
+    "Tile side in input pixels; 0: no extra tiling. realesrgan-x4plus: its window side (Real-ESRGAN's memory "
+    "knob). NSARM models and the baselines: the image is processed as N x N tiles, each cut into the model's "
+    "windows and blended; NSARM's memory is one window either way and its sample changes (baselines: the "
+    "same image up to float rounding)."
 )
 
 
@@ -92,6 +101,14 @@ def upscale(
             "--max-pixels", help="Refuse inputs with more pixels (decompression bombs); 0: no limit."
         ),
     ] = 100_000_000,
+    max_output_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-output-pixels",
+            help="Refuse the run, before any work, if an output would have more pixels (e.g. --scale 1000); "
+            "0: no limit.",
+        ),
+    ] = 400_000_000,
     prompt: Annotated[
         str | None,
         typer.Option("--prompt", help="Prompt for every image (with --captions: for images without one)."),
@@ -132,20 +149,21 @@ def upscale(
             "1 = most faithful to the input (default: the model's own, 0.75 for nsarm-tiny).",
         ),
     ] = None,
-    tile: Annotated[
-        int | None, typer.Option("--tile", help="Tile side in input pixels (default: the model's).")
-    ] = None,
+    tile: Annotated[int, typer.Option("--tile", min=0, help=_HELP_TILE)] = 0,
     tile_overlap: Annotated[
         int | None,
         typer.Option("--tile-overlap", help="Tile overlap in input pixels (default: the model's)."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps.")] = "auto",
+    device: Annotated[str, device_option("auto|cpu|cuda|cuda:N|mps.")] = "auto",
     dtype: Annotated[
         str,
         typer.Option(
-            "--dtype", help="auto|fp32|bf16|fp16 (auto: bf16 on CUDA, which halves GPU memory; fp32 on CPU)."
+            "--dtype",
+            help="auto|fp32|bf16|fp16 (auto: bf16 on CUDA, which halves GPU memory; fp32 on CPU; fp16 is "
+            "refused on the CPU, where it is about 14x slower).",
         ),
     ] = "auto",
+    threads: Threads = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print per-image records and totals as JSON on stdout.")
     ] = False,
@@ -157,8 +175,12 @@ def upscale(
     fails is reported and the others continue; the exit status is then 1. Under `accelerate launch` the files
     are split between the processes.
     """
+    from nsarm_core.devices import set_torch_threads
+
+    set_torch_threads(threads)  # before any torch work, so every op of the run uses it
+
     from nsarm_core.batch.inputs import detect_world
-    from nsarm_core.batch.upscale import UpscaleOptions, load_upscaler, upscale_files
+    from nsarm_core.batch.upscale import UpscaleOptions, check_batch, load_upscaler, upscale_files
     from nsarm_core.data.captions import load_captions
 
     rank, world, world_device = detect_world()
@@ -170,6 +192,7 @@ def upscale(
         keep_metadata=not strip_metadata,
         quality=quality,
         max_pixels=max_pixels,
+        max_output_pixels=max_output_pixels,
         seed=seed,
         prompt=prompt,
         captions=load_captions(captions) if captions is not None else None,
@@ -178,9 +201,8 @@ def upscale(
     )
     if world_device is not None and device in ("auto", "cuda"):
         device = world_device  # each process on its own GPU
-    from nsarm_core.data.files import collect_images
-
-    collect_images(list(inputs))  # fail fast on a missing input, before the model is loaded
+    # Missing inputs, an unwritable output folder, outputs over budget: refused before the model is loaded.
+    check_batch(list(inputs), out, options)
     upscaler = load_upscaler(
         model, scale=scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
         text_encoder=text_encoder, sampling=dict(tau=tau, top_p=top_p, cfg=cfg), color_fix=color_fix, tile=tile,
@@ -193,13 +215,27 @@ def upscale(
     label = "upscale" if world == 1 else f"upscale [{rank + 1}/{world}]"
     try:
         with progress() as bar:
+            # One line, so a log keeps it unpadded: all windows of the run (its ETA is the run's), and the
+            # image in progress with its own windows.
             task = bar.add_task(label, total=None, status="")
+            windows: list[int] = []
+
+            def on_plan(counts: list[int]) -> None:
+                windows[:] = counts
+                bar.update(task, total=sum(counts) or None)
+
+            def on_window(index: int, src: Path, k: int, n: int) -> None:
+                status = f"image {index + 1}/{len(windows)} {src.name}: window {k}/{n}"
+                bar.update(task, completed=sum(windows[:index]) + k, status=status)
 
             def on_progress(i: int, n: int, record: Any) -> None:
                 done[:] = [i, n]
-                bar.update(task, completed=i, total=n, status=f"{record.status}: {record.input.name}")
+                status = f"image {i}/{n} {record.input.name}: {record.status}"
+                bar.update(task, completed=sum(windows[:i]), status=status)
 
-            report = upscale_files(upscaler, inputs, out, options, on_progress=on_progress)
+            report = upscale_files(
+                upscaler, inputs, out, options, on_progress=on_progress, on_plan=on_plan, on_window=on_window
+            )
     except KeyboardInterrupt:
         warn(
             f"interrupted after {done[0]} of {done[1] or '?'} images; finished outputs are complete and kept. "
@@ -209,11 +245,14 @@ def upscale(
 
     if json_out:
         print_json(report.to_dict())
+    elif STATE.verbosity < 0:  # -q: no table; only the failures, one line each
+        for r in report.failed:
+            err_console.print(f"[red]failed:[/red] {r.input}: {r.error}", highlight=False, soft_wrap=True)
     else:
         if report.excluded:
             info(f"left out {len(report.excluded)} earlier output(s) found among the inputs")
         out_console.print(_summary_table(report))
-        if report.failed and STATE.verbosity >= 0 and len(report.records) > _TABLE_ROWS:
+        if report.failed and len(report.records) > _TABLE_ROWS:
             err_console.print(f"[red]{len(report.failed)} image(s) failed[/red]", highlight=False)
     if report.exit_code:
         raise typer.Exit(report.exit_code)

@@ -130,7 +130,7 @@ def test_pipeline_options_are_passed_through(tmp_path: Path, monkeypatch: pytest
     assert seen == {
         "model": "nsarm-8b", "device": "cpu", "dtype": "bf16", "weights": weights, "vae_weights": None,
         "text_encoder": None, "sampling": {"tau": 0.7, "top_p": 0.9, "cfg": 2.0}, "color_fix": "adain",
-        "tile": 64, "tile_overlap": 8, "fidelity": 0.25,
+        "tile_overlap": 8, "fidelity": 0.25,
     }  # fmt: skip
     # The bug: the command sent a prompt of its own, so the model's default_prompt (config.json) was never used.
     assert prompts == ["a red boat", None]
@@ -138,6 +138,8 @@ def test_pipeline_options_are_passed_through(tmp_path: Path, monkeypatch: pytest
     assert [r["seed"] for r in records] == [5, 5] and records[1]["prompt_source"] == "default"
     assert records[1]["prompt"] == "the model's own default_prompt"
     assert "no caption" in res.stderr
+    # --tile is applied by the batch layer around the pipeline (nsarm_core.batch.tiled), not by load_pipeline.
+    assert records[0]["settings"]["outer_tiles"] == 1  # a 10x6 image fits in one 64-pixel tile
 
 
 def test_default_tile_options_are_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,7 +152,7 @@ def test_default_tile_options_are_none(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr("nsarm_core.batch.upscale.load_pipeline", load_pipeline)
     _write(tmp_path / "a.png")
     assert _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "o")).exit_code == 0
-    assert seen["model"] == "nsarm-tiny" and seen["tile"] is None and seen["tile_overlap"] is None
+    assert seen["model"] == "nsarm-tiny" and "tile" not in seen and seen["tile_overlap"] is None
     assert seen["sampling"] == {"tau": 0.5, "top_p": 0.97, "cfg": 1.0} and seen["color_fix"] == "both"
 
 

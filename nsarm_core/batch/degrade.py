@@ -29,6 +29,7 @@ import torch
 
 from nsarm_core import __version__
 from nsarm_core.atomic import atomic_write_text
+from nsarm_core.batch.outputs import check_output_folder, write_error
 from nsarm_core.data import degrade as deg
 from nsarm_core.data.files import ensure_not_input, output_path_for
 from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, read_image, to_tensor, write_image
@@ -216,10 +217,14 @@ def degrade_files(
 
     Returns:
         The :class:`DegradeReport`; ``counts["failed"] > 0`` when an image failed.
+
+    Raises:
+        ConfigError: ``out_dir`` cannot be written (checked once, before any image).
     """
     cfg = options.config()
     if options.hr_usm and not cfg.gt_usm:
         logger.warning("--hr-usm has no effect: this configuration does not sharpen the HR (gt_usm is false)")
+    check_output_folder(out_dir)  # once, before any work: not after the first image was degraded
     out_dir.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -252,7 +257,9 @@ def degrade_files(
                 if stop_on_error:
                     raise
                 message = " ".join(str(exc).split())
-                if not isinstance(exc, NSARMError):
+                if isinstance(exc, OSError) and not isinstance(exc, NSARMError):  # full disk, permissions
+                    message = str(write_error(Path(exc.filename) if exc.filename else paths["lr"], exc))
+                elif not isinstance(exc, NSARMError):
                     message = f"{type(exc).__name__}: {message}"
                 counts["failed"] += 1
                 failures.append({"source": str(src), "error": message})
@@ -279,5 +286,8 @@ def degrade_files(
         "images": entries,
     }
     manifest_path = out_dir / "manifest.json"
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    try:
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise write_error(manifest_path, exc) from exc
     return DegradeReport(out_dir, manifest_path, counts, failures, time.perf_counter() - start)

@@ -42,9 +42,25 @@ from typing import Any
 import torch
 
 from nsarm_core.batch.inputs import BatchItem, InputGuard, plan_inputs, shard
+from nsarm_core.batch.outputs import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    check_output_budget,
+    check_output_folder,
+    write_error,
+)
+from nsarm_core.batch.tiled import TiledUpscaler, accepts_on_tile, count_windows
 from nsarm_core.data.captions import CaptionIndex
 from nsarm_core.data.files import output_path_for, path_key
-from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, from_tensor, read_image, to_tensor, write_image
+from nsarm_core.data.io import (
+    DEFAULT_MAX_PIXELS,
+    Image,
+    from_tensor,
+    read_image,
+    read_image_size,
+    to_tensor,
+    write_image,
+)
+from nsarm_core.devices import check_device
 from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError
 from nsarm_core.peers import PEER_MODELS, load_peer
 from nsarm_core.pipeline import (
@@ -71,6 +87,8 @@ __all__ = [
     "output_suffix_for",
     "upscale_image",
     "upscale_files",
+    "check_batch",
+    "preflight",
     "run_model_on_folder",
 ]
 
@@ -158,22 +176,35 @@ def load_upscaler(
     ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
     interpolation step; any other factor is x4 plus the batch's final resize, as for a model. ``fidelity`` (the
     CFW weight) applies to NSARM models only; a baseline or a peer refuses it.
+
+    ``tile``: for a peer network its window side (Real-ESRGAN's ``--tile``); for NSARM models and the baselines
+    a :class:`~nsarm_core.batch.tiled.TiledUpscaler` of that many input pixels around the upscaler (see there
+    for what it changes). None or 0: no extra tiling. ``device`` must exist on this machine
+    (:func:`nsarm_core.devices.check_device`) and ``fp16`` is refused on the CPU (no fast fp16 kernels there).
     """
     # Every option is checked here, for a baseline too, so a typo fails the same way whatever the model.
     pipeline_settings(sampling, color_fix, tile_overlap, fidelity)
     check_device_name(device)
     check_dtype_name(dtype)
-    if tile is not None and tile < 1:
-        raise ConfigError(f"tile must be >= 1 LR pixels, got {tile}")
+    check_device(device)
+    if tile is not None and tile < 0:
+        raise ConfigError(f"--tile must be >= 0 input pixels (0: no extra tiling), got {tile}")
+    tile = tile or None
+    dev = resolve_device(device)
+    if dev == "cpu" and dtype == "fp16":
+        raise ConfigError(
+            "--dtype fp16 runs on the CPU without fast kernels (about 14x slower than fp32); "
+            "use --dtype fp32 (or bf16), or a CUDA device"
+        )
     name = str(model)
     if fidelity is not None and (name in INTERPOLATION_MODES or name in PEER_MODELS):
         raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
     if name in INTERPOLATION_MODES:
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
-        return InterpolationUpscaler(name, scale=native)
+        baseline = InterpolationUpscaler(name, scale=native)
+        return baseline if tile is None else TiledUpscaler(baseline, tile)
     if name in PEER_MODELS:
         # A feed-forward network: the sampling and colour-fix options do not apply, the tiling ones do.
-        dev = resolve_device(device)
         return load_peer(
             name,
             device=dev,
@@ -182,7 +213,7 @@ def load_upscaler(
             tile=tile,
             tile_overlap=tile_overlap,
         )
-    return load_pipeline(
+    pipe = load_pipeline(
         model,
         device=device,
         dtype=dtype,
@@ -191,10 +222,10 @@ def load_upscaler(
         text_encoder=text_encoder,
         sampling=sampling,
         color_fix=color_fix,
-        tile=tile,
         tile_overlap=tile_overlap,
         fidelity=fidelity,
     )
+    return pipe if tile is None else TiledUpscaler(pipe, tile)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -215,6 +246,8 @@ class UpscaleOptions:
         keep_metadata: carry EXIF and the ICC profile into the outputs.
         quality: JPEG / WebP quality 1-100.
         max_pixels: refuse inputs larger than this many pixels (decompression bombs); None or 0: no limit.
+        max_output_pixels: refuse the batch, before any work, when an output would be larger than this many
+            pixels (``--scale 1000``); None or 0: no limit.
         seed: the sampling seed, the same for every image (an image gives the same result alone or in a batch).
         prompt: a fixed prompt for every image; with ``captions``, the prompt for images without an entry.
         captions: per-image prompts; images missing from it get ``prompt`` or the model's default (warning).
@@ -229,6 +262,7 @@ class UpscaleOptions:
     keep_metadata: bool = True
     quality: int = 95
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS
     seed: int = 1
     prompt: str | None = None
     captions: CaptionIndex | None = field(default=None, compare=False, repr=False)
@@ -246,6 +280,8 @@ class UpscaleOptions:
             raise ConfigError(f"quality must be in 1..100; got {self.quality}")
         if self.max_pixels is not None and self.max_pixels < 0:
             raise ConfigError(f"max_pixels must be >= 0 (0: no limit); got {self.max_pixels}")
+        if self.max_output_pixels is not None and self.max_output_pixels < 0:
+            raise ConfigError(f"max_output_pixels must be >= 0 (0: no limit); got {self.max_output_pixels}")
         if not (self.world_size >= 1 and 0 <= self.rank < self.world_size):
             raise ConfigError(
                 f"need 0 <= rank < world_size; got rank {self.rank}, world_size {self.world_size}"
@@ -266,7 +302,8 @@ class ImageRecord:
         input: the input file.
         output: the output file (planned, for skipped and failed images; None if it could not be planned).
         status: ``"done"``, ``"skipped"`` (output exists) or ``"failed"``.
-        size_in: ``(W, H)`` of the input, when read.
+        size_in: ``(W, H)`` of the input: from its header before the batch starts (also for skipped files),
+            then from the decoded image.
         size_out: ``(oW, oH)`` of the written output.
         seconds: wall time for this image (read + upscale + write).
         seed: the seed used (None when not upscaled).
@@ -379,7 +416,13 @@ def output_suffix_for(src: Path, image: Image, ext: str) -> tuple[str, str | Non
 
 
 def upscale_image(
-    upscaler: Upscaler, image: Image, *, scale: float, seed: int, prompt: str | None
+    upscaler: Upscaler,
+    image: Image,
+    *,
+    scale: float,
+    seed: int,
+    prompt: str | None,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> tuple[Image, UpscaleResult]:
     """Upscale one decoded image by ``scale``, keeping its alpha, bit depth, grayness and metadata.
 
@@ -393,6 +436,7 @@ def upscale_image(
         scale: output factor > 0.
         seed: sampling seed.
         prompt: text prompt (None: the upscaler's own default).
+        on_tile: progress ``on_tile(windows done, windows total)``, passed to upscalers that take it.
 
     Returns:
         ``(output image [oH, oW, 3], the upscaler's result)``.
@@ -401,7 +445,12 @@ def upscale_image(
         InputError: the upscaler returned a wrong shape.
     """
     rgb = to_tensor(image.rgb)
-    result = upscaler.upscale(rgb, seed=seed, prompt=prompt)
+    if on_tile is not None and accepts_on_tile(upscaler):
+        result = upscaler.upscale(rgb, seed=seed, prompt=prompt, on_tile=on_tile)  # type: ignore[call-arg]
+    else:
+        result = upscaler.upscale(rgb, seed=seed, prompt=prompt)
+        if on_tile is not None:
+            on_tile(1, 1)
     s = upscaler.native_scale
     expected = (1, 3, image.height * s, image.width * s)
     if tuple(result.image.shape) != expected:
@@ -491,6 +540,8 @@ def upscale_files(
     options: UpscaleOptions,
     *,
     on_progress: Callable[[int, int, ImageRecord], None] | None = None,
+    on_plan: Callable[[list[int]], None] | None = None,
+    on_window: Callable[[int, Path, int, int], None] | None = None,
 ) -> BatchReport:
     """Upscale every image of ``inputs`` into ``out_dir``; one failed image does not stop the batch.
 
@@ -500,40 +551,58 @@ def upscale_files(
     prompt, :func:`upscale_image`, and write it atomically. A ``KeyboardInterrupt`` stops the batch at once;
     everything written so far is complete and the next run skips it.
 
+    Before any image is upscaled, the output folder is checked to be writable and every image to be done is
+    sized from its header: an output over ``max_output_pixels`` refuses the whole batch, and the sizes give
+    the window totals of the progress (``on_plan``) and the size of skipped files in the report.
+
     Args:
         upscaler: the model or baseline (:class:`Upscaler`).
         inputs: files, folders and glob patterns.
         out_dir: the output folder (created when needed).
         options: see :class:`UpscaleOptions`.
         on_progress: called after each file as ``on_progress(done, total, record)``.
+        on_plan: called once before the first file with the number of model windows of each file of this
+            process's share, in order (0 for files that will be skipped or whose size is unknown).
+        on_window: called after each model window as ``on_window(file index, file, windows done, windows
+            total)``.
 
     Returns:
         The :class:`BatchReport` (``exit_code`` 1 when any image failed).
 
     Raises:
         InputError: an input that does not exist or has no images (nothing is processed).
-        ConfigError, WeightsNotFoundError, MissingExtraError: raised by the upscaler for the whole run.
+        ConfigError: an unwritable output folder or an output over ``max_output_pixels`` (nothing is
+            processed); the upscaler's errors for the whole run (also WeightsNotFoundError, MissingExtraError).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    items, excluded = plan_inputs(inputs, out_dir, ext=options.ext, name_suffix=options.name_suffix)
+    items, excluded, mine, planned = _plan(inputs, out_dir, options)
     guard = InputGuard([it.src for it in items])
-    mine = shard(items, options.rank, options.world_size)
-    planned = [
-        output_path_for(
-            it.src, it.root, out_dir, suffix=None if options.ext == "same" else f".{options.ext}",
-            name_suffix=options.name_suffix,
+    sizes, todo = preflight(mine, planned, out_dir, options)
+    if options.scale < 1:
+        logger.warning(
+            "--scale %g makes the outputs smaller than the inputs: the model still upscales x%d and the "
+            "result is then shrunk %gx",
+            options.scale, upscaler.native_scale, upscaler.native_scale / options.scale,
+        )  # fmt: skip
+    if on_plan is not None:
+        on_plan(
+            [
+                count_windows(upscaler, *size) if size is not None and do else 0
+                for size, do in zip(sizes, todo, strict=True)
+            ]
         )
-        for it in mine
-    ]  # fmt: skip
     _remove_stale_temps(planned)
     claimed: dict[str, Path] = {}  # output key -> the input that writes it in this run
     records: list[ImageRecord] = []
     for index, (item, out) in enumerate(zip(mine, planned, strict=True)):
         t0 = time.perf_counter()
-        record = ImageRecord(input=item.src, output=out, status="failed")
+        record = ImageRecord(input=item.src, output=out, status="failed", size_in=sizes[index])
+        on_tile = None
+        if on_window is not None:
+            on_tile = lambda done, total, i=index, src=item.src: on_window(i, src, done, total)  # noqa: E731
         try:
-            record.status = _process_one(upscaler, item, out, options, guard, claimed, record)
+            record.status = _process_one(upscaler, item, out, options, guard, claimed, record, on_tile)
         except _FATAL_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch; the reason is recorded
@@ -556,6 +625,58 @@ def upscale_files(
     )
 
 
+def _plan(
+    inputs: Sequence[str | os.PathLike[str]], out_dir: Path, options: UpscaleOptions
+) -> tuple[list[BatchItem], list[Path], list[BatchItem], list[Path]]:
+    """``(all items, excluded earlier outputs, this process's items, their planned outputs)``."""
+    items, excluded = plan_inputs(inputs, out_dir, ext=options.ext, name_suffix=options.name_suffix)
+    mine = shard(items, options.rank, options.world_size)
+    planned = [
+        output_path_for(
+            it.src, it.root, out_dir, suffix=None if options.ext == "same" else f".{options.ext}",
+            name_suffix=options.name_suffix,
+        )
+        for it in mine
+    ]  # fmt: skip
+    return items, excluded, mine, planned
+
+
+def check_batch(
+    inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], options: UpscaleOptions
+) -> None:
+    """What :func:`upscale_files` checks before any work, without an upscaler: call it before loading a model.
+
+    Raises:
+        InputError: a missing input or one without images.
+        ConfigError: an unwritable output folder, or an output over ``options.max_output_pixels``.
+    """
+    _, _, mine, planned = _plan(inputs, Path(out_dir), options)
+    preflight(mine, planned, Path(out_dir), options)
+
+
+def preflight(
+    items: Sequence[BatchItem], planned: Sequence[Path], out_dir: Path, options: UpscaleOptions
+) -> tuple[list[tuple[int, int] | None], list[bool]]:
+    """The checks made once before any work: the output folder is writable, no output is over budget.
+
+    Returns:
+        ``(sizes, todo)``: each item's ``(width, height)`` from its header (None when unreadable; reading it
+        later reports why) and whether it will be upscaled (False when its output exists and is kept).
+
+    Raises:
+        ConfigError: an unwritable output folder, or an output over ``options.max_output_pixels``.
+    """
+    check_output_folder(out_dir)
+    sizes = [read_image_size(it.src) for it in items]
+    todo = [options.overwrite or not out.exists() for out in planned]
+    check_output_budget(
+        ((it.src, size) for it, size, do in zip(items, sizes, todo, strict=True) if do and size is not None),
+        options.scale,
+        options.max_output_pixels,
+    )
+    return sizes, todo
+
+
 def _claim(out: Path, src: Path, guard: InputGuard, claimed: dict[str, Path]) -> None:
     """Refuse ``out`` if it is an input, or if another input of this run already writes it."""
     guard.check(out)
@@ -575,6 +696,7 @@ def _process_one(
     guard: InputGuard,
     claimed: dict[str, Path],
     record: ImageRecord,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> str:
     """Plan, check, read, upscale and write one file; returns its status (errors propagate to the caller)."""
     _claim(out, item.src, guard, claimed)
@@ -595,19 +717,24 @@ def _process_one(
     if prompt_note is not None:
         record.notes.append(prompt_note)
         logger.warning("%s", prompt_note)
-    upscaled, result = upscale_image(upscaler, image, scale=options.scale, seed=options.seed, prompt=prompt)
+    upscaled, result = upscale_image(
+        upscaler, image, scale=options.scale, seed=options.seed, prompt=prompt, on_tile=on_tile
+    )
     # The prompt the upscaler actually used (its default when none was given; None for the baselines).
     record.prompt = prompt if prompt is not None else result.settings.get("prompt")
     record.prompt_source = source
     record.seed, record.settings, record.timings = result.seed, dict(result.settings), dict(result.timings)
     # overwrite=False unless asked: an output that appeared meanwhile (another process) is not clobbered.
-    write_image(
-        out,
-        upscaled,
-        keep_metadata=options.keep_metadata,
-        quality=options.quality,
-        overwrite=options.overwrite,
-    )
+    try:
+        write_image(
+            out,
+            upscaled,
+            keep_metadata=options.keep_metadata,
+            quality=options.quality,
+            overwrite=options.overwrite,
+        )
+    except OSError as exc:  # full disk, permissions, a file in the way: the file and the reason in words
+        raise write_error(out, exc) from exc
     record.size_out = (upscaled.width, upscaled.height)
     return "done"
 

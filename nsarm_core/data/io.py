@@ -81,6 +81,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "Image",
     "read_image",
+    "read_image_size",
     "write_image",
     "to_tensor",
     "from_tensor",
@@ -848,6 +849,29 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT
         raise _corrupt(path, "not a recognised image format") from exc
     except _DECODE_ERRORS as exc:
         raise _corrupt(path, _one_line(exc)) from exc
+
+
+def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(width, height)`` of an image file as :func:`read_image` would return it, from the header only.
+
+    No pixel is decoded, so a batch can size every input (progress totals, output budgets, the size of
+    skipped files) before any work. EXIF orientations 5-8 swap the two sides, as reading does. An EXIF block
+    stored after the pixel data (possible in PNG) is not seen here.
+
+    Returns:
+        The size, or None when the file cannot be opened as an image (reading it reports why).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(Path(path)) as im:
+                width, height = im.size
+                exif = im.getexif()
+                orientation = int(exif.get(_ORIENTATION_TAG, 1)) if exif else 1
+    except Exception as exc:  # noqa: BLE001 - any failure means "size unknown"; read_image gives the reason
+        logger.debug("'%s': size not readable from the header: %s", path, exc)
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _decode(path: Path, data: bytes, max_pixels: int | None) -> Image:
