@@ -168,6 +168,13 @@ def load_upscaler(
     name = str(model)
     if fidelity is not None and (name in INTERPOLATION_MODES or name in PEER_MODELS):
         raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
+    # Weight options the chosen model has no use for are refused: silently ignoring them hides a wrong --model.
+    unused = {"--weights": weights, "--vae-weights": vae_weights, "--text-encoder": text_encoder}
+    if name in PEER_MODELS:
+        unused.pop("--weights")
+    given = [opt for opt, value in unused.items() if value is not None]
+    if given and (name in INTERPOLATION_MODES or name in PEER_MODELS):
+        raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
     if name in INTERPOLATION_MODES:
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
         return InterpolationUpscaler(name, scale=native)
