@@ -67,10 +67,23 @@ def upscale(
     ],
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Output folder; sub-folders of input folders are mirrored."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder; sub-folders of input folders are mirrored, several input folders each under "
+            "its own name. With one input file, a name ending in an image extension (-o result.png) is the "
+            "output file.",
+        ),
     ] = Path("upscaled"),
     scale: Annotated[float, typer.Option("--scale", "-s", help=_HELP_SCALE)] = 4.0,
-    suffix: Annotated[str, typer.Option("--suffix", help="Text added to output file names, e.g. _x4.")] = "",
+    suffix: Annotated[
+        str | None,
+        typer.Option(
+            "--suffix",
+            help="Text added to output file names, e.g. _x4 (default: none in a separate output folder, "
+            "_x<scale> when writing next to the inputs).",
+        ),
+    ] = None,
     ext: Annotated[
         str,
         typer.Option(
@@ -150,14 +163,19 @@ def upscale(
         bool, typer.Option("--json", help="Print per-image records and totals as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Upscale images (x4 native; any --scale by a final bicubic resize). Resumable: existing outputs are skipped.
+    """Upscale images (x4 native; any --scale by a final bicubic resize). Resumable: finished outputs are skipped.
+
+    An existing output counts as finished when it is a complete image made with the same settings (model and
+    weights, scale, seed, sampling, colour fix, fidelity, dtype; recorded in OUT/.nsarm-outputs.jsonl); outputs
+    made with other settings stop the run until --overwrite is given, and empty or broken ones are made again.
 
     Inputs are never overwritten. Alpha is kept (upscaled separately with bicubic and re-attached), 16-bit and
     gray images stay 16-bit and gray, EXIF and ICC are copied (--strip-metadata drops them). An image that
     fails is reported and the others continue; the exit status is then 1. Under `accelerate launch` the files
     are split between the processes.
     """
-    from nsarm_core.batch.inputs import detect_world
+    from nsarm_core.batch.inputs import detect_world, output_file_mode
+    from nsarm_core.batch.outputs import weights_identity
     from nsarm_core.batch.upscale import UpscaleOptions, load_upscaler, upscale_files
     from nsarm_core.data.captions import load_captions
 
@@ -181,6 +199,7 @@ def upscale(
     from nsarm_core.data.files import collect_images
 
     collect_images(list(inputs))  # fail fast on a missing input, before the model is loaded
+    output_file_mode(list(inputs), out)  # and on -o result.png for several inputs
     upscaler = load_upscaler(
         model, scale=scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
         text_encoder=text_encoder, sampling=dict(tau=tau, top_p=top_p, cfg=cfg), color_fix=color_fix, tile=tile,
@@ -199,7 +218,14 @@ def upscale(
                 done[:] = [i, n]
                 bar.update(task, completed=i, total=n, status=f"{record.status}: {record.input.name}")
 
-            report = upscale_files(upscaler, inputs, out, options, on_progress=on_progress)
+            report = upscale_files(
+                upscaler,
+                inputs,
+                out,
+                options,
+                on_progress=on_progress,
+                weights_id=weights_identity(model, weights),
+            )
     except KeyboardInterrupt:
         warn(
             f"interrupted after {done[0]} of {done[1] or '?'} images; finished outputs are complete and kept. "

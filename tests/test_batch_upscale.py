@@ -201,6 +201,11 @@ def test_skip_resume_and_overwrite(tmp_path: Path) -> None:
     assert all(p.stat().st_mtime_ns != old for p in out.iterdir())
 
 
+def _visible(folder: Path) -> list[str]:
+    """The file names in ``folder`` without hidden ones (the output record ``.nsarm-outputs.jsonl``)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_bad_files_are_reported_and_the_rest_continue(tmp_path: Path) -> None:
     src = tmp_path / "in"
     _write(src / "good1.png", seed=1)
@@ -220,7 +225,7 @@ def test_bad_files_are_reported_and_the_rest_continue(tmp_path: Path) -> None:
         assert not (tmp_path / "o" / name).exists()
     assert "max-pixels" in (status["big.png"].error or "")
     assert report.exit_code == 1 and len(report.failed) == 4
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good1.png", "good2.jpg"]
+    assert _visible(tmp_path / "o") == ["good1.png", "good2.jpg"]
     assert _temps(tmp_path) == []
 
 
@@ -229,7 +234,10 @@ def test_never_overwrites_inputs(tmp_path: Path) -> None:
         _write(tmp_path / f"{i}.png", seed=i)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     report = upscale_files(
-        InterpolationUpscaler("bicubic", 4), [tmp_path], tmp_path, UpscaleOptions(overwrite=True)
+        InterpolationUpscaler("bicubic", 4),
+        [tmp_path],
+        tmp_path,
+        UpscaleOptions(name_suffix="", overwrite=True),
     )
     assert report.count("failed") == 2 and report.exit_code == 1
     assert all("would overwrite the input" in (r.error or "") for r in report.records)
@@ -291,14 +299,14 @@ def test_keyboard_interrupt_then_rerun_finishes(tmp_path: Path) -> None:
     crashing = Recording(raise_on={2: KeyboardInterrupt()})
     with pytest.raises(KeyboardInterrupt):
         upscale_files(crashing, [tmp_path / "in"], out, UpscaleOptions())
-    assert sorted(p.name for p in out.iterdir()) == ["0.png"] and _temps(tmp_path) == []
+    assert _visible(out) == ["0.png"] and _temps(tmp_path) == []
     first_mtime = (out / "0.png").stat().st_mtime_ns
     rerun = Recording()
     report = upscale_files(rerun, [tmp_path / "in"], out, UpscaleOptions())
     assert [r.status for r in report.records] == ["skipped", "done", "done", "done"]
     assert len(rerun.calls) == 3  # the first image was not recomputed
     assert (out / "0.png").stat().st_mtime_ns == first_mtime
-    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+    assert _visible(out) == ["0.png", "1.png", "2.png", "3.png"]
     assert _temps(tmp_path) == []
 
 
@@ -432,7 +440,7 @@ def test_batch_split_between_processes(tmp_path: Path) -> None:
         for r in range(2)
     ]
     assert [len(r.records) for r in reports] == [3, 2] and all(r.total_inputs == 5 for r in reports)
-    assert len(list((tmp_path / "o").iterdir())) == 5
+    assert len(_visible(tmp_path / "o")) == 5
     assert reports[1].to_dict()["rank"] == 1
 
 

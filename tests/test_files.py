@@ -110,3 +110,12 @@ def test_ensure_not_input(tree: Path, tmp_path: Path) -> None:
     os.link(tree / "c.webp", hard)
     with pytest.raises(InputError, match="would overwrite"):
         ensure_not_input(hard, inputs)
+
+
+def test_the_overwrite_refusal_names_the_option_that_avoids_it(tmp_path: Path) -> None:
+    src = tmp_path / "a.png"
+    src.write_bytes(b"x")
+    with pytest.raises(InputError) as err:
+        ensure_not_input(src, [src])
+    assert "choose another output folder, or add a name suffix (nsarm upscale --suffix _x4)" in str(err.value)
+    assert "suffix or name suffix" not in str(err.value)

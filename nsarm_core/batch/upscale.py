@@ -35,15 +35,30 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nsarm_core.batch.inputs import BatchItem, InputGuard, plan_inputs, shard
+from nsarm_core.batch.inputs import (
+    BatchItem,
+    InputGuard,
+    output_file_mode,
+    output_for,
+    plan_inputs,
+    resolve_name_suffix,
+    shard,
+)
+from nsarm_core.batch.outputs import (
+    OutputRecords,
+    output_settings,
+    output_state,
+    settings_differences,
+    weights_identity,
+)
 from nsarm_core.data.captions import CaptionIndex
-from nsarm_core.data.files import output_path_for, path_key
+from nsarm_core.data.files import path_key
 from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, from_tensor, read_image, to_tensor, write_image
 from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError
 from nsarm_core.peers import PEER_MODELS, load_peer
@@ -217,8 +232,10 @@ class UpscaleOptions:
         scale: output factor > 0. The upscaler's native factor is used as is; any other factor resizes its
             output with bicubic (antialiased when shrinking).
         ext: output format, one of :data:`OUTPUT_EXTS`; ``same`` keeps the input's suffix.
-        name_suffix: appended to each output file's stem (e.g. ``_x4``).
-        overwrite: redo outputs that already exist (they are skipped otherwise).
+        name_suffix: appended to each output file's stem (e.g. ``_x4``); None: ``_x<scale>`` when the outputs
+            go next to their inputs, else nothing (:func:`~nsarm_core.batch.inputs.resolve_name_suffix`).
+        overwrite: redo outputs that already exist (they are skipped otherwise, when complete and made with
+            the same settings).
         keep_metadata: carry EXIF and the ICC profile into the outputs.
         quality: JPEG / WebP quality 1-100.
         max_pixels: refuse inputs larger than this many pixels (decompression bombs); None or 0: no limit.
@@ -231,7 +248,7 @@ class UpscaleOptions:
 
     scale: float = 4.0
     ext: str = "same"
-    name_suffix: str = ""
+    name_suffix: str | None = None
     overwrite: bool = False
     keep_metadata: bool = True
     quality: int = 95
@@ -247,7 +264,7 @@ class UpscaleOptions:
             raise ConfigError(f"scale must be a number > 0 (e.g. 4, 2, 1.5); got {self.scale!r}")
         if self.ext not in OUTPUT_EXTS:
             raise ConfigError(f"unknown output format {self.ext!r}; use one of {', '.join(OUTPUT_EXTS)}")
-        if "/" in self.name_suffix or os.sep in self.name_suffix:
+        if self.name_suffix is not None and ("/" in self.name_suffix or os.sep in self.name_suffix):
             raise ConfigError(f"name suffix {self.name_suffix!r} must not contain a path separator")
         if not 1 <= self.quality <= 100:
             raise ConfigError(f"quality must be in 1..100; got {self.quality}")
@@ -498,6 +515,7 @@ def upscale_files(
     options: UpscaleOptions,
     *,
     on_progress: Callable[[int, int, ImageRecord], None] | None = None,
+    weights_id: str | None = None,
 ) -> BatchReport:
     """Upscale every image of ``inputs`` into ``out_dir``; one failed image does not stop the batch.
 
@@ -513,34 +531,54 @@ def upscale_files(
         out_dir: the output folder (created when needed).
         options: see :class:`UpscaleOptions`.
         on_progress: called after each file as ``on_progress(done, total, record)``.
+        weights_id: the identity of the upscaler's weights
+            (:func:`~nsarm_core.batch.outputs.weights_identity`), recorded with each output.
 
     Returns:
         The :class:`BatchReport` (``exit_code`` 1 when any image failed).
 
     Raises:
         InputError: an input that does not exist or has no images (nothing is processed).
+        ConfigError: existing outputs were made with other settings (without ``overwrite``; nothing is
+            processed), or ``out_dir`` names one output file (an image extension) for several inputs.
         ConfigError, WeightsNotFoundError, MissingExtraError: raised by the upscaler for the whole run.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    items, excluded = plan_inputs(inputs, out_dir, ext=options.ext, name_suffix=options.name_suffix)
+    single = output_file_mode(inputs, out_dir)
+    folder = out_dir.parent if single else out_dir
+    if single and options.ext not in ("same", out_dir.suffix.lower().lstrip(".")):
+        raise ConfigError(
+            f"-o '{out_dir}' names a {out_dir.suffix} file but --ext is {options.ext}; drop one"
+        )
+    options = replace(
+        options,
+        name_suffix=""
+        if single
+        else resolve_name_suffix(inputs, out_dir, options.name_suffix, options.scale),
+    )
+    suffix = options.name_suffix or ""
+    items, excluded = plan_inputs(inputs, folder, ext=options.ext, name_suffix=suffix)
     guard = InputGuard([it.src for it in items])
     mine = shard(items, options.rank, options.world_size)
-    planned = [
-        output_path_for(
-            it.src, it.root, out_dir, suffix=None if options.ext == "same" else f".{options.ext}",
-            name_suffix=options.name_suffix,
-        )
-        for it in mine
-    ]  # fmt: skip
+    planned = (
+        [out_dir] if single else [output_for(it, out_dir, ext=options.ext, name_suffix=suffix) for it in mine]
+    )
     _remove_stale_temps(planned)
+    resume = _Resume(
+        OutputRecords(folder),
+        output_settings(upscaler, scale=options.scale, seed=options.seed, weights=weights_id),
+        {},
+    )
+    if not options.overwrite:
+        resume.check_all(planned, folder)
     claimed: dict[str, Path] = {}  # output key -> the input that writes it in this run
     records: list[ImageRecord] = []
     for index, (item, out) in enumerate(zip(mine, planned, strict=True)):
         t0 = time.perf_counter()
         record = ImageRecord(input=item.src, output=out, status="failed")
         try:
-            record.status = _process_one(upscaler, item, out, options, guard, claimed, record)
+            record.status = _process_one(upscaler, item, out, options, guard, claimed, record, resume)
         except _FATAL_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch; the reason is recorded
@@ -563,14 +601,75 @@ def upscale_files(
     )
 
 
+@dataclass
+class _Resume:
+    """The resume rule: an existing output is done only when complete and made with ``settings``."""
+
+    records: OutputRecords
+    settings: dict[str, Any]
+    states: dict[str, tuple[str, str | None]]  # output key -> output_state, measured once per run
+    unrecorded: int = 0
+
+    def state(self, out: Path) -> tuple[str, str | None]:
+        key = path_key(out)
+        if key not in self.states:
+            self.states[key] = output_state(out)
+        return self.states[key]
+
+    def differences(self, out: Path) -> list[str]:
+        recorded = self.records.get(out)
+        return [] if recorded is None else settings_differences(recorded, self.settings)
+
+    def check_all(self, planned: Sequence[Path], folder: Path) -> None:
+        """Refuse the run, before any work, when complete outputs were made with other settings."""
+        stale = [out for out in planned if self.state(out)[0] == "complete" and self.differences(out)]
+        if stale:
+            raise ConfigError(
+                f"{len(stale)} existing output(s) in '{folder}' were made with other settings "
+                f"({'; '.join(self.differences(stale[0]))}; e.g. '{stale[0]}'): use --overwrite to redo them, "
+                f"or choose another output folder"
+            )
+
+    def done(self, out: Path, record: ImageRecord) -> bool:
+        """True when ``out`` already holds this run's output (skip it); notes what is made again and why.
+
+        Raises:
+            InputError: a folder or special file is in the way, or the output was made with other settings.
+        """
+        state, reason = self.state(out)
+        if state == "blocked":
+            raise InputError(f"output '{out}' {reason}; remove it or choose another output folder")
+        if state == "incomplete":
+            record.notes.append(f"the existing output was {reason}; made again")
+            logger.warning("'%s': the existing output was %s; making it again", out, reason)
+            return False
+        if state == "absent":
+            return False
+        differences = self.differences(out)
+        if differences:
+            raise InputError(
+                f"output '{out}' was made with other settings ({'; '.join(differences)}); use --overwrite"
+            )
+        if self.records.get(out) is None:
+            record.notes.append("its settings were not recorded (made by an older nsarm or another tool)")
+            if self.unrecorded == 0:
+                logger.warning(
+                    "'%s' exists without recorded settings (made by an older nsarm or another tool): kept; "
+                    "--overwrite makes such outputs again",
+                    out,
+                )
+            self.unrecorded += 1
+        return True
+
+
 def _claim(out: Path, src: Path, guard: InputGuard, claimed: dict[str, Path]) -> None:
     """Refuse ``out`` if it is an input, or if another input of this run already writes it."""
     guard.check(out)
     owner = claimed.setdefault(path_key(out), src)
     if owner != src:
         raise InputError(
-            f"output '{out}' is also the output of '{owner}' (same name); use --suffix, keep the inputs in "
-            f"separate folders or rename one"
+            f"output '{out}' is also the output of '{owner}' (same name); rename one of them, or write them "
+            f"to different output folders"
         )
 
 
@@ -582,10 +681,18 @@ def _process_one(
     guard: InputGuard,
     claimed: dict[str, Path],
     record: ImageRecord,
+    resume: _Resume,
 ) -> str:
     """Plan, check, read, upscale and write one file; returns its status (errors propagate to the caller)."""
     _claim(out, item.src, guard, claimed)
-    if out.exists() and not options.overwrite:
+    if item.src.is_symlink() and not item.src.exists():
+        raise InputError(
+            f"'{item.src}' is a symbolic link to '{os.readlink(item.src)}', which does not exist"
+        )
+    if options.overwrite:
+        if resume.state(out)[0] == "blocked":
+            resume.done(out, record)  # raises, naming what is in the way
+    elif resume.done(out, record):
         return "skipped"
     image = read_image(item.src, max_pixels=options.max_pixels)
     record.size_in = (image.width, image.height)
@@ -596,7 +703,10 @@ def _process_one(
         record.notes.append(note)
         logger.warning("'%s': %s", item.src, note)
         _claim(out, item.src, guard, claimed)
-        if out.exists() and not options.overwrite:
+        if options.overwrite:
+            if resume.state(out)[0] == "blocked":
+                resume.done(out, record)
+        elif resume.done(out, record):
             return "skipped"
     prompt, source, prompt_note = _prompt_for(item.src, options)
     if prompt_note is not None:
@@ -607,14 +717,16 @@ def _process_one(
     record.prompt = prompt if prompt is not None else result.settings.get("prompt")
     record.prompt_source = source
     record.seed, record.settings, record.timings = result.seed, dict(result.settings), dict(result.timings)
-    # overwrite=False unless asked: an output that appeared meanwhile (another process) is not clobbered.
+    # overwrite=False unless asked (or the file there is incomplete): an output that appeared meanwhile (another
+    # process) is not clobbered.
     write_image(
         out,
         upscaled,
         keep_metadata=options.keep_metadata,
         quality=options.quality,
-        overwrite=options.overwrite,
+        overwrite=options.overwrite or resume.state(out)[0] == "incomplete",
     )
+    resume.records.add(out, resume.settings)
     record.size_out = (upscaled.width, upscaled.height)
     return "done"
 
@@ -639,8 +751,10 @@ def run_model_on_folder(
         InputError: some images could not be upscaled (the message lists them).
     """
     upscaler = load_upscaler(model, scale=scale, device=device, dtype=dtype)
-    options = UpscaleOptions(scale=scale, seed=seed, ext="png")
-    report = upscale_files(upscaler, [Path(lr_dir)], Path(out_dir), options)
+    options = UpscaleOptions(scale=scale, seed=seed, ext="png", name_suffix="")
+    report = upscale_files(
+        upscaler, [Path(lr_dir)], Path(out_dir), options, weights_id=weights_identity(model)
+    )
     if report.failed:
         listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
         raise InputError(

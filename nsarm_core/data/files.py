@@ -174,6 +174,6 @@ def ensure_not_input(out: str | os.PathLike[str], inputs: Iterable[str | os.Path
             same = os.path.samefile(out, src)  # hard links, case-insensitive file systems
         if same:
             raise InputError(
-                f"output '{out}' would overwrite the input '{src}'; choose another output folder, "
-                f"suffix or name suffix"
+                f"output '{out}' would overwrite the input '{src}'; choose another output folder, or add "
+                f"a name suffix (nsarm upscale --suffix _x4)"
             )
