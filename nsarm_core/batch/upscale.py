@@ -59,7 +59,15 @@ from nsarm_core.batch.outputs import (
 )
 from nsarm_core.data.captions import CaptionIndex
 from nsarm_core.data.files import path_key
-from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, from_tensor, read_image, to_tensor, write_image
+from nsarm_core.data.io import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_SUFFIXES,
+    Image,
+    from_tensor,
+    read_image,
+    to_tensor,
+    write_image,
+)
 from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError
 from nsarm_core.peers import PEER_MODELS, load_peer
 from nsarm_core.pipeline import (
@@ -392,6 +400,8 @@ def output_suffix_for(src: Path, image: Image, ext: str) -> tuple[str, str | Non
     JPEG, WebP or BMP; alpha into JPEG or BMP) becomes PNG, so nothing is silently lost.
     """
     suffix = src.suffix if ext == "same" else f".{ext}"
+    if suffix.lower() not in SUPPORTED_SUFFIXES:  # an image found by its content, without an image suffix
+        suffix = ".png"
     lacks = []
     if image.bit_depth == 16 and suffix.lower() not in _HOLDS_16BIT:
         lacks.append("16-bit samples")
