@@ -83,7 +83,8 @@ def degrade(
 
     Writes OUT/lr/<path>.png (8-bit) and a JSON sidecar OUT/lr/<path>.json (sampled parameters, source, seeds).
 
-    OUT/manifest.json describes the run. Existing outputs are skipped unless --overwrite.
+    OUT/manifest.json describes the run. Complete existing outputs are skipped unless --overwrite (empty or broken
+    ones are made again); two sources with one output name (photo.bmp, photo.tiff) are reported as failed.
 
     Unreadable images are reported and skipped; the exit code is then 1.
     """
