@@ -186,4 +186,5 @@ def test_upscale_of_a_folder_with_unusual_files(tmp_path: Path) -> None:
     assert (tmp_path / "o" / "good.png").is_file() and (tmp_path / "o" / "IMG_0001.png").is_file()
     text = " ".join(res.output.split())
     assert "anim.gif" in text and "GIF is not supported" in text
+    assert text.count("1 GIF file(s)") == 1 and text.count("skipped '") == 1  # named once, not per scan
     assert "gone.png" in text and "which does not exist" in text

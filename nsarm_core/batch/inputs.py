@@ -75,7 +75,7 @@ def output_file_mode(inputs: Sequence[str | os.PathLike[str]], out: str | os.Pat
     out = Path(out)
     if out.suffix.lower() not in SUPPORTED_SUFFIXES or out.is_dir():
         return False
-    files = collect_images(inputs)
+    files = collect_images(inputs, report_skipped=False)
     if len(files) != 1 or not Path(os.fspath(inputs[0])).is_file():
         given = f"{len(files)} images" if len(files) != 1 else "a folder or pattern"
         raise ConfigError(

@@ -87,15 +87,15 @@ def _skip_reason(path: Path) -> str | None:
     return f"not an image this tool reads (suffix {path.suffix or '(none)'!r}, and its content is not {', '.join(sorted(_READABLE_FORMATS))})"
 
 
-def _take(paths: Iterable[Path], where: str) -> list[Path]:
-    """The paths that are inputs; every other one is named in the log with its reason."""
+def _take(paths: Iterable[Path], where: str, report: bool = True) -> list[Path]:
+    """The paths that are inputs; every other one is named in the log with its reason (when ``report``)."""
     taken: list[Path] = []
     gifs = 0
     for path in paths:
         reason = _skip_reason(path)
         if reason is None:
             taken.append(path)
-        elif reason:
+        elif reason and report:
             logger.info("skipped '%s': %s", path, reason)
             gifs += reason == _GIF_ADVICE
     if gifs:
@@ -116,11 +116,11 @@ def _hidden_below(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
+def _images_in_folder(folder: Path, recursive: bool, report: bool = True) -> list[Path]:
     candidates: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
     # entries inside a hidden folder are left out with it (the folder itself is named once)
     visible = sorted(p for p in candidates if not _hidden_below(p.parent, folder))
-    return _take(visible, f"'{folder}'")
+    return _take(visible, f"'{folder}'", report)
 
 
 def path_key(path: str | os.PathLike[str]) -> str:
@@ -129,7 +129,9 @@ def path_key(path: str | os.PathLike[str]) -> str:
     return os.path.normcase(str(Path(path).expanduser().resolve()))
 
 
-def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = True) -> list[Path]:
+def collect_images(
+    inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = True, report_skipped: bool = True
+) -> list[Path]:
     """Expand files, folders and glob patterns into a de-duplicated list of image files.
 
     * A file is taken as is; it must have a supported suffix.
@@ -145,6 +147,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool 
     Args:
         inputs: paths and/or patterns.
         recursive: descend into sub-folders of the given folders.
+        report_skipped: name each file left out in the log (False for a second scan of the same inputs).
 
     Returns:
         The image paths, as given or found (not resolved).
@@ -158,7 +161,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool 
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            images = _images_in_folder(path, recursive)
+            images = _images_in_folder(path, recursive, report_skipped)
             if not images:
                 raise InputError(
                     f"no images found in folder '{path}' (looked for {', '.join(SUPPORTED_SUFFIXES)}"
@@ -180,10 +183,15 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool 
         elif _GLOB_CHARS & set(text):
             images = []
             matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            files = {str(p) for p in _take([hit for hit in matches if not hit.is_dir()], f"pattern '{text}'")}
+            files = {
+                str(p)
+                for p in _take(
+                    [hit for hit in matches if not hit.is_dir()], f"pattern '{text}'", report_skipped
+                )
+            }
             for hit in matches:
                 if hit.is_dir():
-                    images += _images_in_folder(hit, recursive)
+                    images += _images_in_folder(hit, recursive, report_skipped)
                 elif str(hit) in files:
                     images.append(hit)
             if not images:
