@@ -25,6 +25,10 @@ from typing import Any
 
 from nsarm_core.data.io import read_image
 from nsarm_core.errors import InputError
+from nsarm_core.models.checkpoint import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
+from nsarm_core.pipeline import SRPipeline
+from nsarm_core.resize import INTERPOLATION_MODES
+from nsarm_core.weights import MODELS, find_local
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +163,6 @@ def weights_identity(model: str | Path, weights: str | Path | None = None) -> st
     A registered checksum when there is one (the loader has verified the file against it), else the sha256 a
     model folder's ``config.json`` records, else the file's own sha256; None for the interpolation baselines.
     """
-    from nsarm_core.models.checkpoint import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
-    from nsarm_core.resize import INTERPOLATION_MODES
-    from nsarm_core.weights import MODELS, find_local
-
     name = str(model)
     if name in INTERPOLATION_MODES:
         return None
@@ -200,8 +200,6 @@ def output_settings(upscaler: Any, *, scale: float, seed: int, weights: str | No
     """The settings that shape an output of ``upscaler``: model, weights, scale, and for NSARM the sampling
     (seed, tau, top-p, cfg), colour fix, fidelity, tile overlap and dtype; a peer's dtype. The deterministic
     baselines and peers ignore the seed, so it is not recorded for them."""
-    from nsarm_core.pipeline import SRPipeline
-
     settings: dict[str, Any] = {"model": upscaler.name, "weights": weights, "scale": float(scale)}
     if isinstance(upscaler, SRPipeline):
         st = upscaler.settings
