@@ -95,7 +95,7 @@ def degrade(
         preset=preset, config_path=config, scale=scale, seed=seed, crop=crop, save_hr=save_hr, hr_usm=hr_usm,
         overwrite=overwrite, device=device, max_pixels=max_pixels or None,
     )  # fmt: skip
-    sources = collect_images([hr_dir], recursive=recursive)
+    sources = collect_images([hr_dir], recursive=recursive, keep_broken_links=True)
     root = hr_dir if hr_dir.is_dir() else hr_dir.parent
     with progress() as bar:
         task = bar.add_task("degrading", total=len(sources), status="")

@@ -198,7 +198,9 @@ def upscale(
         device = world_device  # each process on its own GPU
     from nsarm_core.data.files import collect_images
 
-    collect_images(list(inputs), report_skipped=False)  # fail fast on a missing input, before the model loads
+    collect_images(
+        list(inputs), report_skipped=False, keep_broken_links=True
+    )  # fail fast on a missing input, before the model loads
     output_file_mode(list(inputs), out)  # and on -o result.png for several inputs
     upscaler = load_upscaler(
         model, scale=scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,

@@ -75,7 +75,7 @@ def output_file_mode(inputs: Sequence[str | os.PathLike[str]], out: str | os.Pat
     out = Path(out)
     if out.suffix.lower() not in SUPPORTED_SUFFIXES or out.is_dir():
         return False
-    files = collect_images(inputs, report_skipped=False)
+    files = collect_images(inputs, report_skipped=False, keep_broken_links=True)
     if len(files) != 1 or not Path(os.fspath(inputs[0])).is_file():
         given = f"{len(files)} images" if len(files) != 1 else "a folder or pattern"
         raise ConfigError(
@@ -185,7 +185,7 @@ def plan_inputs(
             root = _glob_root(text)
         else:
             root = None  # collect_images raises the "not found" error
-        for src in collect_images([text]):
+        for src in collect_images([text], keep_broken_links=True):
             seen.setdefault(path_key(src), BatchItem(src=src, root=root, explicit=root is None))
     prefixes = _folder_prefixes([it.root for it in seen.values() if it.root is not None])
     items = [

@@ -8,7 +8,8 @@ folder, and :func:`ensure_not_input` refuses an output that would overwrite one 
 What a folder (or pattern) contributes: every regular file that is an image this package reads, by its suffix
 (``.png .jpg .jpeg .webp .tif .tiff .bmp``) or, for other names (no extension, a wrong one), by its content
 (the format's signature in the first bytes), so ``IMG_0001`` saved without an extension is found. A symbolic
-link whose target is missing is collected too, so that it fails as that file's error instead of vanishing. Left
+link whose target is missing is an error instead of vanishing: for the whole list, or (``keep_broken_links``,
+the batch commands) for that file alone. Left
 out, each named with its reason in the log at ``-v``: hidden files and folders (name starting with "."), the
 temporary files of atomic writes and downloads, GIF files (not supported: convert them to PNG; also counted in
 one warning) and files that are not images.
@@ -130,7 +131,11 @@ def path_key(path: str | os.PathLike[str]) -> str:
 
 
 def collect_images(
-    inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = True, report_skipped: bool = True
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    recursive: bool = True,
+    report_skipped: bool = True,
+    keep_broken_links: bool = False,
 ) -> list[Path]:
     """Expand files, folders and glob patterns into a de-duplicated list of image files.
 
@@ -148,6 +153,8 @@ def collect_images(
         inputs: paths and/or patterns.
         recursive: descend into sub-folders of the given folders.
         report_skipped: name each file left out in the log (False for a second scan of the same inputs).
+        keep_broken_links: return symbolic links whose target is missing (a batch reports them as that file's
+            failure and goes on); False refuses the whole list, naming the first one.
 
     Returns:
         The image paths, as given or found (not resolved).
@@ -204,6 +211,12 @@ def collect_images(
     unique: dict[str, Path] = {}
     for path in found:
         unique.setdefault(path_key(path), path)
+    if not keep_broken_links:
+        for path in unique.values():
+            if path.is_symlink() and not path.exists():
+                raise InputError(
+                    f"'{path}' is a symbolic link to '{os.readlink(path)}', which does not exist"
+                )
     return list(unique.values())
 
 
