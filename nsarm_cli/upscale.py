@@ -94,7 +94,11 @@ def upscale(
     ] = "same",
     quality: Annotated[int, typer.Option("--quality", help="JPEG / WebP quality 1-100.")] = 95,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Redo outputs that exist (they are skipped otherwise).")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Redo outputs that exist, whatever settings made them (finished ones are skipped otherwise).",
+        ),
     ] = False,
     strip_metadata: Annotated[
         bool, typer.Option("--strip-metadata", help="Do not copy EXIF and the ICC colour profile.")
