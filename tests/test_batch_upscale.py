@@ -481,3 +481,26 @@ def test_unknown_baseline_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="valid"):
         InterpolationUpscaler("cubic-spline")
+
+
+def test_output_state_tells_finished_outputs_from_broken_ones(tmp_path: Path) -> None:
+    from nsarm_core.batch.outputs import output_state
+
+    png = _write(tmp_path / "a.png", h=32, w=32)
+    jpg = _write(tmp_path / "a.jpg", h=32, w=32)
+    assert output_state(png) == ("complete", None) and output_state(jpg) == ("complete", None)
+    assert output_state(tmp_path / "none.png") == ("absent", None)
+    (tmp_path / "link.png").symlink_to(tmp_path / "missing.png")
+    assert output_state(tmp_path / "link.png") == ("absent", None)  # the atomic write replaces it
+    (tmp_path / "dir.png").mkdir()
+    assert output_state(tmp_path / "dir.png") == ("blocked", "is a folder")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert output_state(tmp_path / "empty.jpg") == ("incomplete", "empty (0 bytes)")
+    data = jpg.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert output_state(tmp_path / "cut.jpg")[0] == "incomplete"
+    damaged = bytearray(png.read_bytes())
+    damaged[40] ^= 0xFF  # a byte inside a chunk: its CRC no longer matches
+    (tmp_path / "damaged.png").write_bytes(bytes(damaged))
+    state, reason = output_state(tmp_path / "damaged.png")
+    assert state == "incomplete" and "checksum mismatch" in (reason or "")
