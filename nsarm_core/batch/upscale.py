@@ -6,8 +6,10 @@ and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs
 
 * **inputs**: planned by :mod:`nsarm_core.batch.inputs` (files, folders, glob patterns; sub-folders mirrored);
 * **safety**: an input is never overwritten (a per-file refusal); writes are atomic (``write_image``), existing
-  outputs are skipped unless ``overwrite``, so an interrupted batch is finished by running it again, and
-  temporary files left by a killed run are removed when their output is redone;
+  outputs are skipped unless ``overwrite`` when they are complete and were made with this run's settings
+  (:mod:`nsarm_core.batch.outputs`: other settings stop the run naming the setting), so an interrupted batch is
+  finished by running it again, and temporary files left by a killed run are removed when their output is
+  redone;
 * **errors**: a file that cannot be read or upscaled is recorded as failed and the batch goes on;
 * **fidelity to the file**: alpha is kept (upscaled separately with bicubic and re-attached: the model only sees
   RGB), 16-bit files stay 16-bit, gray files stay gray (the luma of the RGB result), EXIF and ICC are carried
@@ -578,7 +580,6 @@ def upscale_files(
     resume = _Resume(
         OutputRecords(folder),
         output_settings(upscaler, scale=options.scale, seed=options.seed, weights=weights_id),
-        {},
     )
     if not options.overwrite:
         resume.check_all(planned, folder)
@@ -617,7 +618,9 @@ class _Resume:
 
     records: OutputRecords
     settings: dict[str, Any]
-    states: dict[str, tuple[str, str | None]]  # output key -> output_state, measured once per run
+    states: dict[str, tuple[str, str | None]] = field(
+        default_factory=dict
+    )  # output key -> output_state, once
     unrecorded: int = 0
 
     def state(self, out: Path) -> tuple[str, str | None]:
@@ -640,15 +643,18 @@ class _Resume:
                 f"or choose another output folder"
             )
 
-    def done(self, out: Path, record: ImageRecord) -> bool:
+    def skip(self, out: Path, record: ImageRecord, overwrite: bool) -> bool:
         """True when ``out`` already holds this run's output (skip it); notes what is made again and why.
 
         Raises:
-            InputError: a folder or special file is in the way, or the output was made with other settings.
+            InputError: a folder or special file is in the way, or (without ``overwrite``) the output was made
+                with other settings.
         """
         state, reason = self.state(out)
         if state == "blocked":
             raise InputError(f"output '{out}' {reason}; remove it or choose another output folder")
+        if overwrite:
+            return False
         if state == "incomplete":
             record.notes.append(f"the existing output was {reason}; made again")
             logger.warning("'%s': the existing output was %s; making it again", out, reason)
@@ -699,10 +705,7 @@ def _process_one(
         raise InputError(
             f"'{item.src}' is a symbolic link to '{os.readlink(item.src)}', which does not exist"
         )
-    if options.overwrite:
-        if resume.state(out)[0] == "blocked":
-            resume.done(out, record)  # raises, naming what is in the way
-    elif resume.done(out, record):
+    if resume.skip(out, record, options.overwrite):
         return "skipped"
     image = read_image(item.src, max_pixels=options.max_pixels)
     record.size_in = (image.width, image.height)
@@ -713,10 +716,7 @@ def _process_one(
         record.notes.append(note)
         logger.warning("'%s': %s", item.src, note)
         _claim(out, item.src, guard, claimed)
-        if options.overwrite:
-            if resume.state(out)[0] == "blocked":
-                resume.done(out, record)
-        elif resume.done(out, record):
+        if resume.skip(out, record, options.overwrite):
             return "skipped"
     prompt, source, prompt_note = _prompt_for(item.src, options)
     if prompt_note is not None:
