@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +189,7 @@ def plan_inputs(
             seen.setdefault(path_key(src), BatchItem(src=src, root=root, explicit=root is None))
     prefixes = _folder_prefixes([it.root for it in seen.values() if it.root is not None])
     items = [
-        BatchItem(it.src, it.root, it.explicit, prefixes.get(path_key(it.root), ""))
-        if it.root is not None
-        else it
+        replace(it, prefix=prefixes.get(path_key(it.root), "")) if it.root is not None else it
         for it in seen.values()
     ]
 
@@ -211,9 +209,8 @@ def plan_inputs(
             and _is_below(src_resolved, out_resolved)
         )
         own_output = path_key(output_for(it, out_dir, ext=ext, name_suffix=name_suffix)) == path_key(it.src)
-        auto = _AUTO_SUFFIXED.match(
-            it.src.stem
-        )  # photo_x4.png next to photo.jpg: the automatic suffix's output
+        # photo_x4.png next to photo.jpg: an output of the automatic suffix (resolve_name_suffix)
+        auto = _AUTO_SUFFIXED.match(it.src.stem)
         earlier_output = (path_key(it.src) in planned and not own_output) or (
             auto is not None and (path_key(it.src.parent), auto["stem"]) in stems
         )
