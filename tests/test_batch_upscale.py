@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -504,3 +505,36 @@ def test_output_state_tells_finished_outputs_from_broken_ones(tmp_path: Path) ->
     (tmp_path / "damaged.png").write_bytes(bytes(damaged))
     state, reason = output_state(tmp_path / "damaged.png")
     assert state == "incomplete" and "checksum mismatch" in (reason or "")
+
+
+def test_output_records_survive_a_cut_line_and_the_last_line_wins(tmp_path: Path) -> None:
+    from nsarm_core.batch.outputs import RECORDS_NAME, OutputRecords
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / RECORDS_NAME).write_text(
+        '{"output": "a.png", "settings": {"scale": 4.0}}\n{"output": "b.png", "sett'  # killed mid-line
+    )
+    records = OutputRecords(out)
+    assert records.get(out / "a.png") == {"scale": 4.0} and records.get(out / "b.png") is None
+    records.add(out / "b.png", {"scale": 2.0})
+    records.add(out / "sub" / "a.png", {"scale": 3.0})
+    records.add(out / "a.png", {"scale": 8.0})
+    again = OutputRecords(out)
+    assert again.get(out / "a.png") == {"scale": 8.0} and again.get(out / "b.png") == {"scale": 2.0}
+    assert again.get(out / "sub" / "a.png") == {"scale": 3.0}
+
+
+def test_outputs_without_a_record_are_kept_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(2):
+        _write(tmp_path / "in" / f"{i}.png", seed=i)
+        _write(tmp_path / "o" / f"{i}.png", h=24, w=40, seed=i)  # made by another tool (or an older nsarm)
+    with caplog.at_level(logging.WARNING):
+        report = upscale_files(
+            InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "o", UpscaleOptions()
+        )
+    assert report.count("skipped") == 2
+    assert sum("without recorded settings" in r.getMessage() for r in caplog.records) == 1  # said once
+    assert all("not recorded" in r.notes[0] for r in report.records)

@@ -168,11 +168,16 @@ class OutputRecords:
         """Record that ``out`` was just written with ``settings`` (one appended line)."""
         key = self._key(out)
         line = json.dumps({"output": key, "settings": dict(settings)}, sort_keys=True) + "\n"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:  # one write per line: O_APPEND keeps lines whole
-            f.write(("\n" if self._needs_newline else "") + line)
-        self._needs_newline = False
         self._by_key[key] = dict(settings)
+        try:
+            with open(
+                self.path, "a", encoding="utf-8"
+            ) as f:  # one write per line: O_APPEND keeps lines whole
+                f.write(("\n" if self._needs_newline else "") + line)
+        except OSError as exc:  # the output itself is written and complete; only its record is missing
+            logger.warning("cannot record the settings of '%s' in %s: %s", out, self.path, exc)
+            return
+        self._needs_newline = False
 
 
 def weights_identity(model: str | Path, weights: str | Path | None = None) -> str | None:
