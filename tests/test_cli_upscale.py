@@ -321,8 +321,12 @@ def test_suffix_is_automatic_next_to_the_inputs_only(tmp_path: Path) -> None:
     assert (tmp_path / "in" / "a_x4.png").is_file()
     res = _run(str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "in"), "--model", "bicubic", "-s", "1.5")
     assert res.exit_code == 0 and (tmp_path / "in" / "a_x1.5.png").is_file(), res.output
-    res = _run(str(tmp_path / "in"), "-o", str(tmp_path / "sep"), "--model", "bicubic")
+    sep = tmp_path / "sep"
+    res = runner.invoke(app, ["-v", "upscale", str(tmp_path / "in"), "-o", str(sep), "--model", "bicubic"])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (tmp_path / "sep").glob("*.png")) == [
-        "a.png"
-    ]  # a_x4.png was an earlier output
+    assert sorted(p.name for p in sep.glob("*.png")) == ["a.png"]  # a_x4.png and a_x1.5.png: earlier outputs
+    text = " ".join(res.output.split())
+    assert (
+        "a_x4.png': an output of an earlier run" in text
+        and "a_x1.5.png': an output of an earlier run" in text
+    )

@@ -218,10 +218,8 @@ def plan_inputs(
             excluded.append(it.src)
         else:
             kept.append(it)
-    if excluded:
-        logger.info(
-            "left out %d earlier output(s) found among the inputs (e.g. '%s')", len(excluded), excluded[0]
-        )
+    for path in excluded:  # named one by one at -v, like every other file a scan leaves out
+        logger.info("skipped '%s': an output of an earlier run", path)
     return kept, excluded
 
 
