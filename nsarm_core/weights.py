@@ -21,8 +21,9 @@ Baidu only, E.8), is looked for in ``nsarm_home()/downloads/<filename>``. Otherw
 Checksums: ``sha256`` or ``md5`` (the official NSARM release publishes md5). ``None`` means "not registered". The
 Hub files' checksums are unknown to us, so they are recorded as ``None``, and resolving them logs that the file
 is **not checksum-verified**. Only the Hub's own transfer checks apply. A successful verification is remembered in
-``nsarm_home()/verified.json``, keyed by path, size, mtime and checksum, so a 35 GB checkpoint is hashed once
-and not on every run.
+``nsarm_home()/verified.json``, keyed by path, size, mtime, inode change time (ctime) and checksum, so a 35 GB
+checkpoint is hashed once and not on every run, and a changed file is hashed again even when its mtime was put
+back. ``nsarm models --verify`` re-hashes every registered file that is present (:func:`verify_local`).
 
 Loading: the files are read by :mod:`nsarm_core.models.checkpoint` (``load_state_dict`` is re-exported here):
 ``.safetensors``, sharded ``*.safetensors.index.json`` and torch pickles read **only** with
@@ -75,6 +76,7 @@ __all__ = [
     "resolve_all",
     "find_local",
     "verify_checksum",
+    "verify_local",
     "file_checksums",
     "load_state_dict",
     "sort_parts",
@@ -491,11 +493,22 @@ def _verified_db() -> Path:
 
 def _stamp(path: Path, wf: WeightFile) -> dict[str, Any]:
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": wf.sha256, "md5": wf.md5}
+    # The inode change time is part of the key: a modified file whose mtime was put back (os.utime, touch -d,
+    # cp -p, tar) still gets a new ctime, which user-space cannot set, so it is hashed again.
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "sha256": wf.sha256,
+        "md5": wf.md5,
+    }
 
 
-def _verify_file(path: Path, wf: WeightFile, fix: str) -> bool:
-    """``verify_checksum`` with a memo of past successes (path, size, mtime, expected checksum)."""
+def _verify_file(path: Path, wf: WeightFile, fix: str, *, rehash: bool = False) -> bool:
+    """``verify_checksum`` with a memo of past successes (path, size, mtime, ctime, expected checksum).
+
+    ``rehash=True`` ignores the memo (``nsarm models --verify``).
+    """
     if not (wf.sha256 or wf.md5 or wf.size):
         return False
     key, db_path = str(path.resolve()), _verified_db()
@@ -504,8 +517,8 @@ def _verify_file(path: Path, wf: WeightFile, fix: str) -> bool:
     except (OSError, ValueError):
         db = {}
     stamp = _stamp(path, wf)
-    if (wf.sha256 or wf.md5) and db.get(key) == stamp:
-        logger.debug("%s: checksum verified earlier (same size and mtime)", path)
+    if not rehash and (wf.sha256 or wf.md5) and db.get(key) == stamp:
+        logger.debug("%s: checksum verified earlier (same size, mtime and ctime)", path)
         return True
     logger.info("verifying the checksum of %s (%s)", path, wf.checksum_text)
     verified = verify_checksum(path, wf.sha256, wf.md5, size=wf.size, fix=fix)
@@ -833,6 +846,31 @@ def _find_local_file(wf: WeightFile) -> Path | None:
         ):
             return None
     return path
+
+
+def verify_local(spec: ModelSpec) -> dict[str, tuple[Path | None, str]]:
+    """Re-hash every file of ``spec`` present on this machine against its registered checksum (no memo).
+
+    Returns:
+        role -> ``(path or None, outcome)``; outcome is ``"ok"``, ``"missing"``, ``"no checksum registered"``
+        or ``"mismatch: <the one-line reason>"``.
+    """
+    results: dict[str, tuple[Path | None, str]] = {}
+    for role, wf in spec.files.items():
+        path = _find_local_file(wf)
+        if path is None:
+            results[role] = (None, "missing")
+            continue
+        if wf.allow_patterns or not (wf.sha256 or wf.md5 or wf.size):
+            results[role] = (path, "no checksum registered")
+            continue
+        try:
+            verified = _verify_file(path, wf, fix=_how_to_fix(spec, role, wf), rehash=True)
+        except ChecksumError as exc:
+            results[role] = (path, f"mismatch: {exc}")
+            continue
+        results[role] = (path, "ok" if verified else "size ok (no checksum registered)")
+    return results
 
 
 # --------------------------------------------------------------------------- multi-part releases

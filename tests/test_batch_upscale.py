@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -201,6 +202,11 @@ def test_skip_resume_and_overwrite(tmp_path: Path) -> None:
     assert all(p.stat().st_mtime_ns != old for p in out.iterdir())
 
 
+def _visible(folder: Path) -> list[str]:
+    """The file names in ``folder`` without hidden ones (the output record ``.nsarm-outputs.jsonl``)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_bad_files_are_reported_and_the_rest_continue(tmp_path: Path) -> None:
     src = tmp_path / "in"
     _write(src / "good1.png", seed=1)
@@ -220,7 +226,7 @@ def test_bad_files_are_reported_and_the_rest_continue(tmp_path: Path) -> None:
         assert not (tmp_path / "o" / name).exists()
     assert "max-pixels" in (status["big.png"].error or "")
     assert report.exit_code == 1 and len(report.failed) == 4
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good1.png", "good2.jpg"]
+    assert _visible(tmp_path / "o") == ["good1.png", "good2.jpg"]
     assert _temps(tmp_path) == []
 
 
@@ -229,7 +235,10 @@ def test_never_overwrites_inputs(tmp_path: Path) -> None:
         _write(tmp_path / f"{i}.png", seed=i)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     report = upscale_files(
-        InterpolationUpscaler("bicubic", 4), [tmp_path], tmp_path, UpscaleOptions(overwrite=True)
+        InterpolationUpscaler("bicubic", 4),
+        [tmp_path],
+        tmp_path,
+        UpscaleOptions(name_suffix="", overwrite=True),
     )
     assert report.count("failed") == 2 and report.exit_code == 1
     assert all("would overwrite the input" in (r.error or "") for r in report.records)
@@ -291,14 +300,14 @@ def test_keyboard_interrupt_then_rerun_finishes(tmp_path: Path) -> None:
     crashing = Recording(raise_on={2: KeyboardInterrupt()})
     with pytest.raises(KeyboardInterrupt):
         upscale_files(crashing, [tmp_path / "in"], out, UpscaleOptions())
-    assert sorted(p.name for p in out.iterdir()) == ["0.png"] and _temps(tmp_path) == []
+    assert _visible(out) == ["0.png"] and _temps(tmp_path) == []
     first_mtime = (out / "0.png").stat().st_mtime_ns
     rerun = Recording()
     report = upscale_files(rerun, [tmp_path / "in"], out, UpscaleOptions())
     assert [r.status for r in report.records] == ["skipped", "done", "done", "done"]
     assert len(rerun.calls) == 3  # the first image was not recomputed
     assert (out / "0.png").stat().st_mtime_ns == first_mtime
-    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+    assert _visible(out) == ["0.png", "1.png", "2.png", "3.png"]
     assert _temps(tmp_path) == []
 
 
@@ -432,7 +441,7 @@ def test_batch_split_between_processes(tmp_path: Path) -> None:
         for r in range(2)
     ]
     assert [len(r.records) for r in reports] == [3, 2] and all(r.total_inputs == 5 for r in reports)
-    assert len(list((tmp_path / "o").iterdir())) == 5
+    assert len(_visible(tmp_path / "o")) == 5
     assert reports[1].to_dict()["rank"] == 1
 
 
@@ -473,3 +482,59 @@ def test_unknown_baseline_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="valid"):
         InterpolationUpscaler("cubic-spline")
+
+
+def test_output_state_tells_finished_outputs_from_broken_ones(tmp_path: Path) -> None:
+    from nsarm_core.batch.outputs import output_state
+
+    png = _write(tmp_path / "a.png", h=32, w=32)
+    jpg = _write(tmp_path / "a.jpg", h=32, w=32)
+    assert output_state(png) == ("complete", None) and output_state(jpg) == ("complete", None)
+    assert output_state(tmp_path / "none.png") == ("absent", None)
+    (tmp_path / "link.png").symlink_to(tmp_path / "missing.png")
+    assert output_state(tmp_path / "link.png") == ("absent", None)  # the atomic write replaces it
+    (tmp_path / "dir.png").mkdir()
+    assert output_state(tmp_path / "dir.png") == ("blocked", "is a folder")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert output_state(tmp_path / "empty.jpg") == ("incomplete", "empty (0 bytes)")
+    data = jpg.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert output_state(tmp_path / "cut.jpg")[0] == "incomplete"
+    damaged = bytearray(png.read_bytes())
+    damaged[40] ^= 0xFF  # a byte inside a chunk: its CRC no longer matches
+    (tmp_path / "damaged.png").write_bytes(bytes(damaged))
+    state, reason = output_state(tmp_path / "damaged.png")
+    assert state == "incomplete" and "checksum mismatch" in (reason or "")
+
+
+def test_output_records_survive_a_cut_line_and_the_last_line_wins(tmp_path: Path) -> None:
+    from nsarm_core.batch.outputs import RECORDS_NAME, OutputRecords
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / RECORDS_NAME).write_text(
+        '{"output": "a.png", "settings": {"scale": 4.0}}\n{"output": "b.png", "sett'  # killed mid-line
+    )
+    records = OutputRecords(out)
+    assert records.get(out / "a.png") == {"scale": 4.0} and records.get(out / "b.png") is None
+    records.add(out / "b.png", {"scale": 2.0})
+    records.add(out / "sub" / "a.png", {"scale": 3.0})
+    records.add(out / "a.png", {"scale": 8.0})
+    again = OutputRecords(out)
+    assert again.get(out / "a.png") == {"scale": 8.0} and again.get(out / "b.png") == {"scale": 2.0}
+    assert again.get(out / "sub" / "a.png") == {"scale": 3.0}
+
+
+def test_outputs_without_a_record_are_kept_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(2):
+        _write(tmp_path / "in" / f"{i}.png", seed=i)
+        _write(tmp_path / "o" / f"{i}.png", h=24, w=40, seed=i)  # made by another tool (or an older nsarm)
+    with caplog.at_level(logging.WARNING):
+        report = upscale_files(
+            InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "o", UpscaleOptions()
+        )
+    assert report.count("skipped") == 2
+    assert sum("without recorded settings" in r.getMessage() for r in caplog.records) == 1  # said once
+    assert all("not recorded" in r.notes[0] for r in report.records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from nsarm_cli.main import app
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
+from nsarm_core.errors import ChecksumError, ConfigError, InputError, WeightsNotFoundError
 from nsarm_core.models import checkpoint
 from nsarm_core.models.nsarm import NSARM
 from nsarm_core.models.transform_net import TransformNet
@@ -25,7 +26,9 @@ from nsarm_core.models.vae import get_preset as vae_preset
 
 def _truncated_copy(src: Path, dst: Path) -> Path:
     dst.mkdir()
-    (dst / checkpoint.CONFIG_NAME).write_bytes((src / checkpoint.CONFIG_NAME).read_bytes())
+    config = json.loads((src / checkpoint.CONFIG_NAME).read_text())
+    config.pop(checkpoint.SHA256_KEY, None)  # unchecked, so that the reader itself meets the damage
+    (dst / checkpoint.CONFIG_NAME).write_text(json.dumps(config))
     data = (src / checkpoint.WEIGHTS_NAME).read_bytes()
     (dst / checkpoint.WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
     return dst
@@ -73,6 +76,47 @@ def test_every_model_class_round_trips_one_folder_layout(build, tmp_path: Path) 
     assert config["model_type"] and again.config == model.config
     for key, value in model.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_a_folder_records_its_weights_sha256_and_a_changed_file_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    TransformNet(net_preset("tiny")).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / checkpoint.WEIGHTS_NAME
+    config = json.loads((tmp_path / "m" / checkpoint.CONFIG_NAME).read_text())
+    assert config[checkpoint.SHA256_KEY] == {
+        checkpoint.WEIGHTS_NAME: hashlib.sha256(weights.read_bytes()).hexdigest()
+    }
+    TransformNet.from_pretrained(tmp_path / "m")  # verified
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the last tensor: the header (and the load) still fine
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=r"checksum mismatch for .*model\.safetensors.*config\.json"):
+        TransformNet.from_pretrained(tmp_path / "m")
+    # a config.json without the entry (folders saved before it existed, the bundled model) is read unchecked
+    del config[checkpoint.SHA256_KEY]
+    (tmp_path / "m" / checkpoint.CONFIG_NAME).write_text(json.dumps(config))
+    TransformNet.from_pretrained(tmp_path / "m")
+    config[checkpoint.SHA256_KEY] = {checkpoint.WEIGHTS_NAME: "not hex"}
+    (tmp_path / "m" / checkpoint.CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="'sha256' must map weight file names"):
+        TransformNet.from_pretrained(tmp_path / "m")
+
+
+def test_a_changed_model_folder_in_nsarm_upscale_is_one_line_exit_2(tmp_path: Path) -> None:
+    from nsarm_core.models.nsarm import get_preset
+
+    torch.manual_seed(1)
+    NSARM(get_preset("nsarm-tiny")).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / checkpoint.WEIGHTS_NAME
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    res = CliRunner().invoke(
+        app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "m")]
+    )
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "model.safetensors" in errors[0], res.output
 
 
 def test_a_folder_of_another_model_type_is_refused(tmp_path: Path) -> None:

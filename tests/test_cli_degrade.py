@@ -109,10 +109,11 @@ def test_skip_existing_and_overwrite(tmp_path):
     out = tmp_path / "out"
     assert _run(str(src), str(out)).exit_code == 0
     before = _files(out)
-    (out / "lr" / "a.png").write_bytes(b"sentinel")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(out / "lr" / "a.png")  # complete, so it is kept
+    sentinel = (out / "lr" / "a.png").read_bytes()
     r = _run(str(src), str(out), "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["counts"] == {"done": 0, "skipped": 3, "failed": 0}
-    assert (out / "lr" / "a.png").read_bytes() == b"sentinel"
+    assert (out / "lr" / "a.png").read_bytes() == sentinel
     (out / "lr" / "sub" / "b.json").unlink()  # an incomplete output is redone
     r = _run(str(src), str(out), "--json")
     assert json.loads(r.stdout)["counts"] == {"done": 1, "skipped": 2, "failed": 0}
@@ -164,3 +165,35 @@ def test_scale_option(tmp_path, scale):
     assert _run(str(src), str(out), "--scale", str(scale), "--preset", "bicubic", "--save-hr").exit_code == 0
     assert Image.open(out / "lr" / "a.png").size == (56 // 3, 48 // 3)
     assert Image.open(out / "hr" / "a.png").size == (56 // 3 * 3, 48 // 3 * 3)
+
+
+def test_same_stem_sources_are_collisions_not_skips(tmp_path):
+    src = tmp_path / "hr"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for ext in ("bmp", "tiff", "webp"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(src / f"photo.{ext}")
+    res = _run(str(src), str(tmp_path / "out"), "-p", "bicubic", "--json")
+    assert res.exit_code == 1, res.output
+    data = json.loads(res.stdout)
+    assert data["counts"] == {"done": 1, "skipped": 0, "failed": 2}
+    assert all("is also the output of" in f["error"] and "photo.bmp" in f["error"] for f in data["failures"])
+
+
+def test_only_complete_outputs_count_as_done(tmp_path):
+    src = _make_inputs(tmp_path)
+    out = tmp_path / "out"
+    assert _run(str(src), str(out), "-p", "bicubic").exit_code == 0
+    (out / "lr" / "a.png").write_bytes(b"")  # emptied
+    good = (out / "lr" / "sub" / "b.png").read_bytes()
+    (out / "lr" / "sub" / "b.png").write_bytes(good[: len(good) // 2])  # cut short
+    (out / "lr" / "sub" / "gray.png").unlink()
+    (out / "lr" / "sub" / "gray.png").mkdir()  # a folder in the way
+    res = _run(str(src), str(out), "-p", "bicubic", "--json")
+    assert res.exit_code == 1, res.output
+    data = json.loads(res.stdout)
+    assert data["counts"] == {"done": 2, "skipped": 0, "failed": 1}
+    assert "gray.png" in data["failures"][0]["error"] and "folder" in data["failures"][0]["error"]
+    for name in ("a.png", "sub/b.png"):
+        with Image.open(out / "lr" / name) as im:
+            im.load()

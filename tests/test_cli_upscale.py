@@ -60,13 +60,13 @@ def test_bad_file_gives_exit_1_and_others_are_written(tmp_path: Path) -> None:
     data = json.loads(res.stdout)
     status = {Path(r["input"]).name: r["status"] for r in data["records"]}
     assert status == {"bad.png": "failed", "good.png": "done"}
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["good.png"]
+    assert [p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")] == ["good.png"]
 
 
 def test_refuses_to_overwrite_inputs(tmp_path: Path) -> None:
     src = _write(tmp_path / "a.png")
     before = src.read_bytes()
-    res = _run(str(tmp_path), "-o", str(tmp_path), "--model", "bicubic", "--overwrite")
+    res = _run(str(tmp_path), "-o", str(tmp_path), "--model", "bicubic", "--overwrite", "--suffix", "")
     assert res.exit_code == 1
     assert "would overwrite the input" in res.output
     assert src.read_bytes() == before
@@ -196,7 +196,139 @@ def test_interrupt_exits_130_and_rerun_finishes(tmp_path: Path, monkeypatch: pyt
     args = [str(tmp_path / "in"), "-o", str(tmp_path / "o")]
     res = _run(*args)
     assert res.exit_code == 130 and "interrupted after 1 of 3" in res.stderr
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["0.png"]
+    assert [p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")] == ["0.png"]
     res = _run(*args, "--json")
     assert res.exit_code == 0, res.output
     assert [r["status"] for r in json.loads(res.stdout)["records"]] == ["skipped", "done", "done"]
+
+
+# --------------------------------------------------------------------------- resume and output names (issue 17)
+
+
+def _errors(res: Any) -> list[str]:
+    return [line for line in res.output.splitlines() if line.startswith("Error:")]
+
+
+def test_resume_notices_changed_settings_and_asks_for_overwrite(tmp_path: Path) -> None:
+    for i in range(2):
+        _write(tmp_path / "in" / f"{i}.png", seed=i)
+    out = tmp_path / "o"
+    base = [str(tmp_path / "in"), "-o", str(out)]
+    assert _run(*base, "--model", "bicubic").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    res = _run(*base, "--model", "bicubic", "--scale", "2")
+    assert res.exit_code == 2 and len(_errors(res)) == 1, res.output
+    assert "2 existing output(s)" in _errors(res)[0] and "scale 4.0 recorded, 2.0 now" in _errors(res)[0]
+    assert "--overwrite" in _errors(res)[0]
+    res = _run(*base, "--model", "lanczos")
+    assert res.exit_code == 2 and "model 'bicubic' recorded, 'lanczos' now" in _errors(res)[0], res.output
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before  # nothing touched
+    res = _run(*base, "--model", "bicubic", "--scale", "2", "--overwrite", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["totals"]["done"] == 2, res.output
+    assert read_image(out / "0.png").width == 20
+    res = _run(*base, "--model", "bicubic", "--scale", "2", "--json")  # the same settings: resumed
+    assert res.exit_code == 0 and json.loads(res.stdout)["totals"]["skipped"] == 2, res.output
+
+
+def test_nsarm_settings_are_part_of_the_record(tiny_dir: Path) -> None:
+    from nsarm_core.batch.outputs import output_settings, settings_differences, weights_identity
+    from nsarm_core.batch.upscale import load_upscaler
+
+    pipe = load_upscaler(tiny_dir, device="cpu", dtype="fp32", sampling={"tau": 0.5})
+    weights = weights_identity(tiny_dir)
+    assert weights is not None and weights.startswith("sha256:")
+    settings = output_settings(pipe, scale=4, seed=1, weights=weights)
+    assert {
+        "model",
+        "weights",
+        "scale",
+        "seed",
+        "tau",
+        "top_p",
+        "cfg",
+        "color_fix",
+        "fidelity",
+        "dtype",
+    } <= set(settings)
+    other = output_settings(
+        load_upscaler(tiny_dir, device="cpu", dtype="fp32", sampling={"tau": 0.7}),
+        scale=4,
+        seed=2,
+        weights=weights,
+    )
+    assert settings_differences(settings, other) == ["seed 1 recorded, 2 now", "tau 0.5 recorded, 0.7 now"]
+    assert weights_identity("nsarm-tiny").startswith("sha256:30c9")  # the registered checksum, not re-hashed
+    assert weights_identity("bicubic") is None
+
+
+def test_only_a_complete_output_counts_as_done(tmp_path: Path) -> None:
+    for name in ("folder", "empty", "broken", "good"):
+        _write(tmp_path / "in" / f"{name}.png")
+    out = tmp_path / "o"
+    (out / "folder.png").mkdir(parents=True)
+    (out / "empty.png").write_bytes(b"")
+    good = _write(tmp_path / "x.png", h=24, w=40).read_bytes()
+    (out / "broken.png").write_bytes(good[: len(good) // 2])  # cut short: no IEND
+    res = _run(str(tmp_path / "in"), "-o", str(out), "--model", "bicubic", "--json")
+    assert res.exit_code == 1, res.output
+    records = {Path(r["input"]).stem: r for r in json.loads(res.stdout)["records"]}
+    assert records["folder"]["status"] == "failed" and "is a folder" in records["folder"]["error"]
+    for name in ("empty", "broken", "good"):
+        assert records[name]["status"] == "done", records[name]
+        assert read_image(out / f"{name}.png").width == 40
+    assert "empty (0 bytes); made again" in records["empty"]["notes"][0]
+    assert "not decodable" in records["broken"]["notes"][0]
+
+
+def test_output_file_for_one_input_and_a_clear_error_for_several(tmp_path: Path) -> None:
+    _write(tmp_path / "a.png")
+    _write(tmp_path / "b.png", seed=1)
+    res = _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "result.png"), "--model", "bicubic")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "result.png").is_file() and read_image(tmp_path / "result.png").width == 40
+    res = _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "result.png"), "--model", "bicubic", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["totals"]["skipped"] == 1, (
+        res.output
+    )  # an existing file
+    res = _run(str(tmp_path / "a.png"), "-o", str(tmp_path / "result.png"), "--model", "bicubic", "-s", "2")
+    assert res.exit_code == 2 and "scale 4.0 recorded, 2.0 now" in _errors(res)[0], res.output
+    res = _run(
+        str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "r.jpg"), "--model", "bicubic"
+    )
+    assert res.exit_code == 2 and len(_errors(res)) == 1, res.output
+    assert "names one output file, but the inputs are 2 images" in _errors(res)[0]
+    assert not (tmp_path / "r.jpg").exists()
+
+
+def test_several_input_folders_are_mirrored_under_their_names(tmp_path: Path) -> None:
+    for folder in ("dirA", "dirB", "x/photos", "y/photos"):
+        _write(tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    res = _run(str(tmp_path / "dirA"), str(tmp_path / "dirB"), "-o", str(out), "--model", "bicubic")
+    assert res.exit_code == 0, res.output
+    assert (out / "dirA" / "x.png").is_file() and (out / "dirB" / "x.png").is_file()
+    res = _run(str(tmp_path / "x/photos"), str(tmp_path / "y/photos"), "-o", str(out), "--model", "bicubic")
+    assert res.exit_code == 0, res.output
+    assert (out / "x" / "photos" / "x.png").is_file() and (out / "y" / "photos" / "x.png").is_file()
+    res = _run(
+        str(tmp_path / "dirA"), "-o", str(tmp_path / "one"), "--model", "bicubic"
+    )  # one folder: as before
+    assert res.exit_code == 0 and (tmp_path / "one" / "x.png").is_file()
+
+
+def test_suffix_is_automatic_next_to_the_inputs_only(tmp_path: Path) -> None:
+    _write(tmp_path / "in" / "a.png")
+    res = _run(str(tmp_path / "in"), "-o", str(tmp_path / "in"), "--model", "bicubic")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "in" / "a_x4.png").is_file()
+    res = _run(str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "in"), "--model", "bicubic", "-s", "1.5")
+    assert res.exit_code == 0 and (tmp_path / "in" / "a_x1.5.png").is_file(), res.output
+    sep = tmp_path / "sep"
+    res = runner.invoke(app, ["-v", "upscale", str(tmp_path / "in"), "-o", str(sep), "--model", "bicubic"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in sep.glob("*.png")) == ["a.png"]  # a_x4.png and a_x1.5.png: earlier outputs
+    text = " ".join(res.output.split())
+    assert (
+        "a_x4.png': an output of an earlier run" in text
+        and "a_x1.5.png': an output of an earlier run" in text
+    )

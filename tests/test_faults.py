@@ -445,11 +445,25 @@ CASES: list[tuple[str, str, Any, int, str]] = [
         "caps.jsonl",
     ),  # fmt: skip
     (
-        "upscale-vae-weights-ignored",
+        "upscale-vae-weights-refused",
         "upscale",
         _upscale_case("--model", "nsarm-tiny", "--vae-weights", "ROOT/evil.pth"),
         2,
         "--vae-weights",
+    ),  # fmt: skip
+    (
+        "upscale-text-encoder-refused",
+        "upscale",
+        _upscale_case("--model", "nsarm-tiny", "--text-encoder", "ROOT/evil.pth"),
+        2,
+        "--text-encoder",
+    ),  # fmt: skip
+    (
+        "upscale-baseline-weights-refused",
+        "upscale",
+        _upscale_case("--model", "bicubic", "--weights", "ROOT/evil.pth"),
+        2,
+        "--weights",
     ),  # fmt: skip
     ("upscale-model-config-non-utf8", "upscale", _model_dir_case(_bad_config), 2, "config.json"),
     (
@@ -461,11 +475,6 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ),
     ("upscale-model-bad-header", "upscale", _model_dir_case(_bad_header), 2, "model.safetensors"),
 ]
-
-# Cases that still end badly, with the issue item that owns them (left to the weights/batch redesign).
-KNOWN_OPEN = {
-    "upscale-vae-weights-ignored": "silently ignored for a model with its own VAE: weights options, issue 12",
-}
 
 
 def _outcome(res: Any, marker: Path, code: int) -> str:
@@ -482,14 +491,8 @@ def _outcome(res: Any, marker: Path, code: int) -> str:
 @pytest.mark.usefixtures("fresh_accelerate_state")
 @pytest.mark.parametrize(
     ("command", "build", "code", "fragment"),
-    [
-        pytest.param(
-            c, b, code, frag, id=i,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_OPEN[i])] if i in KNOWN_OPEN else [],
-        )
-        for i, c, b, code, frag in CASES
-    ],
-)  # fmt: skip
+    [pytest.param(c, b, code, frag, id=i) for i, c, b, code, frag in CASES],
+)
 def test_cli_corpus(tmp_path: Path, command: str, build: Any, code: int, fragment: str) -> None:
     from typer.testing import CliRunner
 

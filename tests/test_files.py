@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -110,3 +111,83 @@ def test_ensure_not_input(tree: Path, tmp_path: Path) -> None:
     os.link(tree / "c.webp", hard)
     with pytest.raises(InputError, match="would overwrite"):
         ensure_not_input(hard, inputs)
+
+
+def test_the_overwrite_refusal_names_the_option_that_avoids_it(tmp_path: Path) -> None:
+    src = tmp_path / "a.png"
+    src.write_bytes(b"x")
+    with pytest.raises(InputError) as err:
+        ensure_not_input(src, [src])
+    assert "choose another output folder, or add a name suffix (nsarm upscale --suffix _x4)" in str(err.value)
+    assert "suffix or name suffix" not in str(err.value)
+
+
+def _png(path: Path) -> Path:
+    from PIL import Image as PILImage
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.new("RGB", (4, 4), (200, 10, 10)).save(path, format="PNG")
+    return path
+
+
+def test_folder_scans_take_images_by_content_and_name_every_skipped_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from PIL import Image as PILImage
+
+    tree = tmp_path / "in"
+    _png(tree / "a.png")
+    _png(tree / "IMG_0001")  # a PNG saved without an extension
+    _png(tree / "photo.dat")  # ... or with another one
+    PILImage.new("P", (4, 4)).save(tree / "anim.gif")
+    (tree / "notes.txt").write_text("not an image\n")
+    _png(tree / ".hidden.png")
+    _png(tree / ".cache" / "x.png")
+    (tree / "gone.png").symlink_to(tree / "missing.png")  # dangling: taken, so that it fails by name
+    with caplog.at_level(logging.INFO, logger="nsarm_core.data.files"):
+        found = collect_images([tree], keep_broken_links=True)
+    assert [p.name for p in found] == ["IMG_0001", "a.png", "gone.png", "photo.dat"]
+    for name, reason in (
+        ("anim.gif", "GIF is not supported"),
+        ("notes.txt", "not an image this tool reads"),
+        (".hidden.png", "hidden file"),
+        (".cache", "hidden folder"),
+    ):
+        assert any(f"skipped '{tree / name}': {reason}" in r.getMessage() for r in caplog.records), name
+    assert not any("x.png" in r.getMessage() for r in caplog.records)  # inside the hidden folder: named once
+    assert any(r.levelno == logging.WARNING and "1 GIF file(s)" in r.getMessage() for r in caplog.records)
+    assert [p.name for p in collect_images([tree / "IMG_0001"])] == ["IMG_0001"]  # given directly
+    with pytest.raises(InputError, match="GIF is not supported"):
+        collect_images([tree / "anim.gif"])
+    for given in (tree / "gone.png", tree):  # outside a batch, a dangling link refuses the list, naming it
+        with pytest.raises(
+            InputError, match="gone.png' is a symbolic link to .*missing.png'?, which does not exist"
+        ):
+            collect_images([given])
+    assert (
+        output_path_for(tree / "IMG_0001", tree, tmp_path / "o", suffix=None)
+        == tmp_path / "o" / "IMG_0001.png"
+    )
+
+
+def test_upscale_of_a_folder_with_unusual_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nsarm_cli.main import app
+
+    tree = tmp_path / "in"
+    _png(tree / "good.png")
+    _png(tree / "IMG_0001")
+    from PIL import Image as PILImage
+
+    PILImage.new("P", (4, 4)).save(tree / "anim.gif")
+    (tree / "gone.png").symlink_to(tree / "missing.png")
+    res = CliRunner().invoke(
+        app, ["-v", "upscale", str(tree), "-o", str(tmp_path / "o"), "--model", "bicubic"]
+    )
+    assert res.exit_code == 1, res.output
+    assert (tmp_path / "o" / "good.png").is_file() and (tmp_path / "o" / "IMG_0001.png").is_file()
+    text = " ".join(res.output.split())
+    assert "anim.gif" in text and "GIF is not supported" in text
+    assert text.count("1 GIF file(s)") == 1 and text.count("skipped '") == 1  # named once, not per scan
+    assert "gone.png" in text and "which does not exist" in text

@@ -75,6 +75,8 @@ def _cfg(tmp_path: Path, photos: Path, base_model: Path, **kw: object) -> TrainC
 
 
 def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Path, base_model: Path) -> None:
+    from safetensors.torch import load_file
+
     from nsarm_core.pipeline import SamplingSettings, load_pipeline
 
     cfg = _cfg(tmp_path, photos, base_model)
@@ -94,6 +96,11 @@ def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Pat
     again = train(CFWRecipe.from_config(longer), longer)
     assert again.start_step == 2 and again.step == 3
     assert cache.stat().st_mtime_ns == stamp
+    # A damaged cache (bad safetensors header) is sampled again with a warning, not an internal error.
+    cache.write_bytes(b"\xff" * 16)
+    longest = _cfg(tmp_path, photos, base_model, max_steps=4, resume="latest")
+    assert train(CFWRecipe.from_config(longest), longest).step == 4
+    assert load_file(str(cache))["hr"].shape[0] > 0
 
     model_dir = again.final_dir / "model"
     config = json.loads((model_dir / "config.json").read_text())

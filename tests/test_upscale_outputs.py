@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from nsarm_cli.main import app
-from nsarm_core.batch.outputs import os_error_reason
 from nsarm_core.batch.upscale import InterpolationUpscaler, UpscaleOptions, upscale_files
-from nsarm_core.data.io import Image, write_image
+from nsarm_core.batch.write_checks import os_error_reason
+from nsarm_core.data.io import Image, read_image, write_image
 from nsarm_core.errors import ConfigError
 
 runner = CliRunner()
@@ -114,7 +114,7 @@ def test_unwritable_output_folder_is_refused_before_any_work(
         raise OSError(code, "raw system text")
 
     _write(tmp_path / "a.png")
-    monkeypatch.setattr("nsarm_core.batch.outputs.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("nsarm_core.batch.write_checks.tempfile.mkstemp", refuse)
     res = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")])
     line = _one_error_line(res)
     assert words in line and str(tmp_path / "o") in line and no_model_load == []
@@ -181,3 +181,83 @@ def test_degrade_write_errors_name_the_file_and_the_reason(
         error
         == f"cannot write '{tmp_path / 'd' / 'lr' / 'a.png'}': the disk is full (no space left on the device)"
     )
+
+
+# --- the checks with the resume rule and -o result.png (batchA's checks merged with batchB's output names) -----
+
+
+def test_existing_output_file_of_one_input_follows_the_resume_rule(
+    tmp_path: Path, no_model_load: list[str]
+) -> None:
+    src = _write(tmp_path / "a.png")
+    target = _write(tmp_path / "existing.png", 24, 40, seed=3)  # a complete image made by another tool
+    before = target.read_bytes()
+    args = ["upscale", str(src), "-o", str(target), "--model", "bicubic", "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output  # the output file of one input: not "an existing file"
+    assert json.loads(res.stdout)["totals"]["skipped"] == 1 and target.read_bytes() == before
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["totals"]["done"] == 1, res.output
+    assert target.read_bytes() != before
+    redone = target.read_bytes()
+    _write(tmp_path / "in" / "b.png")
+    res = runner.invoke(app, ["upscale", str(tmp_path / "in"), "-o", str(target), "--model", "bicubic"])
+    assert "names one output file" in _one_error_line(res)  # a folder input: refused, the file kept
+    assert target.read_bytes() == redone and no_model_load == ["bicubic", "bicubic"]
+
+
+def test_output_file_checks_its_folder_and_the_budget_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_load: list[str]
+) -> None:
+    src = _write(tmp_path / "a.png")
+    res = runner.invoke(
+        app, ["upscale", str(src), "-o", str(tmp_path / "r.png"), "--max-output-pixels", "1000"]
+    )  # 40x24 = 960 pixels at x4: within
+    assert res.exit_code == 0 and (tmp_path / "r.png").is_file(), res.output
+    (tmp_path / "r.png").unlink()
+    res = runner.invoke(
+        app,
+        ["upscale", str(src), "-o", str(tmp_path / "r.png"), "--scale", "8", "--max-output-pixels", "1000"],
+    )  # 80x48 = 3840 pixels: over
+    assert "--max-output-pixels" in _one_error_line(res) and not (tmp_path / "r.png").exists()
+    res = runner.invoke(
+        app, ["upscale", str(src), "-o", str(tmp_path / "new" / "r.png"), "--model", "bicubic"]
+    )
+    assert res.exit_code == 0 and read_image(tmp_path / "new" / "r.png").width == 40, res.output
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EROFS, "raw system text")
+
+    monkeypatch.setattr("nsarm_core.batch.write_checks.tempfile.mkstemp", refuse)
+    res = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "ro" / "r.png")])
+    line = _one_error_line(res)
+    assert f"output folder '{tmp_path / 'ro'}'" in line and "the file system is read-only" in line
+    assert no_model_load == ["nsarm-tiny", "bicubic"]
+
+
+def test_an_incomplete_existing_output_counts_against_the_budget(tmp_path: Path) -> None:
+    _write(tmp_path / "in" / "a.png")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "a.png").write_bytes(b"")  # left by a killed run: made again, so it must fit
+    windows: list[list[int]] = []
+    with pytest.raises(ConfigError, match="over the output limit of 100"):
+        upscale_files(
+            InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "o",
+            UpscaleOptions(scale=4, max_output_pixels=100), on_plan=windows.append,
+        )  # fmt: skip
+    report = upscale_files(
+        InterpolationUpscaler("bicubic", 4), [tmp_path / "in"], tmp_path / "o", UpscaleOptions(scale=4),
+        on_plan=windows.append,
+    )  # fmt: skip
+    assert report.count("done") == 1 and windows == [[1]]  # planned as work, not as a kept output
+
+
+def test_tile_is_part_of_the_recorded_settings(tmp_path: Path) -> None:
+    _write(tmp_path / "in" / "a.png", 24, 40)
+    base = ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--model", "bicubic"]
+    assert runner.invoke(app, base).exit_code == 0
+    line = _one_error_line(runner.invoke(app, [*base, "--tile", "16"]))
+    assert "tile None recorded, 16 now" in line and "--overwrite" in line
+    assert runner.invoke(app, [*base, "--tile", "16", "--overwrite"]).exit_code == 0
+    res = runner.invoke(app, [*base, "--tile", "16", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["totals"]["skipped"] == 1, res.output

@@ -189,6 +189,41 @@ def test_local_path_wins_and_verification_is_remembered(
         resolve_file(spec, "checkpoint", local_path=tmp_path / "nope.pth")
 
 
+def test_a_changed_file_with_its_mtime_put_back_is_hashed_again(tmp_path: Path) -> None:
+    data = b"weights" * 100
+    f = tmp_path / "mine.pth"
+    f.write_bytes(data)
+    spec = _spec(checkpoint=WeightFile("mine.pth", repo_id="org/repo", sha256=_sha256(data)))
+    assert resolve_file(spec, "checkpoint", local_path=f) == f  # verified and remembered
+    before = f.stat()
+    f.write_bytes(data[:-1] + b"X")  # same size ...
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and the old mtime put back
+    assert f.stat().st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(ChecksumError, match="checksum mismatch"):
+        resolve_file(spec, "checkpoint", local_path=f)
+
+
+def test_models_verify_rehashes_every_present_registered_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = b"weights" * 100
+    placed = W.downloads_dir() / "manual.pth"
+    placed.parent.mkdir(parents=True, exist_ok=True)
+    placed.write_bytes(data)
+    wf = WeightFile("manual.pth", sha256=_sha256(data))
+    monkeypatch.setitem(W.MODELS, "test-model", _spec(checkpoint=wf))
+    res = CliRunner().invoke(app, ["models", "--verify"])
+    assert res.exit_code == 0, res.output
+    assert f"test-model checkpoint: ok {placed}" in res.output and "nsarm-tiny checkpoint: ok" in res.output
+    # a memo that was fooled (it matches the damaged file's stamp) must not stop --verify from hashing
+    placed.write_bytes(data[:-1] + b"X")
+    W._verified_db().write_text(json.dumps({str(placed.resolve()): W._stamp(placed, wf)}))
+    assert resolve_file(MODELS["test-model"], "checkpoint") == placed  # the memo alone is trusted ...
+    res = CliRunner().invoke(app, ["models", "--verify", "--json"])
+    assert res.exit_code == 1, res.output  # ... --verify is not
+    report = json.loads(res.output)
+    assert report["mismatches"] == 1
+    assert report["models"]["test-model"]["checkpoint"]["outcome"].startswith("mismatch: checksum mismatch")
+
+
 # --------------------------------------------------------------------------- missing-weights messages
 
 

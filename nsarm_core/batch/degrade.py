@@ -9,7 +9,10 @@ root (:func:`image_seed`), so an output depends neither on the order of the file
 the other images: the same seed gives byte-identical files. Layout under ``out_dir``: ``lr/<path>.png`` (8-bit),
 ``lr/<path>.json`` (the sampled parameters, the seeds, the source), ``hr/<path>.png`` when the HR is written
 (``crop`` or ``save_hr``), and ``manifest.json`` describing the run. Existing outputs are skipped unless
-``overwrite``; an image that cannot be read or degraded is recorded as failed and the batch goes on.
+``overwrite`` when they are complete (decodable images and a readable sidecar; an empty or broken file is made
+again, a folder in the way is an error); an image that cannot be read or degraded, or whose output name another
+source already takes (``photo.bmp`` and ``photo.tiff`` -> ``lr/photo.png``), is recorded as failed and the
+batch goes on.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import torch
 
 from nsarm_core import __version__
 from nsarm_core.atomic import atomic_write_text
-from nsarm_core.batch.outputs import check_output_folder, write_error
+from nsarm_core.batch.outputs import output_state
+from nsarm_core.batch.write_checks import check_output_folder, write_error
 from nsarm_core.data import degrade as deg
-from nsarm_core.data.files import ensure_not_input, output_path_for
+from nsarm_core.data.files import ensure_not_input, output_path_for, path_key
 from nsarm_core.data.io import DEFAULT_MAX_PIXELS, Image, read_image, to_tensor, write_image
 from nsarm_core.errors import ConfigError, InputError, NSARMError
 
@@ -119,6 +123,16 @@ class DegradeReport:
         rate = round(self.counts["done"] / self.seconds, 3) if self.seconds > 0 else None
         return {"out_dir": str(self.out_dir), "manifest": str(self.manifest_path), "counts": self.counts,
                 "failures": self.failures, "elapsed_s": round(self.seconds, 3), "images_per_s": rate}  # fmt: skip
+
+
+def _finished(path: Path) -> bool:
+    """A complete output: a decodable image (:func:`output_state`), or a sidecar that reads as a JSON object."""
+    if path.suffix != ".json":
+        return output_state(path)[0] == "complete"
+    try:
+        return path.is_file() and isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _relative(src: Path, root: Path) -> str:
@@ -229,6 +243,7 @@ def degrade_files(
     entries: list[dict[str, Any]] = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
     failures: list[dict[str, str]] = []
+    claimed: dict[str, Path] = {}  # LR output key -> the source that writes it
     start = time.perf_counter()
     for index, src in enumerate(sources):
         rel = _relative(src, root)
@@ -242,13 +257,26 @@ def degrade_files(
                                  "sidecar": paths["json"].relative_to(out_dir).as_posix(),
                                  "hr": paths["hr"].relative_to(out_dir).as_posix() if options.writes_hr else None}  # fmt: skip
         needed = [paths["lr"], paths["json"]] + ([paths["hr"]] if options.writes_hr else [])
-        if not options.overwrite and all(p.exists() for p in needed):
+        owner = claimed.setdefault(path_key(paths["lr"]), src)
+        if owner != src:  # photo.bmp and photo.tiff both make lr/photo.png: neither is silently dropped
+            message = (
+                f"output '{paths['lr']}' is also the output of '{owner}' (same name); rename one of them"
+            )
+            counts["failed"] += 1
+            failures.append({"source": str(src), "error": message})
+            entries.append(entry | {"status": "failed", "error": message})
+            logger.warning("failed %s: %s", src, message)
+        elif not options.overwrite and all(_finished(p) for p in needed):
             counts["skipped"] += 1
             entries.append(entry | {"status": "skipped"})
         else:
             try:
                 for p in needed:
                     ensure_not_input(p, sources)
+                    if p.is_dir() or output_state(p)[0] == "blocked":
+                        raise InputError(
+                            f"output '{p}' is a folder or special file; remove it or choose another output folder"
+                        )
                     p.parent.mkdir(parents=True, exist_ok=True)
                 _degrade_one(src, rel, paths, cfg, options, out_dir)
                 counts["done"] += 1

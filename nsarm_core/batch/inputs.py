@@ -1,37 +1,129 @@
 """Input planning of a batch: which files, where their outputs go, which process takes them.
 
 Not a paper component. Inputs are files, folders (recursive) and glob patterns; the output mirrors each input
-folder's sub-folders; outputs of an earlier run that sit inside an input folder are not taken as new inputs;
-an output is never written over an input; under ``accelerate launch`` every process takes every
-``world``-th file (:func:`shard`).
+folder's sub-folders, and with several input folders each one under its own name (``dirA/x.png`` ->
+``out/dirA/x.png``), so same-named files of different folders never collide; outputs of an earlier run that
+sit inside an input folder are not taken as new inputs; an output is never written over an input; under
+``accelerate launch`` every process takes every ``world``-th file (:func:`shard`).
+
+Output names: an output path ending in an image extension names the one output file of a single input file
+(:func:`output_file_mode`, as ``realesrgan-ncnn-vulkan -o result.png`` does); otherwise it is a folder. With no
+name suffix given, outputs written next to their inputs get ``_x<scale>`` (``photo_x4.png``) and outputs in a
+separate folder keep the input's name (:func:`resolve_name_suffix`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from nsarm_core.data.files import collect_images, ensure_not_input, output_path_for, path_key
+from nsarm_core.data.io import SUPPORTED_SUFFIXES
 from nsarm_core.errors import ConfigError, missing_extra
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchItem", "InputGuard", "plan_inputs", "shard", "detect_world"]
+__all__ = [
+    "BatchItem",
+    "InputGuard",
+    "plan_inputs",
+    "output_for",
+    "output_file_mode",
+    "resolve_name_suffix",
+    "shard",
+    "detect_world",
+]
 
 _GLOB_CHARS = frozenset("*?[")
+_AUTO_SUFFIXED = re.compile(r"^(?P<stem>.+)_x\d+(\.\d+)?$")  # names resolve_name_suffix gives (photo_x4)
 
 
 @dataclass(frozen=True)
 class BatchItem:
-    """One input file and the folder whose layout its output mirrors (None for a file given directly)."""
+    """One input file, the folder whose layout its output mirrors (None for a file given directly), and the
+    sub-folder of the output folder its outputs go to (the input folder's name when there are several)."""
 
     src: Path
     root: Path | None
     explicit: bool
+    prefix: str = ""
+
+
+def output_for(item: BatchItem, out_dir: str | os.PathLike[str], *, ext: str, name_suffix: str) -> Path:
+    """The output path of ``item``: ``out_dir / prefix / <sub-folders below its root> / <stem><name_suffix>
+    <suffix>`` (``ext="same"`` keeps the input's suffix)."""
+    return output_path_for(
+        item.src,
+        item.root,
+        Path(out_dir) / item.prefix,
+        suffix=None if ext == "same" else f".{ext}",
+        name_suffix=name_suffix,
+    )
+
+
+def output_file_mode(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> bool:
+    """True when ``out`` names one output file: it ends in an image extension and is not an existing folder.
+
+    Raises:
+        ConfigError: ``out`` names a file but the inputs are not exactly one image file.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in SUPPORTED_SUFFIXES or out.is_dir():
+        return False
+    files = collect_images(inputs, report_skipped=False, keep_broken_links=True)
+    if len(files) != 1 or not Path(os.fspath(inputs[0])).is_file():
+        given = f"{len(files)} images" if len(files) != 1 else "a folder or pattern"
+        raise ConfigError(
+            f"-o '{out}' ends in an image extension, so it names one output file, but the inputs are {given}; "
+            f"give an output folder instead (e.g. -o {out.with_suffix('')})"
+        )
+    return True
+
+
+def resolve_name_suffix(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    name_suffix: str | None,
+    scale: float,
+) -> str:
+    """``name_suffix`` itself, or for None: ``_x<scale>`` (``_x4``, ``_x1.5``) when the outputs would be written
+    next to their inputs (``out_dir`` is an input folder, a pattern's folder or an input file's folder), else
+    ``""`` (a separate output folder keeps the input names)."""
+    if name_suffix is not None:
+        return name_suffix
+    out_key = path_key(out_dir)
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            folder = path
+        elif path.is_file():
+            folder = path.parent
+        elif _GLOB_CHARS & set(text):
+            folder = _glob_root(text)
+        else:
+            continue
+        if path_key(folder) == out_key:
+            return f"_x{float(scale):g}"
+    return ""
+
+
+def _folder_prefixes(roots: Sequence[Path]) -> dict[str, str]:
+    """Sub-folder name per input folder (by :func:`path_key`) when there are several: the folder's name, or its
+    path below the folders' common parent where two folders share a name (``a/photos``, ``b/photos``)."""
+    unique = list({path_key(r): r.resolve() for r in roots}.items())
+    if len(unique) < 2:
+        return {}
+    names = [r.name for _, r in unique]
+    if len(set(names)) == len(names) and all(names):
+        return dict(zip([k for k, _ in unique], names, strict=True))
+    common = Path(os.path.commonpath([str(r) for _, r in unique]))
+    return {k: r.relative_to(common).as_posix() or r.name for k, r in unique}
 
 
 def _glob_root(pattern: str) -> Path:
@@ -59,18 +151,22 @@ def plan_inputs(
     *,
     ext: str = "same",
     name_suffix: str = "",
+    report_skipped: bool = True,
 ) -> tuple[list[BatchItem], list[Path]]:
     """Expand ``inputs`` (files, folders, globs) into batch items, leaving out earlier outputs.
 
     Files found in folders or by patterns are dropped when they are outputs of an earlier run: files below
-    ``out_dir`` when ``out_dir`` lies inside the input folder, and files at the output path of another input
-    (e.g. ``a_x4.png`` next to ``a.png`` with ``name_suffix="_x4"``). Files named directly are always kept.
+    ``out_dir`` when ``out_dir`` lies inside the input folder, files at the output path of another input
+    (e.g. ``a_x4.png`` next to ``a.png`` with ``name_suffix="_x4"``), and files named like the automatic
+    suffix's outputs of another input of their folder (``a_x2.png`` next to ``a.jpg``). Files named directly
+    are always kept.
 
     Args:
         inputs: what the user gave.
         out_dir: the output folder.
         ext: the output format (see :data:`OUTPUT_EXTS`), used to recognise earlier outputs.
         name_suffix: the output name suffix, used likewise.
+        report_skipped: name each file left out in the log (False for a second plan of the same inputs).
 
     Returns:
         ``(items, excluded)``: the items in order (de-duplicated) and the excluded earlier outputs.
@@ -91,16 +187,19 @@ def plan_inputs(
             root = _glob_root(text)
         else:
             root = None  # collect_images raises the "not found" error
-        for src in collect_images([text]):
+        for src in collect_images([text], keep_broken_links=True, report_skipped=report_skipped):
             seen.setdefault(path_key(src), BatchItem(src=src, root=root, explicit=root is None))
-    items = list(seen.values())
+    prefixes = _folder_prefixes([it.root for it in seen.values() if it.root is not None])
+    items = [
+        replace(it, prefix=prefixes.get(path_key(it.root), "")) if it.root is not None else it
+        for it in seen.values()
+    ]
 
+    stems = {(path_key(it.src.parent), it.src.stem) for it in items}
     planned: set[str] = set()
     for it in items:
-        for suffix in {None if ext == "same" else f".{ext}", ".png"}:
-            planned.add(
-                path_key(output_path_for(it.src, it.root, out_dir, suffix=suffix, name_suffix=name_suffix))
-            )
+        for fmt in {ext, "png"}:
+            planned.add(path_key(output_for(it, out_dir, ext=fmt, name_suffix=name_suffix)))
     kept: list[BatchItem] = []
     excluded: list[Path] = []
     for it in items:
@@ -111,20 +210,19 @@ def plan_inputs(
             and _is_below(out_resolved, it.root.resolve())
             and _is_below(src_resolved, out_resolved)
         )
-        own_output = path_key(
-            output_path_for(
-                it.src, it.root, out_dir, suffix=None if ext == "same" else f".{ext}", name_suffix=name_suffix
-            )
-        ) == path_key(it.src)
-        earlier_output = path_key(it.src) in planned and not own_output
+        own_output = path_key(output_for(it, out_dir, ext=ext, name_suffix=name_suffix)) == path_key(it.src)
+        # photo_x4.png next to photo.jpg: an output of the automatic suffix (resolve_name_suffix)
+        auto = _AUTO_SUFFIXED.match(it.src.stem)
+        earlier_output = (path_key(it.src) in planned and not own_output) or (
+            auto is not None and (path_key(it.src.parent), auto["stem"]) in stems
+        )
         if not it.explicit and (inside_out or earlier_output):
             excluded.append(it.src)
         else:
             kept.append(it)
-    if excluded:
-        logger.info(
-            "left out %d earlier output(s) found among the inputs (e.g. '%s')", len(excluded), excluded[0]
-        )
+    if report_skipped:  # named one by one at -v, like every other file a scan leaves out
+        for path in excluded:
+            logger.info("skipped '%s': an output of an earlier run", path)
     return kept, excluded
 
 

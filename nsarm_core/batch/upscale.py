@@ -6,8 +6,10 @@ and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs
 
 * **inputs**: planned by :mod:`nsarm_core.batch.inputs` (files, folders, glob patterns; sub-folders mirrored);
 * **safety**: an input is never overwritten (a per-file refusal); writes are atomic (``write_image``), existing
-  outputs are skipped unless ``overwrite``, so an interrupted batch is finished by running it again, and
-  temporary files left by a killed run are removed when their output is redone;
+  outputs are skipped unless ``overwrite`` when they are complete and were made with this run's settings
+  (:mod:`nsarm_core.batch.outputs`: other settings stop the run naming the setting), so an interrupted batch is
+  finished by running it again, and temporary files left by a killed run are removed when their output is
+  redone;
 * **errors**: a file that cannot be read or upscaled is recorded as failed and the batch goes on;
 * **fidelity to the file**: alpha is kept (upscaled separately with bicubic and re-attached: the model only sees
   RGB), 16-bit files stay 16-bit, gray files stay gray (the luma of the RGB result), EXIF and ICC are carried
@@ -35,24 +37,40 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nsarm_core.batch.inputs import BatchItem, InputGuard, plan_inputs, shard
+from nsarm_core.batch.inputs import (
+    BatchItem,
+    InputGuard,
+    output_file_mode,
+    output_for,
+    plan_inputs,
+    resolve_name_suffix,
+    shard,
+)
 from nsarm_core.batch.outputs import (
+    OutputRecords,
+    output_settings,
+    output_state,
+    settings_differences,
+    weights_identity,
+)
+from nsarm_core.batch.tiled import TiledUpscaler, accepts_on_tile, count_windows
+from nsarm_core.batch.write_checks import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     check_output_budget,
     check_output_folder,
     write_error,
 )
-from nsarm_core.batch.tiled import TiledUpscaler, accepts_on_tile, count_windows
 from nsarm_core.data.captions import CaptionIndex
-from nsarm_core.data.files import output_path_for, path_key
+from nsarm_core.data.files import path_key
 from nsarm_core.data.io import (
     DEFAULT_MAX_PIXELS,
+    SUPPORTED_SUFFIXES,
     Image,
     from_tensor,
     read_image,
@@ -199,6 +217,13 @@ def load_upscaler(
     name = str(model)
     if fidelity is not None and (name in INTERPOLATION_MODES or name in PEER_MODELS):
         raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
+    # Weight options the chosen model has no use for are refused: silently ignoring them hides a wrong --model.
+    unused = {"--weights": weights, "--vae-weights": vae_weights, "--text-encoder": text_encoder}
+    if name in PEER_MODELS:
+        unused.pop("--weights")
+    given = [opt for opt, value in unused.items() if value is not None]
+    if given and (name in INTERPOLATION_MODES or name in PEER_MODELS):
+        raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
     if name in INTERPOLATION_MODES:
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
         baseline = InterpolationUpscaler(name, scale=native)
@@ -241,8 +266,10 @@ class UpscaleOptions:
         scale: output factor > 0. The upscaler's native factor is used as is; any other factor resizes its
             output with bicubic (antialiased when shrinking).
         ext: output format, one of :data:`OUTPUT_EXTS`; ``same`` keeps the input's suffix.
-        name_suffix: appended to each output file's stem (e.g. ``_x4``).
-        overwrite: redo outputs that already exist (they are skipped otherwise).
+        name_suffix: appended to each output file's stem (e.g. ``_x4``); None: ``_x<scale>`` when the outputs
+            go next to their inputs, else nothing (:func:`~nsarm_core.batch.inputs.resolve_name_suffix`).
+        overwrite: redo outputs that already exist (they are skipped otherwise, when complete and made with
+            the same settings).
         keep_metadata: carry EXIF and the ICC profile into the outputs.
         quality: JPEG / WebP quality 1-100.
         max_pixels: refuse inputs larger than this many pixels (decompression bombs); None or 0: no limit.
@@ -257,7 +284,7 @@ class UpscaleOptions:
 
     scale: float = 4.0
     ext: str = "same"
-    name_suffix: str = ""
+    name_suffix: str | None = None
     overwrite: bool = False
     keep_metadata: bool = True
     quality: int = 95
@@ -274,7 +301,7 @@ class UpscaleOptions:
             raise ConfigError(f"scale must be a number > 0 (e.g. 4, 2, 1.5); got {self.scale!r}")
         if self.ext not in OUTPUT_EXTS:
             raise ConfigError(f"unknown output format {self.ext!r}; use one of {', '.join(OUTPUT_EXTS)}")
-        if "/" in self.name_suffix or os.sep in self.name_suffix:
+        if self.name_suffix is not None and ("/" in self.name_suffix or os.sep in self.name_suffix):
             raise ConfigError(f"name suffix {self.name_suffix!r} must not contain a path separator")
         if not 1 <= self.quality <= 100:
             raise ConfigError(f"quality must be in 1..100; got {self.quality}")
@@ -405,6 +432,8 @@ def output_suffix_for(src: Path, image: Image, ext: str) -> tuple[str, str | Non
     JPEG, WebP or BMP; alpha into JPEG or BMP) becomes PNG, so nothing is silently lost.
     """
     suffix = src.suffix if ext == "same" else f".{ext}"
+    if suffix.lower() not in SUPPORTED_SUFFIXES:  # an image found by its content, without an image suffix
+        suffix = ".png"
     lacks = []
     if image.bit_depth == 16 and suffix.lower() not in _HOLDS_16BIT:
         lacks.append("16-bit samples")
@@ -542,43 +571,59 @@ def upscale_files(
     on_progress: Callable[[int, int, ImageRecord], None] | None = None,
     on_plan: Callable[[list[int]], None] | None = None,
     on_window: Callable[[int, Path, int, int], None] | None = None,
+    weights_id: str | None = None,
 ) -> BatchReport:
     """Upscale every image of ``inputs`` into ``out_dir``; one failed image does not stop the batch.
 
     For each file of this process's share (:func:`shard` with ``options.rank`` / ``world_size``): plan the
     output (``out_dir`` / sub-folders below the input folder / stem + ``name_suffix`` + suffix), refuse it if it
-    is an input, skip it if it exists (unless ``overwrite``), read the image (``max_pixels`` guard), pick the
-    prompt, :func:`upscale_image`, and write it atomically. A ``KeyboardInterrupt`` stops the batch at once;
-    everything written so far is complete and the next run skips it.
+    is an input, skip it if it is complete and was made with this run's settings (unless ``overwrite``), read
+    the image (``max_pixels`` guard), pick the prompt, :func:`upscale_image`, write it atomically and record its
+    settings. A ``KeyboardInterrupt`` stops the batch at once; everything written so far is complete and the
+    next run skips it. ``out_dir`` ending in an image extension names the one output file of a single input.
 
-    Before any image is upscaled, the output folder is checked to be writable and every image to be done is
-    sized from its header: an output over ``max_output_pixels`` refuses the whole batch, and the sizes give
-    the window totals of the progress (``on_plan``) and the size of skipped files in the report.
+    Before any image is upscaled, the output folder is checked to be writable, existing outputs made with other
+    settings refuse the run, and every image to be done is sized from its header: an output over
+    ``max_output_pixels`` refuses the whole batch, and the sizes give the window totals of the progress
+    (``on_plan``) and the size of skipped files in the report.
 
     Args:
         upscaler: the model or baseline (:class:`Upscaler`).
         inputs: files, folders and glob patterns.
-        out_dir: the output folder (created when needed).
+        out_dir: the output folder (created when needed), or the output file of a single input.
         options: see :class:`UpscaleOptions`.
         on_progress: called after each file as ``on_progress(done, total, record)``.
         on_plan: called once before the first file with the number of model windows of each file of this
             process's share, in order (0 for files that will be skipped or whose size is unknown).
         on_window: called after each model window as ``on_window(file index, file, windows done, windows
             total)``.
+        weights_id: the identity of the upscaler's weights
+            (:func:`~nsarm_core.batch.outputs.weights_identity`), recorded with each output.
 
     Returns:
         The :class:`BatchReport` (``exit_code`` 1 when any image failed).
 
     Raises:
         InputError: an input that does not exist or has no images (nothing is processed).
-        ConfigError: an unwritable output folder or an output over ``max_output_pixels`` (nothing is
-            processed); the upscaler's errors for the whole run (also WeightsNotFoundError, MissingExtraError).
+        ConfigError: an unwritable output folder, an output over ``max_output_pixels``, existing outputs made
+            with other settings (without ``overwrite``), or ``out_dir`` naming one output file (an image
+            extension) for several inputs: nothing is processed. The upscaler's errors for the whole run (also
+            WeightsNotFoundError, MissingExtraError).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    items, excluded, mine, planned = _plan(inputs, out_dir, options)
-    guard = InputGuard([it.src for it in items])
-    sizes, todo = preflight(mine, planned, out_dir, options)
+    plan = _plan(inputs, out_dir, options)
+    options, folder, mine, planned = plan.options, plan.folder, plan.mine, plan.planned
+    guard = InputGuard([it.src for it in plan.items])
+    resume = _Resume(
+        OutputRecords(folder),
+        output_settings(upscaler, scale=options.scale, seed=options.seed, weights=weights_id),
+    )
+    sizes, todo = preflight(
+        mine, planned, folder, options, is_done=lambda out: resume.state(out)[0] == "complete"
+    )
+    if not options.overwrite:
+        resume.check_all(planned, folder)
     if options.scale < 1:
         logger.warning(
             "--scale %g makes the outputs smaller than the inputs: the model still upscales x%d and the "
@@ -602,7 +647,9 @@ def upscale_files(
         if on_window is not None:
             on_tile = lambda done, total, i=index, src=item.src: on_window(i, src, done, total)  # noqa: E731
         try:
-            record.status = _process_one(upscaler, item, out, options, guard, claimed, record, on_tile)
+            record.status = _process_one(
+                upscaler, item, out, options, guard, claimed, record, resume, on_tile
+            )
         except _FATAL_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch; the reason is recorded
@@ -619,26 +666,62 @@ def upscale_files(
         upscaler=upscaler.name,
         options=options,
         out_dir=out_dir,
-        total_inputs=len(items),
-        excluded=excluded,
+        total_inputs=len(plan.items),
+        excluded=plan.excluded,
         seconds=time.perf_counter() - start,
     )
 
 
+@dataclass(frozen=True)
+class _BatchPlan:
+    """What a batch will do, decided before any work.
+
+    Attributes:
+        options: the run's options with the name suffix resolved (``_x<scale>`` next to the inputs).
+        folder: the folder the outputs go below: ``out_dir``, or its parent when ``out_dir`` names the one
+            output file of a single input (:func:`~nsarm_core.batch.inputs.output_file_mode`).
+        items: every input file; excluded: earlier outputs found among the inputs and left out.
+        mine: this process's share of ``items``; planned: their output paths, in order.
+    """
+
+    options: UpscaleOptions
+    folder: Path
+    items: list[BatchItem]
+    excluded: list[Path]
+    mine: list[BatchItem]
+    planned: list[Path]
+
+
 def _plan(
-    inputs: Sequence[str | os.PathLike[str]], out_dir: Path, options: UpscaleOptions
-) -> tuple[list[BatchItem], list[Path], list[BatchItem], list[Path]]:
-    """``(all items, excluded earlier outputs, this process's items, their planned outputs)``."""
-    items, excluded = plan_inputs(inputs, out_dir, ext=options.ext, name_suffix=options.name_suffix)
-    mine = shard(items, options.rank, options.world_size)
-    planned = [
-        output_path_for(
-            it.src, it.root, out_dir, suffix=None if options.ext == "same" else f".{options.ext}",
-            name_suffix=options.name_suffix,
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: Path,
+    options: UpscaleOptions,
+    *,
+    report_skipped: bool = True,
+) -> _BatchPlan:
+    """Plan the inputs and their outputs (see :class:`_BatchPlan`); ``report_skipped``: name the files a scan
+    leaves out in the log (False for :func:`check_batch`, so a run names them once).
+
+    Raises:
+        InputError: a missing input or one without images.
+        ConfigError: ``out_dir`` names one output file for several inputs, or a format other than ``--ext``.
+    """
+    single = output_file_mode(inputs, out_dir)
+    folder = out_dir.parent if single else out_dir
+    if single and options.ext not in ("same", out_dir.suffix.lower().lstrip(".")):
+        raise ConfigError(
+            f"-o '{out_dir}' names a {out_dir.suffix} file but --ext is {options.ext}; drop one"
         )
-        for it in mine
-    ]  # fmt: skip
-    return items, excluded, mine, planned
+    suffix = "" if single else resolve_name_suffix(inputs, out_dir, options.name_suffix, options.scale)
+    options = replace(options, name_suffix=suffix)
+    items, excluded = plan_inputs(
+        inputs, folder, ext=options.ext, name_suffix=suffix, report_skipped=report_skipped
+    )
+    mine = shard(items, options.rank, options.world_size)
+    planned = (
+        [out_dir] if single else [output_for(it, out_dir, ext=options.ext, name_suffix=suffix) for it in mine]
+    )
+    return _BatchPlan(options, folder, items, excluded, mine, planned)
 
 
 def check_batch(
@@ -646,18 +729,35 @@ def check_batch(
 ) -> None:
     """What :func:`upscale_files` checks before any work, without an upscaler: call it before loading a model.
 
+    Existing outputs are taken as kept here (only :func:`upscale_files` knows the settings that decide it), so
+    an incomplete existing output over the budget is refused by :func:`upscale_files` instead.
+
     Raises:
         InputError: a missing input or one without images.
-        ConfigError: an unwritable output folder, or an output over ``options.max_output_pixels``.
+        ConfigError: an unwritable output folder (an existing file at ``out_dir``, unless it names the output
+            file of one input), an output over ``options.max_output_pixels``, or ``out_dir`` naming one output
+            file for several inputs.
     """
-    _, _, mine, planned = _plan(inputs, Path(out_dir), options)
-    preflight(mine, planned, Path(out_dir), options)
+    plan = _plan(inputs, Path(out_dir), options, report_skipped=False)
+    preflight(plan.mine, plan.planned, plan.folder, plan.options)
 
 
 def preflight(
-    items: Sequence[BatchItem], planned: Sequence[Path], out_dir: Path, options: UpscaleOptions
+    items: Sequence[BatchItem],
+    planned: Sequence[Path],
+    out_dir: Path,
+    options: UpscaleOptions,
+    *,
+    is_done: Callable[[Path], bool] | None = None,
 ) -> tuple[list[tuple[int, int] | None], list[bool]]:
     """The checks made once before any work: the output folder is writable, no output is over budget.
+
+    Args:
+        items: the files to upscale; planned: their output paths.
+        out_dir: the folder the outputs go below (the parent of a single output file).
+        options: the run's options (``overwrite``, ``scale``, ``max_output_pixels``).
+        is_done: whether the output at a path is kept without ``overwrite`` (default: it exists;
+            :func:`upscale_files` passes the resume rule: it is complete).
 
     Returns:
         ``(sizes, todo)``: each item's ``(width, height)`` from its header (None when unreadable; reading it
@@ -667,8 +767,9 @@ def preflight(
         ConfigError: an unwritable output folder, or an output over ``options.max_output_pixels``.
     """
     check_output_folder(out_dir)
+    done = is_done if is_done is not None else Path.exists
     sizes = [read_image_size(it.src) for it in items]
-    todo = [options.overwrite or not out.exists() for out in planned]
+    todo = [options.overwrite or not done(out) for out in planned]
     check_output_budget(
         ((it.src, size) for it, size, do in zip(items, sizes, todo, strict=True) if do and size is not None),
         options.scale,
@@ -677,14 +778,80 @@ def preflight(
     return sizes, todo
 
 
+@dataclass
+class _Resume:
+    """The resume rule: an existing output is done only when complete and made with ``settings``."""
+
+    records: OutputRecords
+    settings: dict[str, Any]
+    states: dict[str, tuple[str, str | None]] = field(
+        default_factory=dict
+    )  # output key -> output_state, once
+    unrecorded: int = 0
+
+    def state(self, out: Path) -> tuple[str, str | None]:
+        key = path_key(out)
+        if key not in self.states:
+            self.states[key] = output_state(out)
+        return self.states[key]
+
+    def differences(self, out: Path) -> list[str]:
+        recorded = self.records.get(out)
+        return [] if recorded is None else settings_differences(recorded, self.settings)
+
+    def check_all(self, planned: Sequence[Path], folder: Path) -> None:
+        """Refuse the run, before any work, when complete outputs were made with other settings."""
+        stale = [out for out in planned if self.state(out)[0] == "complete" and self.differences(out)]
+        if stale:
+            raise ConfigError(
+                f"{len(stale)} existing output(s) in '{folder}' were made with other settings "
+                f"({'; '.join(self.differences(stale[0]))}; e.g. '{stale[0]}'): use --overwrite to redo them, "
+                f"or choose another output folder"
+            )
+
+    def skip(self, out: Path, record: ImageRecord, overwrite: bool) -> bool:
+        """True when ``out`` already holds this run's output (skip it); notes what is made again and why.
+
+        Raises:
+            InputError: a folder or special file is in the way, or (without ``overwrite``) the output was made
+                with other settings.
+        """
+        state, reason = self.state(out)
+        if state == "blocked":
+            raise InputError(f"output '{out}' {reason}; remove it or choose another output folder")
+        if overwrite:
+            return False
+        if state == "incomplete":
+            record.notes.append(f"the existing output was {reason}; made again")
+            logger.warning("'%s': the existing output was %s; making it again", out, reason)
+            return False
+        if state == "absent":
+            return False
+        differences = self.differences(out)
+        if differences:
+            raise InputError(
+                f"output '{out}' was made with other settings ({'; '.join(differences)}); use --overwrite"
+            )
+        if self.records.get(out) is None:
+            record.notes.append("its settings were not recorded (made by an older nsarm or another tool)")
+            if self.unrecorded == 0:
+                logger.warning(
+                    "'%s' exists without recorded settings (made by an older nsarm or another tool): kept; "
+                    "--overwrite makes such outputs again",
+                    out,
+                )
+            self.unrecorded += 1
+        return True
+
+
 def _claim(out: Path, src: Path, guard: InputGuard, claimed: dict[str, Path]) -> None:
     """Refuse ``out`` if it is an input, or if another input of this run already writes it."""
     guard.check(out)
     owner = claimed.setdefault(path_key(out), src)
     if owner != src:
         raise InputError(
-            f"output '{out}' is also the output of '{owner}' (same name); use --suffix, keep the inputs in "
-            f"separate folders or rename one"
+            f"output '{out}' is also the output of '{owner}' (same name); rename one of them, or write them "
+            f"to different output folders"
         )
 
 
@@ -696,11 +863,16 @@ def _process_one(
     guard: InputGuard,
     claimed: dict[str, Path],
     record: ImageRecord,
+    resume: _Resume,
     on_tile: Callable[[int, int], None] | None = None,
 ) -> str:
     """Plan, check, read, upscale and write one file; returns its status (errors propagate to the caller)."""
     _claim(out, item.src, guard, claimed)
-    if out.exists() and not options.overwrite:
+    if item.src.is_symlink() and not item.src.exists():
+        raise InputError(
+            f"'{item.src}' is a symbolic link to '{os.readlink(item.src)}', which does not exist"
+        )
+    if resume.skip(out, record, options.overwrite):
         return "skipped"
     image = read_image(item.src, max_pixels=options.max_pixels)
     record.size_in = (image.width, image.height)
@@ -711,7 +883,7 @@ def _process_one(
         record.notes.append(note)
         logger.warning("'%s': %s", item.src, note)
         _claim(out, item.src, guard, claimed)
-        if out.exists() and not options.overwrite:
+        if resume.skip(out, record, options.overwrite):
             return "skipped"
     prompt, source, prompt_note = _prompt_for(item.src, options)
     if prompt_note is not None:
@@ -724,17 +896,19 @@ def _process_one(
     record.prompt = prompt if prompt is not None else result.settings.get("prompt")
     record.prompt_source = source
     record.seed, record.settings, record.timings = result.seed, dict(result.settings), dict(result.timings)
-    # overwrite=False unless asked: an output that appeared meanwhile (another process) is not clobbered.
+    # overwrite=False unless asked (or the file there is incomplete): an output that appeared meanwhile (another
+    # process) is not clobbered.
     try:
         write_image(
             out,
             upscaled,
             keep_metadata=options.keep_metadata,
             quality=options.quality,
-            overwrite=options.overwrite,
+            overwrite=options.overwrite or resume.state(out)[0] == "incomplete",
         )
     except OSError as exc:  # full disk, permissions, a file in the way: the file and the reason in words
         raise write_error(out, exc) from exc
+    resume.records.add(out, resume.settings)
     record.size_out = (upscaled.width, upscaled.height)
     return "done"
 
@@ -759,8 +933,10 @@ def run_model_on_folder(
         InputError: some images could not be upscaled (the message lists them).
     """
     upscaler = load_upscaler(model, scale=scale, device=device, dtype=dtype)
-    options = UpscaleOptions(scale=scale, seed=seed, ext="png")
-    report = upscale_files(upscaler, [Path(lr_dir)], Path(out_dir), options)
+    options = UpscaleOptions(scale=scale, seed=seed, ext="png", name_suffix="")
+    report = upscale_files(
+        upscaler, [Path(lr_dir)], Path(out_dir), options, weights_id=weights_identity(model)
+    )
     if report.failed:
         listed = "; ".join(f"{r.input.name}: {r.error}" for r in report.failed[:5])
         raise InputError(

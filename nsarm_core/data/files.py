@@ -5,13 +5,20 @@ any mix of image files, folders and glob patterns; :func:`collect_images` turns 
 de-duplicated list of image paths, :func:`output_path_for` mirrors each input's sub-folder under the output
 folder, and :func:`ensure_not_input` refuses an output that would overwrite one of the inputs.
 
-Hidden files and folders (name starting with ".") and the temporary files of :mod:`nsarm_core.data.io`'s
-atomic writes (``.name.tmp-<random>``, also hidden) are never collected from folders or patterns.
+What a folder (or pattern) contributes: every regular file that is an image this package reads, by its suffix
+(``.png .jpg .jpeg .webp .tif .tiff .bmp``) or, for other names (no extension, a wrong one), by its content
+(the format's signature in the first bytes), so ``IMG_0001`` saved without an extension is found. A symbolic
+link whose target is missing is an error instead of vanishing: for the whole list, or (``keep_broken_links``,
+the batch commands) for that file alone. Left
+out, each named with its reason in the log at ``-v``: hidden files and folders (name starting with "."), the
+temporary files of atomic writes and downloads, GIF files (not supported: convert them to PNG; also counted in
+one warning) and files that are not images.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,10 +26,82 @@ from pathlib import Path
 from nsarm_core.data.io import SUPPORTED_SUFFIXES
 from nsarm_core.errors import InputError
 
-__all__ = ["collect_images", "output_path_for", "ensure_not_input", "is_image_file", "path_key"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "collect_images",
+    "output_path_for",
+    "ensure_not_input",
+    "is_image_file",
+    "sniff_format",
+    "path_key",
+]
 
 _GLOB_CHARS = frozenset("*?[")
 _TEMP_MARKERS = (".tmp-", ".part", ".partial", ".crdownload")
+_READABLE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "TIFF", "BMP"})
+_GIF_ADVICE = "GIF is not supported (convert it to PNG, e.g. the first frame)"
+
+
+def sniff_format(path: Path) -> str | None:
+    """The image format a file's first bytes announce: PNG, JPEG, WEBP, TIFF, BMP or GIF; None otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[:2] == b"BM" and len(head) >= 14:
+        return "BMP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    return None
+
+
+def _skip_reason(path: Path) -> str | None:
+    """Why a file met in a folder or pattern is not an input ("" for a plain folder), or None to take it."""
+    name = path.name
+    if name.startswith("."):
+        return "hidden folder (not searched)" if path.is_dir() else "hidden file"
+    if path.is_symlink() and not path.exists():
+        return None  # taken: it fails as that file's error ("symbolic link to a missing file")
+    if path.is_dir():
+        return ""
+    if name.endswith("~") or any(marker in name for marker in _TEMP_MARKERS):
+        return "temporary or partial file"
+    if not path.is_file():
+        return "not a regular file"
+    if path.suffix.lower() in SUPPORTED_SUFFIXES:
+        return None
+    fmt = sniff_format(path)
+    if fmt in _READABLE_FORMATS:
+        return None
+    if fmt == "GIF":
+        return _GIF_ADVICE
+    return f"not an image this tool reads (suffix {path.suffix or '(none)'!r}, and its content is not {', '.join(sorted(_READABLE_FORMATS))})"
+
+
+def _take(paths: Iterable[Path], where: str, report: bool = True) -> list[Path]:
+    """The paths that are inputs; every other one is named in the log with its reason (when ``report``)."""
+    taken: list[Path] = []
+    gifs = 0
+    for path in paths:
+        reason = _skip_reason(path)
+        if reason is None:
+            taken.append(path)
+        elif reason and report:
+            logger.info("skipped '%s': %s", path, reason)
+            gifs += reason == _GIF_ADVICE
+    if gifs:
+        logger.warning("%d GIF file(s) in %s skipped: %s (-v lists them)", gifs, where, _GIF_ADVICE)
+    return taken
 
 
 def is_image_file(path: Path) -> bool:
@@ -38,9 +117,11 @@ def _hidden_below(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
+def _images_in_folder(folder: Path, recursive: bool, report: bool = True) -> list[Path]:
     candidates: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in candidates if not _hidden_below(p, folder) and is_image_file(p))
+    # entries inside a hidden folder are left out with it (the folder itself is named once)
+    visible = sorted(p for p in candidates if not _hidden_below(p.parent, folder))
+    return _take(visible, f"'{folder}'", report)
 
 
 def path_key(path: str | os.PathLike[str]) -> str:
@@ -49,7 +130,13 @@ def path_key(path: str | os.PathLike[str]) -> str:
     return os.path.normcase(str(Path(path).expanduser().resolve()))
 
 
-def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = True) -> list[Path]:
+def collect_images(
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    recursive: bool = True,
+    report_skipped: bool = True,
+    keep_broken_links: bool = False,
+) -> list[Path]:
     """Expand files, folders and glob patterns into a de-duplicated list of image files.
 
     * A file is taken as is; it must have a supported suffix.
@@ -65,6 +152,9 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool 
     Args:
         inputs: paths and/or patterns.
         recursive: descend into sub-folders of the given folders.
+        report_skipped: name each file left out in the log (False for a second scan of the same inputs).
+        keep_broken_links: return symbolic links whose target is missing (a batch reports them as that file's
+            failure and goes on); False refuses the whole list, naming the first one.
 
     Returns:
         The image paths, as given or found (not resolved).
@@ -78,7 +168,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool 
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            images = _images_in_folder(path, recursive)
+            images = _images_in_folder(path, recursive, report_skipped)
             if not images:
                 raise InputError(
                     f"no images found in folder '{path}' (looked for {', '.join(SUPPORTED_SUFFIXES)}"
@@ -86,19 +176,30 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool 
                 )
             found += images
         elif path.is_file():
-            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            fmt = None if path.suffix.lower() in SUPPORTED_SUFFIXES else sniff_format(path)
+            if fmt == "GIF":
+                raise InputError(f"'{path}': {_GIF_ADVICE}")
+            if path.suffix.lower() not in SUPPORTED_SUFFIXES and fmt not in _READABLE_FORMATS:
                 raise InputError(
                     f"not a supported image file: '{path}' (suffix {path.suffix or '(none)'!r}; "
-                    f"expected one of {', '.join(SUPPORTED_SUFFIXES)})"
+                    f"expected one of {', '.join(SUPPORTED_SUFFIXES)}, or such an image without the suffix)"
                 )
             found.append(path)
+        elif path.is_symlink():
+            raise InputError(f"'{path}' is a symbolic link to '{os.readlink(path)}', which does not exist")
         elif _GLOB_CHARS & set(text):
             images = []
-            for match in sorted(glob.glob(text, recursive=True)):
-                hit = Path(match)
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+            files = {
+                str(p)
+                for p in _take(
+                    [hit for hit in matches if not hit.is_dir()], f"pattern '{text}'", report_skipped
+                )
+            }
+            for hit in matches:
                 if hit.is_dir():
-                    images += _images_in_folder(hit, recursive)
-                elif is_image_file(hit):
+                    images += _images_in_folder(hit, recursive, report_skipped)
+                elif str(hit) in files:
                     images.append(hit)
             if not images:
                 raise InputError(f"pattern '{text}' matched no image files ({', '.join(SUPPORTED_SUFFIXES)})")
@@ -110,6 +211,12 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool 
     unique: dict[str, Path] = {}
     for path in found:
         unique.setdefault(path_key(path), path)
+    if not keep_broken_links:
+        for path in unique.values():
+            if path.is_symlink() and not path.exists():
+                raise InputError(
+                    f"'{path}' is a symbolic link to '{os.readlink(path)}', which does not exist"
+                )
     return list(unique.values())
 
 
@@ -150,6 +257,8 @@ def output_path_for(
             )
     if "/" in name_suffix or os.sep in name_suffix:
         raise InputError(f"name suffix {name_suffix!r} must not contain a path separator")
+    if new_suffix.lower() not in SUPPORTED_SUFFIXES:  # an image found by its content (no or another suffix)
+        new_suffix = ".png"
     relative_parent = Path()
     if input_root is not None:
         try:
@@ -174,6 +283,6 @@ def ensure_not_input(out: str | os.PathLike[str], inputs: Iterable[str | os.Path
             same = os.path.samefile(out, src)  # hard links, case-insensitive file systems
         if same:
             raise InputError(
-                f"output '{out}' would overwrite the input '{src}'; choose another output folder, "
-                f"suffix or name suffix"
+                f"output '{out}' would overwrite the input '{src}'; choose another output folder, or add "
+                f"a name suffix (nsarm upscale --suffix _x4)"
             )

@@ -14,6 +14,9 @@ here, so a new weight format or a better error message is added once.
   message, with the caller's hint on what to check.
 * **Model folders** (:func:`save_folder` / :func:`read_folder`): ``config.json`` (with a ``model_type``) plus
   ``model.safetensors``, both written atomically, the layout of every ``save_pretrained``/``from_pretrained``.
+  ``config.json`` records the weights' sha256 (``"sha256": {"model.safetensors": ...}``), which
+  :func:`read_folder` checks on every load; a folder whose ``config.json`` has no such entry (written before
+  it existed) is read unchecked.
 
 torch and safetensors are imported when a file is read, so the weight registry and ``nsarm models`` can use
 this module without importing torch.
@@ -23,6 +26,7 @@ Shape legend: none (file handling only); tensors are returned as stored, on CPU.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nsarm_core.atomic import atomic_open, atomic_write_text
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, refused_pickle
+from nsarm_core.errors import ChecksumError, ConfigError, InputError, WeightsNotFoundError, refused_pickle
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -42,6 +46,7 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "INDEX_NAME",
+    "SHA256_KEY",
     "load_state_dict",
     "weights_path",
     "read_weights",
@@ -57,6 +62,8 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+SHA256_KEY = "sha256"
+"""The ``config.json`` entry recording each weight file's sha256 (``{"model.safetensors": "<hex>"}``)."""
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
@@ -304,7 +311,8 @@ def count_parameters(model: nn.Module) -> int:
 def save_folder(
     directory: str | Path, state: Mapping[str, Tensor], config: Mapping[str, Any], *, model_type: str
 ) -> Path:
-    """Write ``config.json`` (``{"model_type": model_type, **config}``) and ``model.safetensors`` atomically.
+    """Write ``config.json`` (``{"model_type": model_type, **config, "sha256": {...}}``) and ``model.safetensors``
+    atomically; ``sha256`` records the weights file's hash, which :func:`read_folder` checks.
 
     The weights are written first: a folder whose ``config.json`` is present always has its weights.
     """
@@ -313,9 +321,11 @@ def save_folder(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    blob = save(tensors, metadata={"format": "pt", "model_type": model_type})
     with atomic_open(out / WEIGHTS_NAME) as handle:
-        handle.write(save(tensors, metadata={"format": "pt", "model_type": model_type}))
-    atomic_write_text(out / CONFIG_NAME, json.dumps({"model_type": model_type, **config}, indent=2) + "\n")
+        handle.write(blob)
+    body = {"model_type": model_type, **config, SHA256_KEY: {WEIGHTS_NAME: hashlib.sha256(blob).hexdigest()}}
+    atomic_write_text(out / CONFIG_NAME, json.dumps(body, indent=2) + "\n")
     return out
 
 
@@ -350,4 +360,39 @@ def read_folder(
     found = data.pop("model_type", model_type)
     if found != model_type:
         raise ConfigError(f"{cfg_path} describes a {found!r} model, not a {model_type!r} model")
+    recorded = _recorded_sha256(data.pop(SHA256_KEY, None), cfg_path)
+    expected = recorded.get(w_path.name) if w_path.resolve().parent == src.resolve() else None
+    if expected is not None:
+        _check_sha256(w_path, expected, cfg_path)
     return data, load_state_dict(w_path)
+
+
+def _check_sha256(path: Path, expected: str, cfg_path: Path) -> None:
+    """Hash ``path`` (streaming) and refuse it when it differs from the sha256 ``cfg_path`` records.
+
+    Hashed on every load: our folder models are small (nsarm-tiny's 24 MB take about 0.05 s), and the memo of
+    :mod:`nsarm_core.weights` belongs to the layer above this one.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ChecksumError(
+            f"checksum mismatch for {path}: expected sha256 {expected} (recorded in {cfg_path}), got "
+            f"{digest.hexdigest()}. The file is corrupt or was replaced: restore it or save the model again."
+        )
+
+
+def _recorded_sha256(value: Any, cfg_path: Path) -> dict[str, str]:
+    """The ``sha256`` entry of a folder's ``config.json`` (file name -> hex digest); absent: nothing to check."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+        for k, v in value.items()
+    ):
+        raise ConfigError(
+            f"{cfg_path}: '{SHA256_KEY}' must map weight file names to 64 lowercase hex digits, got {value!r}"
+        )
+    return value

@@ -361,14 +361,18 @@ class CFWRecipe:
         with state.main_process_first():  # the main process samples and writes; the others read its file
             cache = None
             if path.is_file():
-                from safetensors import safe_open
+                from safetensors import SafetensorError, safe_open
 
-                with safe_open(str(path), "pt") as f:
-                    same = (f.metadata() or {}).get("key") == key
-                if same:
-                    cache = load_file(str(path))
+                try:
+                    with safe_open(str(path), "pt") as f:
+                        same = (f.metadata() or {}).get("key") == key
+                    cache = load_file(str(path)) if same else None
+                except (SafetensorError, OSError) as exc:  # a damaged cache is only a cost: sample it again
+                    same = True
+                    logger.warning("latent cache: cannot read %s (%s); sampling it again", path, exc)
+                if cache is not None:
                     logger.info("latent cache: reusing %s (%d windows)", path, cache["hr"].shape[0])
-                else:
+                elif not same:
                     logger.info("latent cache: %s was made with other settings; sampling it again", path)
             if cache is None:
                 device = next(self.base.vae.decoder.parameters()).device
