@@ -4,8 +4,9 @@ It builds the official ``nsarm-8b`` geometry (Infinity-8B transformer: width 358
 patchify VAE; the transformation network; spec E.1) with seeded random weights in the dtypes ``SRPipeline``
 gives each part, and turns one 256x256 LR window into a 1024x1024 output through the whole pipeline
 (``SRPipeline.upscale_window``: VAE encoder, transformation network, the next-scale sampler with its KV cache over
-all 13 scales / 10,521 tokens, VAE decoder, colour fix). It reports the seconds of every stage and the peak
-memory of the two phases: sampling (encode, transformation net, AR scales: weights + KV cache + activations) and
+all 13 scales / 10,521 tokens, VAE decoder, colour fix). It reports the seconds of every stage (the pipeline's
+own wall clocks, and this process's CPU time between the modules that end the stages) and the peak memory of the
+two phases: sampling (encode, transformation net, AR scales: weights + KV cache + activations) and
 decoding (decoder + colour fix: weights + the 1024x1024 decoder activations; the KV cache is freed by then).
 
 * **Text.** Flan-T5-XL is not loaded. A synthetic text embedding of its output contract stands in for it
@@ -22,7 +23,9 @@ decoding (decoder + colour fix: weights + the 1024x1024 decoder activations; the
   (much slower, not representative). The 40 blocks need about 48 GB there (docs/memory.md), so the run keeps the
   full width and reduces the number of blocks (``--blocks 2,4``), one fresh process per block count (a clean
   peak RSS), and fits every stage's seconds and both phases' peaks linearly in the number of blocks to
-  extrapolate to the preset's depth (40). Peak memory is the process's peak RSS (``VmHWM``), reset between the
+  extrapolate to the preset's depth (40). The table shows the stages in CPU seconds: on a shared machine the
+  wall clock also counts other processes' turns, while one thread's CPU time is what the window costs alone
+  (the wall total is printed beside it). Peak memory is the process's peak RSS (``VmHWM``), reset between the
   phases through ``/proc/self/clear_refs`` (Linux).
 * **CUDA** (default when a GPU is visible): all 40 blocks in bf16, attention through PyTorch's
   ``scaled_dot_product_attention`` (as the model always calls it: fused kernels on CUDA), ``offload`` as
@@ -62,6 +65,7 @@ from nsarm_core.models.text_encoder import TextFeatures
 from nsarm_core.pipeline import DTYPES, SRPipeline
 
 STAGES = ("encode", "transform_net", "ar_scales", "decode", "color_fix")
+BLOCK_STAGES = ("ar_scales",)  # the stages that run the transformer's blocks
 CLOCKS = ("seconds", "cpu_seconds")  # the pipeline's wall clocks; this process's CPU time per stage
 MEMORY_KEYS = ("weights_gb", "peak_sampling_gb", "peak_decoding_gb")
 GB = 1e9  # docs/memory.md's unit
@@ -191,6 +195,13 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -217,9 +228,8 @@ def lr_window(size: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, size // 4, size // 4, generator=g)
     fine = torch.rand(1, 3, size, size, generator=g)
-    return (0.8 * nn.functional.interpolate(coarse, size=(size, size), mode="bilinear") + 0.2 * fine).clamp(
-        0, 1
-    )
+    smooth = nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")
+    return (0.8 * smooth + 0.2 * fine).clamp(0, 1)
 
 
 def measure(
@@ -312,9 +322,7 @@ def measure(
         "lr_size": list(config.lr_size),
         "hr_size": list(hr.shape[-2:]),
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
         "dtype": dtype,
         "offload": offload,
         "text_tokens": text_tokens if text is not None else None,
@@ -348,11 +356,14 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 
 def extrapolate(rows: Sequence[dict[str, Any]], depth: int) -> dict[str, Any] | None:
-    """The line in the number of blocks, and its value at ``depth``, of every stage's wall and CPU seconds (and
-    their totals) and of each memory figure.
+    """Per stage, its wall and CPU seconds as a line in the number of blocks and the line's value at ``depth``;
+    the same for each memory figure. None with fewer than two block counts.
 
-    The peak at ``depth`` is the larger of the two phases' extrapolated peaks (at few blocks the decoder's
-    activations dominate; at 40 the KV cache and the blocks' weights do). None with fewer than two block counts.
+    Only ``ar_scales`` runs the transformer's blocks, so only it is fitted; the other stages do not depend on the
+    number of blocks and take their mean (a line through two noisy points would multiply their noise by ten at
+    40 blocks). The total is the sum of the stages plus the mean time outside them. The weights, the KV cache and
+    so both phases' peaks are linear in the blocks; the peak at ``depth`` is the larger of the two phases' (at
+    few blocks the decoder's activations dominate, at 40 the KV cache and the blocks' weights do).
     """
     blocks = [r["blocks"] for r in rows]
     if len(set(blocks)) < 2:
@@ -362,32 +373,42 @@ def extrapolate(rows: Sequence[dict[str, Any]], depth: int) -> dict[str, Any] | 
         slope, intercept = linear_fit(blocks, ys)
         return {"per_block": slope, "intercept": intercept, "at_depth": slope * depth + intercept}
 
-    ext: dict[str, Any] = {"depth": depth, "from_blocks": blocks}
+    def constant(ys: Sequence[float]) -> dict[str, float]:
+        mean = sum(ys) / len(ys)
+        return {"per_block": 0.0, "intercept": mean, "at_depth": mean}
+
+    ext: dict[str, Any] = {"depth": depth, "from_blocks": blocks, "fitted_stages": list(BLOCK_STAGES)}
     for clock in CLOCKS:
-        ext[clock] = {k: line([r[clock][k] for r in rows]) for k in (*STAGES, "total")}
+        fits = {k: (line if k in BLOCK_STAGES else constant)([r[clock][k] for r in rows]) for k in STAGES}
+        outside = constant([r[clock]["total"] - sum(r[clock][k] for k in STAGES) for r in rows])
+        fits["total"] = {key: sum(f[key] for f in fits.values()) + outside[key] for key in outside}
+        ext[clock] = fits
     ext["memory"] = {k: line([r[k] for r in rows]) for k in MEMORY_KEYS}
     ext["peak_gb"] = max(ext["memory"][k]["at_depth"] for k in ("peak_sampling_gb", "peak_decoding_gb"))
     return ext
 
 
 def reference_figures(
-    rows: Sequence[dict[str, Any]], ext: dict[str, Any] | None, dtype: str, offload: bool
+    rows: Sequence[dict[str, Any]], ext: dict[str, Any] | None, dtype: str, offload: bool, clock: str
 ) -> dict[str, Any] | None:
-    """nsarm-8b's seconds per 1024x1024 output and peak memory at 40 blocks (measured when a row has all 40
-    blocks, else extrapolated), next to the paper's time and docs/memory.md's peak; None without either."""
+    """nsarm-8b's ``clock`` seconds per 1024x1024 output and its peak memory at 40 blocks (measured when a row has
+    all 40 blocks, else extrapolated), next to the paper's time and docs/memory.md's peak; None without either."""
     depth = get_preset("nsarm-8b").transformer.depth
     full = next((r for r in rows if r["blocks"] == depth), None)
     if full is not None:
-        how, seconds = "measured", {c: full[c]["total"] for c in CLOCKS}
-        peak = max(full["peak_sampling_gb"], full["peak_decoding_gb"])
+        how, seconds, peak = (
+            "measured",
+            full[clock]["total"],
+            max(full["peak_sampling_gb"], full["peak_decoding_gb"]),
+        )
     elif ext is not None:
-        how, seconds, peak = "extrapolated", {c: ext[c]["total"]["at_depth"] for c in CLOCKS}, ext["peak_gb"]
+        how, seconds, peak = "extrapolated", ext[clock]["total"]["at_depth"], ext["peak_gb"]
     else:
         return None
     return {
         "how": how,
-        "seconds_per_1024_output": seconds["seconds"],
-        "cpu_seconds_per_1024_output": seconds["cpu_seconds"],
+        "clock": clock,
+        "seconds_per_1024_output": seconds,
         "peak_gb": peak,
         "paper_seconds_a800": PAPER_SECONDS_A800,
         "memory_md_peak_gb": MEMORY_MD_PEAK_GB[(dtype, offload)],
@@ -402,9 +423,10 @@ def print_table(rows: Sequence[dict[str, Any]], ext: dict[str, Any] | None, cloc
         f"{'peak sampling GB':>16} {'peak decoding GB':>16}"
     )
 
-    def line(label: str, seconds: dict[str, float], wall: float, mem: Sequence[float]) -> None:
+    def line(label: str, seconds: dict[str, float], wall: float | None, mem: Sequence[float]) -> None:
+        walls = f"{wall:10.2f}" if wall is not None else f"{'-':>10}"
         print(
-            f"{label:>8} " + " ".join(f"{seconds[k]:13.2f}" for k in names) + f" {wall:10.2f} {mem[0]:10.2f} "
+            f"{label:>8} " + " ".join(f"{seconds[k]:13.2f}" for k in names) + f" {walls} {mem[0]:10.2f} "
             f"{mem[1]:16.2f} {mem[2]:16.2f}"
         )
 
@@ -413,7 +435,9 @@ def print_table(rows: Sequence[dict[str, Any]], ext: dict[str, Any] | None, cloc
     if ext is not None:
         for label, key in (("/block", "per_block"), (f"{ext['depth']} (fit)", "at_depth")):
             seconds = {k: ext[clock][k][key] for k in names}
-            line(label, seconds, ext["seconds"]["total"][key], [ext["memory"][k][key] for k in MEMORY_KEYS])
+            # A shared CPU's wall clock is not fitted: its runs differ by other processes' load, not by blocks.
+            wall = ext["seconds"]["total"][key] if clock == "seconds" else None
+            line(label, seconds, wall, [ext["memory"][k][key] for k in MEMORY_KEYS])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -444,6 +468,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights and text")
     p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="no run: the table and fits of the rows of an earlier --json-out",
+    )
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -477,6 +507,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(record))
         return 0
 
+    if args.from_json is not None:
+        payload = json.loads(args.from_json.read_text())
+        return report(payload["rows"], payload["meta"], args.json_out)
+    meta = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "preset": args.preset,
+        "device": device,
+        "dtype": dtype,
+        "offload": offload,
+        "warmup": warmup,
+        "repeats": repeats,
+        "threads": args.threads,
+        "seed": args.seed,
+        "text": "synthetic (no T5)",
+    }
     rows = []
     for n in blocks:  # a fresh process per block count: one run's peak cannot hide in another's
         cmd = [
@@ -508,45 +555,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"nsarm8b_synthetic.py: the run with {n} blocks failed:\n{out.stderr[-4000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{n} blocks done in {rows[-1]['seconds']['total']:.1f} s", flush=True)
-    depth = base.transformer.depth
+    return report(rows, meta, args.json_out)
+
+
+def report(rows: Sequence[dict[str, Any]], meta: dict[str, Any], json_out: Path | None) -> int:
+    """Print the table, the fits and the comparison with the paper and docs/memory.md; write the JSON."""
+    cuda, dtype, offload = meta["device"].startswith("cuda"), meta["dtype"], meta["offload"]
+    depth = get_preset(meta["preset"]).transformer.depth
     ext = extrapolate(rows, depth)
     # On a CPU the stages are shown in CPU seconds: the wall clock of a shared machine also counts other
     # processes' turns, while one thread's CPU time is what the window costs alone. On CUDA: wall seconds.
     clock = "seconds" if cuda else "cpu_seconds"
     r0 = rows[0]
     print(
-        f"\n{args.preset}, synthetic weights: {r0['device_name']}, {dtype}, {r0['threads']} thread(s), width "
+        f"\n{meta['preset']}, synthetic weights: {r0['device_name']}, {dtype}, {r0['threads']} thread(s), width "
         f"{r0['width']}, {r0['tokens']} tokens, LR {r0['lr_size'][0]} -> HR {r0['hr_size'][0]}; stages in "
         f"{'wall' if cuda else 'CPU'} seconds; memory: {r0['memory_kind']}, GB = 10^9 B"
     )
     print_table(rows, ext, clock)
-    reference = reference_figures(rows, ext, dtype, offload) if args.preset == "nsarm-8b" else None
+    reference = reference_figures(rows, ext, dtype, offload, clock) if meta["preset"] == "nsarm-8b" else None
     if reference is not None:
-        cpu_note = "" if cuda else f" ({reference['cpu_seconds_per_1024_output']:.1f} CPU s)"
         print(
-            f"\n{depth} blocks, {reference['how']}: {reference['seconds_per_1024_output']:.2f} s{cpu_note} per "
-            f"1024x1024 output (paper: {PAPER_SECONDS_A800} s on an A800); peak {reference['peak_gb']:.2f} GB "
-            f"(docs/memory.md: {reference['memory_md_peak_gb']:.2f} GB for {dtype}, offload={offload}, cfg 1, "
-            "without T5)"
+            f"\n{depth} blocks, {reference['how']}: {reference['seconds_per_1024_output']:.2f} "
+            f"{'wall' if cuda else 'CPU'} s per 1024x1024 output (paper: {PAPER_SECONDS_A800} s on an A800); peak "
+            f"{reference['peak_gb']:.2f} GB (docs/memory.md: {reference['memory_md_peak_gb']:.2f} GB for {dtype}, "
+            f"offload={offload}, cfg 1, without T5)"
         )
-    if args.json_out:
-        meta = {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "preset": args.preset,
-            "device": device,
-            "dtype": dtype,
-            "offload": offload,
-            "warmup": warmup,
-            "repeats": repeats,
-            "threads": args.threads,
-            "seed": args.seed,
-            "text": "synthetic (no T5)",
-        }
-        payload = {"meta": meta, "rows": rows, "extrapolation": ext, "reference": reference}
-        args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json_out}")
+    if json_out is not None:
+        payload = {"meta": meta, "rows": list(rows), "extrapolation": ext, "reference": reference}
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {json_out}")
     return 0
 
 

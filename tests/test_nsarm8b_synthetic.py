@@ -98,33 +98,72 @@ def test_measure_runs_one_window_through_the_whole_pipeline_with_synthetic_text(
     assert record["peak_decoding_gb"] > 0
 
 
-def test_extrapolate_fits_every_stage_in_blocks_and_takes_the_larger_phase() -> None:
-    s = _script()
-    seconds = {k: 10 + i for i, k in enumerate(s.STAGES)}
-    rows = [
-        {
-            "blocks": n,
-            "seconds": {**seconds, "ar_scales": 10 + 3 * n, "total": 100 + 15 * n},
-            "cpu_seconds": {**seconds, "ar_scales": 5 + 2 * n, "total": 50 + 10 * n},
-            "weights_gb": 3 + 0.8 * n,
-            "peak_sampling_gb": 4 + 1.1 * n,  # weights + KV cache: steeper, but lower at few blocks
-            "peak_decoding_gb": 8 + 0.8 * n,  # weights + decoder activations
+def _rows(s: ModuleType) -> list[dict]:
+    """Two synthetic rows: only ar_scales grows with the blocks; the other stages differ by noise."""
+    rows = []
+    for n, noise in ((2, 1.0), (4, -1.0)):
+        seconds = {k: 10.0 + i + noise for i, k in enumerate(s.STAGES)}
+        wall = {
+            **seconds,
+            "ar_scales": 10 + 3 * n,
+            "total": sum(seconds.values()) - seconds["ar_scales"] + 10 + 3 * n + 0.5,
         }
-        for n in (2, 4)
-    ]
+        cpu = {**seconds, "ar_scales": 5 + 2 * n}
+        cpu["total"] = sum(cpu.values())
+        rows.append(
+            {
+                "blocks": n,
+                "seconds": wall,
+                "cpu_seconds": cpu,
+                "weights_gb": 3 + 0.8 * n,
+                "peak_sampling_gb": 4 + 1.1 * n,  # weights + KV cache: steeper, but lower at few blocks
+                "peak_decoding_gb": 8 + 0.8 * n,  # weights + decoder activations
+            }
+        )
+    return rows
+
+
+def test_extrapolate_fits_the_blocks_stage_and_averages_the_others() -> None:
+    s = _script()
+    rows = _rows(s)
     ext = s.extrapolate(rows, 40)
-    assert ext["seconds"]["ar_scales"]["per_block"] == pytest.approx(3)
-    assert ext["seconds"]["ar_scales"]["at_depth"] == pytest.approx(10 + 3 * 40)
-    assert ext["seconds"]["decode"]["at_depth"] == pytest.approx(seconds["decode"])  # no blocks in it
-    assert ext["cpu_seconds"]["total"]["at_depth"] == pytest.approx(50 + 10 * 40)
+    ar = ext["seconds"]["ar_scales"]
+    assert (ar["per_block"], ar["at_depth"]) == (pytest.approx(3), pytest.approx(10 + 3 * 40))
+    # The decoder runs no blocks: its two noisy values average to 13, not a line through them (13 - 40).
+    assert ext["seconds"]["decode"] == {"per_block": 0.0, "intercept": 13.0, "at_depth": 13.0}
+    others = sum(10.0 + i for i, k in enumerate(s.STAGES) if k != "ar_scales")
+    assert ext["seconds"]["total"]["at_depth"] == pytest.approx(others + 10 + 3 * 40 + 0.5)  # + time outside
+    assert ext["cpu_seconds"]["total"]["at_depth"] == pytest.approx(others + 5 + 2 * 40)
+    assert ext["memory"]["weights_gb"]["at_depth"] == pytest.approx(3 + 0.8 * 40)
     assert ext["peak_gb"] == pytest.approx(4 + 1.1 * 40)  # the sampling phase overtakes the decoder's
-    reference = s.reference_figures(rows, ext, "bf16", True)
-    assert reference["how"] == "extrapolated" and reference["seconds_per_1024_output"] == pytest.approx(700)
-    assert reference["cpu_seconds_per_1024_output"] == pytest.approx(450)
-    assert reference["memory_md_peak_gb"] == 24.32
+    reference = s.reference_figures(rows, ext, "bf16", True, "cpu_seconds")
+    assert reference["how"] == "extrapolated" and reference["memory_md_peak_gb"] == 24.32
+    assert reference["seconds_per_1024_output"] == pytest.approx(others + 5 + 2 * 40)
     full = {**rows[1], "blocks": 40}
-    assert s.reference_figures([full], None, "fp32", False)["how"] == "measured"
+    measured = s.reference_figures([full], None, "fp32", False, "seconds")
+    assert measured["how"] == "measured" and measured["seconds_per_1024_output"] == full["seconds"]["total"]
     assert s.extrapolate(rows[:1], 40) is None
+    assert s.reference_figures(rows[:1], None, "fp32", False, "seconds") is None
+
+
+def test_from_json_reports_an_earlier_run_without_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = _script()
+    rows = [
+        {**r, "device_name": "cpu", "threads": 1, "width": 3584, "tokens": 10521, "lr_size": [256, 256],
+         "hr_size": [1024, 1024], "memory_kind": "peak RSS (VmHWM)"}
+        for r in _rows(s)
+    ]  # fmt: skip
+    meta = {"preset": "nsarm-8b", "device": "cpu", "dtype": "fp32", "offload": False}
+    earlier, out = tmp_path / "earlier.json", tmp_path / "again.json"
+    earlier.write_text(json.dumps({"meta": meta, "rows": rows}))
+    assert s.main(["--from-json", str(earlier), "--json-out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "40 (fit)" in printed and "paper: 1.2 s on an A800" in printed
+    payload = json.loads(out.read_text())
+    assert payload["rows"] == rows and payload["extrapolation"] == s.extrapolate(rows, 40)
+    assert payload["reference"]["memory_md_peak_gb"] == pytest.approx(50.61 - 2.447)
 
 
 def test_main_prints_the_table_and_writes_the_json(
