@@ -1,0 +1,97 @@
+"""CLI conventions (issue 17 items 17-19): help that reads like a click tool, global flags after the command,
+the interpolation baselines listed as models; and a start-up without torch for --help and the baselines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from nsarm_cli.main import app, hoist_global_flags
+
+runner = CliRunner()
+
+COMMANDS = [
+    ["upscale"], ["degrade"], ["caption"], ["train-tokenizer"], ["train-base"], ["train-stage1"], ["train-stage2"],
+    ["train-cfw"], ["export-model"], ["evaluate"], ["robustness"], ["models"], ["models", "fetch"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [[], *COMMANDS], ids=lambda c: " ".join(c) or "nsarm")
+def test_help_shows_no_type_after_flags_and_click_style_arguments(command: list[str]) -> None:
+    res = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    assert "<bool>" not in res.output, res.output
+    assert "<list[" not in res.output, res.output
+    usage = next(line for line in res.output.splitlines() if "Usage:" in line)
+    assert "{" not in usage, usage
+
+
+def test_list_argument_is_shown_as_inputs_dots() -> None:
+    res = runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "120"})
+    assert "Usage: nsarm upscale [OPTIONS] INPUTS..." in res.output
+    missing = runner.invoke(app, ["upscale"])
+    assert missing.exit_code == 2 and "Missing argument 'INPUTS...'" in missing.output
+
+
+def test_docstring_paragraphs_wrap_at_the_terminal_not_at_source_line_breaks() -> None:
+    # upscale's docstring breaks its source lines after "16-bit and" and "An image that"; the help must not.
+    res = runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "200"})
+    ends = [line.rstrip() for line in res.output.splitlines()]
+    for source_break in ("16-bit and", "An image that", "the files"):
+        assert not [e for e in ends if e.endswith(source_break)], res.output
+    # the group's command list: robustness's summary is one paragraph, not cut at its source line break
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    line = next(ln for ln in top.splitlines() if "robustness" in ln)
+    assert "mu_G over all methods, Deficient" in line, top
+
+
+def test_hoist_global_flags() -> None:
+    assert hoist_global_flags(["upscale", "x.png", "--debug"]) == ["--debug", "upscale", "x.png"]
+    assert hoist_global_flags(["-v", "upscale", "x.png", "-q", "--model", "bicubic"]) == [
+        "-v", "-q", "upscale", "x.png", "--model", "bicubic",
+    ]  # fmt: skip
+    assert hoist_global_flags(["models", "fetch", "x", "-vv"]) == ["-vv", "models", "fetch", "x"]
+    # after "--" a "-q" is an input file's name
+    assert hoist_global_flags(["upscale", "--", "-q"]) == ["upscale", "--", "-q"]
+    assert hoist_global_flags(["--help"]) == ["--help"]
+
+
+def test_global_flags_are_accepted_after_the_command(tmp_path: Path) -> None:
+    missing = str(tmp_path / "x.png")
+    debug = runner.invoke(app, ["upscale", missing, "--model", "bicubic", "--debug"])
+    assert "No such option" not in debug.output
+    assert debug.exit_code != 0 and debug.exception is not None  # --debug took effect: the error is re-raised
+    quiet = runner.invoke(app, ["upscale", missing, "--model", "bicubic", "-q"])
+    assert quiet.exit_code == 2 and "input not found" in quiet.output
+
+
+def _write(path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(rgb).save(path)
+
+
+def _modules_after(args: list[str]) -> str:
+    """The heavy modules that ``nsarm ARGS`` imported, run in a fresh interpreter."""
+    code = (
+        "import sys; from typer.testing import CliRunner; from nsarm_cli.main import app; "
+        f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+        "print(','.join(m for m in ('torch', 'nsarm_core.pipeline', 'nsarm_core.models') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_and_help_do_not_import_torch() -> None:
+    code = "import sys, nsarm_cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+    assert _modules_after(["--help"]) == ""
+    assert _modules_after(["upscale", "--help"]) == ""
