@@ -10,6 +10,9 @@ Not a paper component. Three filters with three reasons (docs/architecture.md E.
 * :func:`resize_to_scale` - a model output made at its native factor resized to any other factor: bicubic,
   antialiased when shrinking.
 
+torch is imported inside the functions that use it, so the mode names (``nsarm models`` lists them) load
+without it.
+
 Shape legend: ``x`` / ``img`` ``[B, C, h, w]`` float (``B = 1`` for the Pillow paths); ``alpha`` ``[H, W]``.
 """
 
@@ -17,16 +20,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from nsarm_core.errors import ConfigError, InputError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
 __all__ = [
     "INTERPOLATION_MODES",
+    "BASELINE_DESCRIPTIONS",
     "interpolate",
     "pil_resize",
     "pil_bicubic",
@@ -36,6 +42,14 @@ __all__ = [
 
 #: The interpolation baselines (``nsarm upscale --model bicubic`` and friends).
 INTERPOLATION_MODES: tuple[str, ...] = ("bicubic", "bilinear", "nearest", "lanczos")
+
+#: One line per baseline, for ``nsarm models``.
+BASELINE_DESCRIPTIONS: dict[str, str] = {
+    "bicubic": "Bicubic interpolation (a = -0.75, as torch and OpenCV), clamped to [0, 1].",
+    "bilinear": "Bilinear interpolation, as torch's F.interpolate(align_corners=False).",
+    "nearest": "Nearest-neighbour pixel replication.",
+    "lanczos": "Lanczos-3 interpolation (Pillow's), on float channels, clamped to [0, 1].",
+}
 
 
 def interpolate(x: Tensor, size: Sequence[int], mode: str = "bicubic") -> Tensor:
@@ -47,6 +61,8 @@ def interpolate(x: Tensor, size: Sequence[int], mode: str = "bicubic") -> Tensor
     Raises:
         ConfigError: ``mode`` is not one of :data:`INTERPOLATION_MODES`.
     """
+    import torch.nn.functional as F
+
     if mode not in INTERPOLATION_MODES:
         raise ConfigError(f"unknown interpolation baseline {mode!r}; valid: {list(INTERPOLATION_MODES)}")
     size = (int(size[0]), int(size[1]))
@@ -65,6 +81,7 @@ def pil_resize(x: torch.Tensor, size: Sequence[int], resample: str = "bicubic") 
     Pillow's kernels differ from torch's (bicubic a = -0.5 vs -0.75; torch has no Lanczos); float channels avoid
     the uint8 rounding and clipping between Pillow's two passes. The result is not clamped.
     """
+    import torch
     from PIL import Image as PILImage
 
     filt = {"bicubic": PILImage.Resampling.BICUBIC, "lanczos": PILImage.Resampling.LANCZOS}[resample]
@@ -108,6 +125,8 @@ def resize_to_scale(
         raise ConfigError(f"scales must be positive, got target {target_scale}, native {native_scale}")
     if img.ndim != 4:
         raise InputError(f"resize_to_scale expects [B, C, h, w], got shape {tuple(img.shape)}")
+    import torch.nn.functional as F
+
     if math.isclose(target_scale, native_scale):
         return img
     h, w = img.shape[-2:]
@@ -122,6 +141,9 @@ def resize_to_scale(
 
 def resize_alpha(alpha: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Bicubic resize of an alpha plane [H, W] to ``size_hw`` (antialiased when shrinking), clamped to [0, 1]."""
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
     shrink = size_hw[0] < alpha.shape[0] or size_hw[1] < alpha.shape[1]
     out = F.interpolate(t, size=size_hw, mode="bicubic", align_corners=False, antialias=shrink)

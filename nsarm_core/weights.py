@@ -55,6 +55,7 @@ from nsarm_core.errors import (
     unknown_choice,
 )
 from nsarm_core.models.checkpoint import load_state_dict, shard_names
+from nsarm_core.resize import INTERPOLATION_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -354,11 +355,18 @@ def get_model_spec(name: str) -> ModelSpec:
     """Look up a model by name.
 
     Raises:
-        ConfigError: unknown name; the message lists the valid names and the closest match.
+        ConfigError: unknown name (the message lists the valid names, the interpolation baselines included, and
+            the closest match), or an interpolation baseline (they have no spec).
     """
     if name in MODELS:
         return MODELS[name]
-    raise unknown_choice("model", name, MODELS, note="(see `nsarm models`)")
+    if name in INTERPOLATION_MODES:  # a valid --model that has no weights: say so instead of "unknown"
+        raise ConfigError(
+            f"{name!r} is an interpolation baseline: built in, it has no weight files; use it as "
+            f"`nsarm upscale --model {name}` (nsarm_core.batch.upscale.load_upscaler)"
+        )
+    # The baselines are valid --model names too, so the list of choices names them.
+    raise unknown_choice("model", name, [*MODELS, *INTERPOLATION_MODES], note="(see `nsarm models`)")
 
 
 def get_upscale_model(name: str) -> ModelSpec:

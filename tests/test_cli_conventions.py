@@ -95,3 +95,19 @@ def test_import_and_help_do_not_import_torch() -> None:
     assert out.stdout.strip() == "False", out.stderr
     assert _modules_after(["--help"]) == ""
     assert _modules_after(["upscale", "--help"]) == ""
+
+
+def test_baselines_are_listed_by_models_and_named_in_the_unknown_model_error(tmp_path: Path) -> None:
+    import json
+
+    listed = runner.invoke(app, ["models", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {m["name"]: m for m in json.loads(listed.stdout)["models"]}
+    for name in ("bicubic", "bilinear", "nearest", "lanczos"):
+        assert rows[name]["complete"] and rows[name]["source"] == "built in"
+    _write(tmp_path / "a.png")
+    res = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "bicubik"])
+    assert res.exit_code == 2
+    assert "bicubic, bilinear, nearest, lanczos" in res.output and "Did you mean 'bicubic'?" in res.output
+    fetched = runner.invoke(app, ["models", "fetch", "lanczos"])
+    assert fetched.exit_code == 0 and "built in" in fetched.output
