@@ -50,7 +50,10 @@ def _model_rows() -> list[dict[str, Any]]:
         )
     from nsarm_core.resize import BASELINE_DESCRIPTIONS
 
-    for name, description in BASELINE_DESCRIPTIONS.items():  # valid --model names too, with nothing to download
+    for (
+        name,
+        description,
+    ) in BASELINE_DESCRIPTIONS.items():  # valid --model names too, with nothing to download
         rows.append(
             {
                 "name": name,

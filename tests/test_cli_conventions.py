@@ -106,7 +106,9 @@ def test_baselines_are_listed_by_models_and_named_in_the_unknown_model_error(tmp
     for name in ("bicubic", "bilinear", "nearest", "lanczos"):
         assert rows[name]["complete"] and rows[name]["source"] == "built in"
     _write(tmp_path / "a.png")
-    res = runner.invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "bicubik"])
+    res = runner.invoke(
+        app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "bicubik"]
+    )
     assert res.exit_code == 2
     assert "bicubic, bilinear, nearest, lanczos" in res.output and "Did you mean 'bicubic'?" in res.output
     fetched = runner.invoke(app, ["models", "fetch", "lanczos"])
