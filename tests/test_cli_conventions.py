@@ -113,3 +113,49 @@ def test_baselines_are_listed_by_models_and_named_in_the_unknown_model_error(tmp
     assert "bicubic, bilinear, nearest, lanczos" in res.output and "Did you mean 'bicubic'?" in res.output
     fetched = runner.invoke(app, ["models", "fetch", "lanczos"])
     assert fetched.exit_code == 0 and "built in" in fetched.output
+
+
+def test_bicubic_baseline_runs_without_torch(tmp_path: Path) -> None:
+    _write(tmp_path / "a.png")
+    rgba = np.random.default_rng(1).integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    PILImage.fromarray(rgba, mode="RGBA").save(tmp_path / "b.png")  # the alpha path too
+    for model in ("bicubic", "nearest", "lanczos"):
+        args = ["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", model]
+        assert _modules_after([*args, "-o", str(tmp_path / model)]) == "", model
+    assert (tmp_path / "bicubic" / "b.png").is_file()
+
+
+@pytest.mark.parametrize("model", ["bicubic", "nearest", "lanczos"])
+@pytest.mark.parametrize("scale", [4, 2, 3, 1.5])
+def test_baseline_outputs_are_the_torch_paths_byte_for_byte(tmp_path: Path, model: str, scale: float) -> None:
+    from nsarm_core.batch.upscale import InterpolationUpscaler, UpscaleOptions, load_upscaler, upscale_files
+
+    class TorchPath(InterpolationUpscaler):  # overriding upscale turns the numpy path off (runs_on_arrays)
+        def upscale(self, rgb, *, seed, prompt):  # type: ignore[no-untyped-def]
+            return super().upscale(rgb, seed=seed, prompt=prompt)
+
+    photos = sorted(Path(__file__).resolve().parents[1].glob("examples/photos/*.png"))[:2]
+    rgba = np.random.default_rng(3).integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    PILImage.fromarray(rgba, mode="RGBA").save(tmp_path / "alpha.png")
+    inputs = [*photos, tmp_path / "alpha.png"]
+    fast = load_upscaler(model, scale=scale)
+    assert isinstance(fast, InterpolationUpscaler) and fast.runs_on_arrays
+    slow = TorchPath(model, fast.native_scale)
+    assert not slow.runs_on_arrays
+    for name, upscaler in (("numpy", fast), ("torch", slow)):
+        report = upscale_files(upscaler, inputs, tmp_path / name, UpscaleOptions(scale=scale))
+        assert report.exit_code == 0
+    for src in inputs:
+        a = np.asarray(PILImage.open(tmp_path / "numpy" / src.name))
+        b = np.asarray(PILImage.open(tmp_path / "torch" / src.name))
+        assert a.shape == b.shape and np.array_equal(a, b), src.name
+
+
+def test_the_upscaler_contract_loads_without_torch_and_names_every_dtype() -> None:
+    code = "import sys, nsarm_core.upscaler, nsarm_core.batch.upscale; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+    from nsarm_core.pipeline import DTYPES
+    from nsarm_core.upscaler import DTYPE_NAMES
+
+    assert tuple(DTYPES) == DTYPE_NAMES
