@@ -2,8 +2,9 @@
 ``nsarm upscale IMAGE --model bicubic``, each in a fresh interpreter, repeated (a small ``hyperfine``).
 
 Each command runs ``--runs`` times after ``--warmup`` runs (which fill the OS file cache); the table gives the
-median, minimum and maximum wall seconds, and whether the command imported torch (checked in a separate run,
-through ``sys.modules`` at exit). The same numbers are printed as one JSON line. ``--importtime`` adds the
+median, minimum and maximum wall seconds, the median CPU seconds (user + system of the child: on a loaded
+machine the wall time also counts waiting for a core, the CPU time does not), and whether the command imported
+torch (checked in a separate run, through ``sys.modules`` at exit). The same numbers are printed as one JSON line. ``--importtime`` adds the
 ten slowest modules of ``python -X importtime -c "import nsarm_cli.main"`` (cumulative microseconds).
 
 Usage:
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,14 +35,21 @@ _PROBE = (
 )
 
 
-def _time(argv: list[str], runs: int, warmup: int) -> list[float]:
-    times = []
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time(argv: list[str], runs: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each run after the warm-up runs."""
+    wall, cpu = [], []
     for i in range(warmup + runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _cpu()
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+            wall.append(time.perf_counter() - start)
+            cpu.append(_cpu() - start_cpu)
+    return wall, cpu
 
 
 def _imports_torch(args: list[str]) -> bool:
@@ -78,23 +87,32 @@ def main() -> None:
     }
     results = {}
     for name, (argv, probe_args) in cases.items():
-        times = _time(argv, args.runs, args.warmup)
+        times, cpu = _time(argv, args.runs, args.warmup)
         results[name] = {
             "median_s": statistics.median(times),
             "min_s": min(times),
             "max_s": max(times),
+            "median_cpu_s": statistics.median(cpu),
             "runs": len(times),
             "imports_torch": None if probe_args is None else _imports_torch(probe_args),
         }
-    print(f"{'command':<32} {'median s':>9} {'min s':>7} {'max s':>7}  torch")
+    print(f"{'command':<32} {'median s':>9} {'min s':>7} {'max s':>7} {'cpu s':>6}  torch")
     for name, r in results.items():
         torch_col = "-" if r["imports_torch"] is None else ("yes" if r["imports_torch"] else "no")
-        print(f"{name:<32} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f}  {torch_col}")
+        print(
+            f"{name:<32} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} {r['median_cpu_s']:>6.3f}  "
+            f"{torch_col}"
+        )
     if args.importtime:
         print("slowest imports of nsarm_cli.main (cumulative us):")
         for us, module in _importtime(10):
             print(f"  {us:>9} {module}")
-    info = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "results": results}
+    info = {
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "results": results,
+    }
     print(json.dumps(info))
 
 
