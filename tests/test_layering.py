@@ -45,6 +45,7 @@ ALLOWED = {
         "nsarm_core.scales",
         "nsarm_core.models",
         "nsarm_core.upscaler",
+        "nsarm_core.hub",
     ),
     "nsarm_core.pipeline": (
         "nsarm_core.errors",
