@@ -1,9 +1,12 @@
 """nsarm_core.hub: no network is found out once and in seconds (never minutes of retries), and one helper writes
-every "how to get this file" command. The network is never used: the socket layer is replaced in every test."""
+every "how to get this file" command. The network is never used: ``urllib.request.urlopen`` is replaced in every
+test."""
 
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,9 @@ from nsarm_core.weights import MODELS, resolve_file
 
 
 @pytest.fixture(autouse=True)
-def _online_but_no_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[tuple[str, int]]]:
-    """HF_HUB_OFFLINE unset (as a new user has it), an empty Hub cache, a fresh probe cache, and a socket layer
-    that refuses every connection (records the addresses asked for)."""
+def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[str]]:
+    """HF_HUB_OFFLINE unset (as a new user has it), an empty Hub cache, a fresh probe cache, and a urlopen that
+    finds no route to any host (records the URLs asked for)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)  # read by huggingface_hub at import
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -29,13 +32,13 @@ def _online_but_no_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     cache = tmp_path / "hf_cache"
     cache.mkdir()
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    asked: list[tuple[str, int]] = []
+    asked: list[str] = []
 
-    def refuse(address: tuple[str, int], timeout: float | None = None) -> Any:
-        asked.append(address)
-        raise OSError(101, "Network is unreachable")
+    def refuse(request: urllib.request.Request, timeout: float | None = None) -> Any:
+        asked.append(request.full_url)
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
 
-    monkeypatch.setattr(hub.socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
     hub._probe.cache_clear()
     yield asked
     hub._probe.cache_clear()
@@ -54,7 +57,7 @@ def _no_network_download(calls: list[bool]) -> Any:
 
 
 def test_no_network_fails_at_once_with_the_message(
-    monkeypatch: pytest.MonkeyPatch, _online_but_no_socket: list[tuple[str, int]]
+    monkeypatch: pytest.MonkeyPatch, _no_network: list[str]
 ) -> None:
     calls: list[bool] = []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_network_download(calls))
@@ -64,13 +67,13 @@ def test_no_network_fails_at_once_with_the_message(
             resolve_file(MODELS["infinity-2b"], "vae")
     assert time.perf_counter() - start < 2.0
     msg = " ".join(str(err.value).split())
-    assert "no network" in msg and "huggingface.co:443 could not be reached" in msg
+    assert "no network" in msg and "https://huggingface.co/ could not be reached" in msg
     assert (
         "`hf download FoundationVision/Infinity infinity_vae_d32reg.pth`" in msg
         and "huggingface-cli" not in msg
     )
     assert calls == [True, True]  # the cache was read, the network never tried
-    assert _online_but_no_socket == [("huggingface.co", 443)]  # detected once per process
+    assert _no_network == ["https://huggingface.co/"]  # detected once per process
 
 
 def test_a_cached_file_still_loads_without_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -87,19 +90,26 @@ def test_a_cached_file_still_loads_without_network(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_reachable_hub_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    class Connection:
-        def __enter__(self) -> Connection:
+    class Response:
+        def __enter__(self) -> Response:
             return self
 
         def __exit__(self, *exc: object) -> None:
             return None
 
-    monkeypatch.setattr(hub.socket, "create_connection", lambda address, timeout=None: Connection())
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout=None: Response())
     assert hub.offline_reason() is None
+    hub._probe.cache_clear()
+
+    def not_found(request: urllib.request.Request, timeout: float | None = None) -> Any:
+        raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(urllib.request, "urlopen", not_found)
+    assert hub.offline_reason() is None  # a server answered: the network is there
     seen: list[bool] = []
 
     def download(repo_id: str, filename: str, **kwargs: Any) -> str:
-        seen.append(kwargs["local_files_only"])
+        seen.append(kwargs["local_files_only"])  # online: huggingface_hub may download
         raise LocalEntryNotFoundError("the fake Hub has no files")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
@@ -109,11 +119,11 @@ def test_a_reachable_hub_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 
 def test_a_hanging_connect_is_cut_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    def hang(address: tuple[str, int], timeout: float | None = None) -> Any:
-        time.sleep(2)  # a DNS lookup that hangs: create_connection's own timeout does not cover it
-        raise OSError("timed out")
+    def hang(request: urllib.request.Request, timeout: float | None = None) -> Any:
+        time.sleep(2)  # a DNS lookup that hangs: urlopen's own timeout does not cover it
+        raise urllib.error.URLError("timed out")
 
-    monkeypatch.setattr(hub.socket, "create_connection", hang)
+    monkeypatch.setattr(urllib.request, "urlopen", hang)
     monkeypatch.setattr(hub, "TIMEOUT_S", 0.2)
     start = time.perf_counter()
     reason = hub.offline_reason()
@@ -121,25 +131,27 @@ def test_a_hanging_connect_is_cut_at_the_timeout(monkeypatch: pytest.MonkeyPatch
     assert reason is not None and "did not answer within 0.2 s" in reason
 
 
-def test_offline_env_needs_no_probe(
-    monkeypatch: pytest.MonkeyPatch, _online_but_no_socket: list[tuple[str, int]]
-) -> None:
+def test_offline_env_needs_no_probe(monkeypatch: pytest.MonkeyPatch, _no_network: list[str]) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.offline_reason() == "offline (HF_HUB_OFFLINE=1)"
-    assert _online_but_no_socket == []
+    assert _no_network == []
 
 
-def test_the_probe_goes_to_the_https_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert hub._address("https://huggingface.co") == ("huggingface.co", 443)
-    assert hub._address("http://mirror.example:8080/x") == ("mirror.example", 8080)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert hub._address("https://huggingface.co") == ("proxy.example", 3128)
-    monkeypatch.setenv("HTTPS_PROXY", "proxy.example:3128")
-    assert hub._address("https://huggingface.co") == ("proxy.example", 3128)
+def test_a_certificate_that_does_not_verify_is_no_network(
+    monkeypatch: pytest.MonkeyPatch, _no_network: list[str]
+) -> None:
+    # An intercepting proxy accepts every connection but cannot show the Hub's certificate: nothing can download.
+    def intercepted(request: urllib.request.Request, timeout: float | None = None) -> Any:
+        raise urllib.error.URLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+
+    monkeypatch.setattr(urllib.request, "urlopen", intercepted)
+    reason = hub.offline_reason()
+    assert reason is not None and "CERTIFICATE_VERIFY_FAILED" in reason
+    assert hub._base("http://mirror.example:8080/x/y") == "http://mirror.example:8080/"
 
 
 def test_a_url_download_without_network_fails_at_once(
-    monkeypatch: pytest.MonkeyPatch, _online_but_no_socket: list[tuple[str, int]]
+    monkeypatch: pytest.MonkeyPatch, _no_network: list[str]
 ) -> None:
     from nsarm_core.weights import ModelSpec, WeightFile
 
@@ -147,10 +159,10 @@ def test_a_url_download_without_network_fails_at_once(
         "url-test", "test", files={"checkpoint": WeightFile("w.bin", url="https://example.org/w.bin")}
     )
     monkeypatch.setattr("nsarm_core.weights._download_url", lambda *a, **k: pytest.fail("must not download"))
-    with pytest.raises(WeightsNotFoundError, match="no network: example.org:443 could not be reached"):
+    with pytest.raises(WeightsNotFoundError, match="no network: https://example.org/ could not be reached"):
         resolve_file(spec, "checkpoint")
     assert hub.host_unreachable("file:///tmp/w.bin") is None  # a local URL needs no network
-    assert _online_but_no_socket == [("example.org", 443)]
+    assert _no_network == ["https://example.org/"]
 
 
 def test_download_command_is_the_hf_cli() -> None:
