@@ -57,7 +57,9 @@ _GLOBAL_FLAGS = re.compile(r"^(--verbose|--quiet|--debug|-q|-v+)$")
 def hoist_global_flags(args: list[str]) -> list[str]:
     """``args`` with the global flags that follow the command moved before it (click only parses them there).
 
-    Everything from a ``--`` on is left alone, as is any flag a command declares itself (none does today).
+    Everything from a ``--`` on is left alone (``nsarm upscale -- -q.png``). No command declares these flags
+    itself (tests/test_cli_conventions.py checks it), so moving them never steals a command's own option; an
+    option *value* that looks like one (``--prompt -q``) would be moved, which no option of ours expects.
     """
     command = next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))
     end = args.index("--") if "--" in args[command:] else len(args)

@@ -62,6 +62,23 @@ def test_hoist_global_flags() -> None:
     assert hoist_global_flags(["--help"]) == ["--help"]
 
 
+def test_no_command_declares_a_global_flag_itself() -> None:
+    import typer
+
+    group = typer.main.get_command(app)
+    ctx = typer.Context(group)
+
+    def walk(command: object, path: str) -> None:
+        for param in getattr(command, "params", []):
+            clash = {"-v", "--verbose", "-q", "--quiet", "--debug"} & set(getattr(param, "opts", []))
+            assert not clash, f"{path} declares {clash}: hoist_global_flags would take them"
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    for name in group.list_commands(ctx):
+        walk(group.get_command(ctx, name), name)
+
+
 def test_global_flags_are_accepted_after_the_command(tmp_path: Path) -> None:
     missing = str(tmp_path / "x.png")
     debug = runner.invoke(app, ["upscale", missing, "--model", "bicubic", "--debug"])
