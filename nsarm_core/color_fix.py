@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.upscaler import COLOR_FIX_MODES  # the mode names, checked without torch by the batch layer
 
 ColorFixMode = Literal["none", "adain", "wavelet", "both"]
-COLOR_FIX_MODES: tuple[str, ...] = ("none", "adain", "wavelet", "both")
 WAVELET_LEVELS = 5
 ADAIN_EPS = 1e-5
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from nsarm_core.errors import ConfigError
 
@@ -61,7 +62,9 @@ def available_cores() -> int:
 def set_torch_threads(threads: int | None) -> int:
     """Set torch's intra-op thread count; returns the count set.
 
-    ``None`` means: ``$OMP_NUM_THREADS`` when the user set it, else :func:`available_cores`.
+    ``None`` means: ``$OMP_NUM_THREADS`` when the user set it, else :func:`available_cores`. When torch is not
+    imported yet, the count goes to ``$OMP_NUM_THREADS``, which torch reads when (and if) it is imported: a run
+    that never needs torch (the interpolation baselines) does not import it for this.
 
     Raises:
         ConfigError: ``threads < 1``.
@@ -71,7 +74,9 @@ def set_torch_threads(threads: int | None) -> int:
         threads = int(env) if env.isdigit() and int(env) > 0 else available_cores()
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        torch.set_num_threads(threads)
     return threads

@@ -12,28 +12,36 @@ Shape legend: LR window ``[1, 3, h, w]`` in [0, 1]; latent ``[1, d, h/p, w/p]``;
 from __future__ import annotations
 
 import logging
-import math
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from nsarm_core.color_fix import COLOR_FIX_MODES, color_fix
+from nsarm_core.color_fix import color_fix
 from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.models.bsq import bsq_quantize
-from nsarm_core.models.cfw import check_fidelity
 from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
-from nsarm_core.models.sampler import check_tau, sample_scales
+from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.text_encoder import TextEncoder
 from nsarm_core.models.transform_net import outputs_to_latent_maps
 from nsarm_core.resize import pil_bicubic, resize_to_scale
 from nsarm_core.tiling import plan_tiles, run_tiled
+
+# The upscaler contract and the option checks live in a torch-free module (the baselines use them without torch);
+# re-exported here, so ``nsarm_core.pipeline.SamplingSettings`` and friends keep working.
+from nsarm_core.upscaler import (  # noqa: F401 - Upscaler and check_dtype_name are re-exports
+    SamplingSettings,
+    Upscaler,
+    UpscaleResult,
+    check_device_name,
+    check_dtype_name,
+    pipeline_settings,
+)
 from nsarm_core.weights import get_upscale_model, load_state_dict, resolve_all, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -48,69 +56,6 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
     return dtype
-
-
-def check_dtype_name(dtype: str) -> str:
-    """``dtype`` if it is ``auto`` or one of :data:`DTYPES` (``resolve_dtype`` without a device)."""
-    return dtype if dtype == "auto" else resolve_dtype(dtype, "cpu")
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Sampling options of the transformer; the defaults are NSARM's (``scripts/infer.sh``, spec E.3)."""
-
-    tau: float = 0.5
-    top_p: float = 0.97
-    cfg: float = 1.0
-    color_fix: str = "both"
-    tile_overlap: int | None = None  # LR pixels; None = a quarter of the window
-    fidelity: float | None = None  # CFW w in [0, 1]; None = the model's default (0 for models without CFW)
-
-    def __post_init__(self) -> None:
-        check_tau(self.tau)
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not math.isfinite(self.cfg):
-            raise ConfigError(f"cfg must be a finite number, got {self.cfg}")
-        if self.tile_overlap is not None and self.tile_overlap < 0:
-            raise ConfigError(f"tile_overlap must be >= 0 LR pixels, got {self.tile_overlap}")
-        if self.color_fix not in COLOR_FIX_MODES:
-            raise ConfigError(f"unknown colour fix {self.color_fix!r}; valid: {list(COLOR_FIX_MODES)}")
-        if self.fidelity is not None:
-            check_fidelity(self.fidelity)
-
-
-@dataclass
-class UpscaleResult:
-    """What an upscaler returns for one image.
-
-    Attributes:
-        image: float32 [1, 3, s*H, s*W] in [0, 1], at the upscaler's native factor ``s``.
-        seed: the seed actually used (recorded per image so a result can be reproduced).
-        settings: the sampling settings that produced it (tau, top_p, cfg, tile, ...), JSON-serialisable.
-        timings: seconds per stage, e.g. ``{"encode": 0.1, "sample": 2.3, "decode": 0.4}``.
-    """
-
-    image: torch.Tensor
-    seed: int
-    settings: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Upscaler(Protocol):
-    """Anything that super-resolves one RGB image by a fixed native factor.
-
-    Implemented by :class:`SRPipeline` (NSARM; tiles internally, so any H, W) and the interpolation baselines
-    (``nsarm_core.batch.upscale.InterpolationUpscaler``).
-    """
-
-    native_scale: int
-    name: str
-
-    def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
-        """``rgb`` [1, 3, H, W] float32 in [0, 1] -> :class:`UpscaleResult` with image [1, 3, s*H, s*W]."""
-        ...
 
 
 class SRPipeline:
@@ -521,35 +466,6 @@ def _from_folder(
     model = NSARM.from_pretrained(folder, weights_file=weights_file)
     encoder = _build_text_encoder(model.config, text_encoder, device)
     return SRPipeline(model, encoder, settings=settings, device=device, dtype=dtype, offload=offload)
-
-
-def pipeline_settings(
-    sampling: Mapping[str, Any] | None = None,
-    color_fix: str | None = None,
-    tile_overlap: int | None = None,
-    fidelity: float | None = None,
-) -> SamplingSettings:
-    """The :class:`SamplingSettings` of :func:`load_pipeline`'s options (validated: tau, top_p, cfg, colour fix,
-    overlap, CFW fidelity), so a caller can check them before loading a model."""
-    settings = SamplingSettings(**dict(sampling or {}))
-    if color_fix is not None:
-        settings = replace(settings, color_fix=color_fix)
-    if tile_overlap is not None:
-        settings = replace(settings, tile_overlap=int(tile_overlap))
-    if fidelity is not None:
-        settings = replace(settings, fidelity=float(fidelity))
-    return settings
-
-
-def check_device_name(device: str) -> str:
-    """``device`` if it names a device nsarm runs on (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
-
-    Raises:
-        ConfigError: any other name.
-    """
-    if device not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", device):
-        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps")
-    return device
 
 
 def resolve_device(device: str) -> str:

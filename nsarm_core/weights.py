@@ -55,7 +55,9 @@ from nsarm_core.errors import (
     WeightsNotFoundError,
     unknown_choice,
 )
+from nsarm_core.hub import download_command, env_offline, host_unreachable, offline_reason
 from nsarm_core.models.checkpoint import load_state_dict, shard_names
+from nsarm_core.resize import INTERPOLATION_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -356,11 +358,18 @@ def get_model_spec(name: str) -> ModelSpec:
     """Look up a model by name.
 
     Raises:
-        ConfigError: unknown name; the message lists the valid names and the closest match.
+        ConfigError: unknown name (the message lists the valid names, the interpolation baselines included, and
+            the closest match), or an interpolation baseline (they have no spec).
     """
     if name in MODELS:
         return MODELS[name]
-    raise unknown_choice("model", name, MODELS, note="(see `nsarm models`)")
+    if name in INTERPOLATION_MODES:  # a valid --model that has no weights: say so instead of "unknown"
+        raise ConfigError(
+            f"{name!r} is an interpolation baseline: built in, it has no weight files; use it as "
+            f"`nsarm upscale --model {name}` (nsarm_core.batch.upscale.load_upscaler)"
+        )
+    # The baselines are valid --model names too, so the list of choices names them.
+    raise unknown_choice("model", name, [*MODELS, *INTERPOLATION_MODES], note="(see `nsarm models`)")
 
 
 def get_upscale_model(name: str) -> ModelSpec:
@@ -413,7 +422,7 @@ def hub_cache_dir() -> Path:
 
 def is_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` is set to a true value (read now, not at import time)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return env_offline()
 
 
 def _option(role: str) -> str:
@@ -537,16 +546,13 @@ def _verify_file(path: Path, wf: WeightFile, fix: str, *, rehash: bool = False) 
 
 def _how_to_fix(spec: ModelSpec, role: str, wf: WeightFile) -> str:
     opt = _option(role)
-    rev = f" --revision {wf.revision}" if wf.revision else ""
     if wf.kind == "hub":
         if wf.allow_patterns:
-            inc = " ".join(f"--include '{p}'" for p in wf.allow_patterns)
-            cmd = f"hf download {wf.repo_id}{rev} {inc}"
+            cmd = download_command(str(wf.repo_id), include=wf.allow_patterns, revision=wf.revision)
         else:
-            cmd = f"hf download {wf.repo_id} {wf.hub_path}{rev}"
+            cmd = download_command(str(wf.repo_id), wf.hub_path, revision=wf.revision)
         return (
-            f"on a machine with network access run `{cmd}` (older huggingface_hub: `huggingface-cli download ...` "
-            f"with the same arguments), which stores it in the Hugging Face cache that nsarm reads "
+            f"on a machine with network access run `{cmd}`, which stores it in the Hugging Face cache that nsarm reads "
             f"({hub_cache_dir()}); or run nsarm without HF_HUB_OFFLINE=1 to let it download; "
             f"or pass the local {'folder' if wf.allow_patterns else 'file'} with `{opt} PATH`."
         )
@@ -648,6 +654,9 @@ def resolve_file(
             raise _not_found(
                 spec, role, wf, [str(placed)], "offline (HF_HUB_OFFLINE=1), so nothing was downloaded"
             )
+        unreachable = host_unreachable(str(wf.url))  # seconds, once: not a long wait in urlopen
+        if unreachable is not None:
+            raise _not_found(spec, role, wf, [str(placed)], f"no network: {unreachable}")
         return _download_url(spec, role, wf, placed)
 
     return _resolve_hub(spec, role, wf, offline)
@@ -676,6 +685,12 @@ def _resolve_hub(spec: ModelSpec, role: str, wf: WeightFile, offline: bool) -> P
 
     looked = [f"the Hugging Face cache {hub_cache_dir()} (repo {wf.repo_id}, file {wf.hub_path})"]
     errors = (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError)
+    # A Hub that cannot be reached is found out once, in seconds, and the cache is read alone (a cached file
+    # still loads); otherwise huggingface_hub would retry it for minutes before the same error.
+    why_offline = (
+        "offline (HF_HUB_OFFLINE=1): only the local cache was searched" if offline else offline_reason()
+    )
+    offline = why_offline is not None
     current = wf.filename
     try:
         if wf.allow_patterns:
@@ -702,9 +717,7 @@ def _resolve_hub(spec: ModelSpec, role: str, wf: WeightFile, offline: bool) -> P
     except errors as exc:
         if isinstance(exc, NSARMError):  # e.g. a malformed index: not a "missing file" problem
             raise
-        why = (
-            "offline (HF_HUB_OFFLINE=1): only the local cache was searched" if offline else type(exc).__name__
-        )
+        why = why_offline if why_offline is not None else type(exc).__name__
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if current != wf.filename:  # the index is there, one of its shards is not
             why = f"the shard {current} listed by the index is missing; {why}"

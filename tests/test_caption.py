@@ -171,7 +171,9 @@ def test_missing_weights_give_a_clear_offline_error(lr_images: Path, tmp_path: P
     r = runner.invoke(app, ["caption", str(lr_images), "--out", str(out)])  # the default llava-hf model
     assert r.exit_code == 2
     msg = " ".join(_text(r).split())
-    assert "llava-hf/llava-1.5-7b-hf" in msg and "looked in" in msg and "huggingface-cli download" in msg
+    assert "llava-hf/llava-1.5-7b-hf" in msg and "looked in" in msg
+    # the CLI of the huggingface-hub we install is `hf`; `huggingface-cli` does not exist there
+    assert "`hf download llava-hf/llava-1.5-7b-hf`" in msg and "huggingface-cli" not in msg
     assert "offline" in msg
     r = runner.invoke(app, ["caption", str(lr_images), "--out", str(out), "--model", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "does not exist" in _text(r)

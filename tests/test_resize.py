@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 
 from nsarm_core.errors import ConfigError
-from nsarm_core.resize import INTERPOLATION_MODES, interpolate, pil_bicubic, resize_alpha, resize_to_scale
+from nsarm_core.resize import (
+    ARRAY_MODES,
+    INTERPOLATION_MODES,
+    interpolate,
+    interpolate_array,
+    pil_bicubic,
+    resize_alpha,
+    resize_to_scale,
+)
 
 
 def test_resize_to_scale_sizes_and_filters() -> None:
@@ -56,3 +64,31 @@ def test_resize_alpha_keeps_range() -> None:
     alpha = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
     out = resize_alpha(alpha, (12, 16))
     assert out.shape == (12, 16) and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("mode", ARRAY_MODES)
+def test_interpolate_array_gives_torchs_floats_bit_for_bit(mode: str) -> None:
+    # The baselines' torch-free path must not change a single output value: whole factors 1-8 (the same or
+    # different per axis), 1-pixel edges, and values outside [0, 1] (the clamp comes after the taps).
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 1), (1, 5), (7, 3), (17, 23), (32, 48)]:
+        for sy, sx in [(k, k) for k in range(1, 9)] + [(4, 2), (3, 7)]:
+            x = (np.round((rng.random((h, w, 3)) * 1.2 - 0.1) * 255) / 255).astype(np.float32)
+            want = interpolate(torch.from_numpy(x).permute(2, 0, 1)[None], (h * sy, w * sx), mode)
+            got = interpolate_array(x, (h * sy, w * sx), mode)
+            assert np.array_equal(got, want[0].permute(1, 2, 0).numpy()), (mode, h, w, sy, sx)
+
+
+def test_interpolate_array_refuses_what_it_does_not_replay() -> None:
+    x = np.zeros((4, 6, 3), np.float32)
+    with pytest.raises(ConfigError, match="whole-number factors"):
+        interpolate_array(x, (6, 9), "bicubic")
+    with pytest.raises(ConfigError, match="not 'bilinear'"):
+        interpolate_array(x, (8, 12), "bilinear")
+    assert interpolate_array(x, (6, 9), "lanczos").shape == (6, 9, 3)  # Pillow's: any size
+
+
+def test_resize_alpha_enlargement_runs_in_numpy_with_torchs_floats() -> None:
+    alpha = np.random.default_rng(2).random((9, 11), dtype=np.float32)
+    want = F.interpolate(torch.from_numpy(alpha)[None, None], size=(36, 44), mode="bicubic").clamp(0, 1)[0, 0]
+    assert np.array_equal(resize_alpha(alpha, (36, 44)), want.numpy())

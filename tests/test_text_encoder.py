@@ -126,7 +126,7 @@ def test_missing_weights_offline_names_id_cache_and_fix(monkeypatch: pytest.Monk
         TextEncoder.from_pretrained(model_id)
     msg = str(info.value)
     assert model_id in msg and str(hub_constants.HF_HUB_CACHE) in msg
-    assert f"huggingface-cli download {model_id}" in msg and "local folder" in msg
+    assert f"`hf download {model_id}`" in msg and "local folder" in msg and "huggingface-cli" not in msg
 
 
 def test_missing_local_folder(tmp_path: Path) -> None:

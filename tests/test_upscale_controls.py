@@ -130,6 +130,32 @@ def test_threads_default_to_the_cores_this_process_may_use(
     assert res.exit_code == 0 and seen == [3, 1]
 
 
+def test_threads_of_a_baseline_run_go_to_the_environment_without_importing_torch(tmp_path: Path) -> None:
+    # Before the merge with the torch-free baselines: --threads imported torch to call set_num_threads.
+    import subprocess
+    import sys
+
+    _write(tmp_path / "a.png")
+    args = [
+        "upscale",
+        str(tmp_path / "a.png"),
+        "-o",
+        str(tmp_path / "o"),
+        "--model",
+        "bicubic",
+        "--threads",
+        "3",
+    ]
+    code = (
+        "import os, sys; from typer.testing import CliRunner; from nsarm_cli.main import app; "
+        f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+        "print('torch' in sys.modules, os.environ['OMP_NUM_THREADS'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "3"]
+
+
 def test_threads_help_and_bounds(tmp_path: Path) -> None:
     help_text = " ".join(runner.invoke(app, ["upscale", "--help"]).stdout.split())
     assert "--threads" in help_text and "3-5x faster" in help_text

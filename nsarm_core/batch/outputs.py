@@ -28,10 +28,8 @@ from PIL import Image as PILImage
 from nsarm_core.batch.tiled import TiledUpscaler
 from nsarm_core.data.io import read_image
 from nsarm_core.errors import InputError
-from nsarm_core.models.checkpoint import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
-from nsarm_core.pipeline import SRPipeline
 from nsarm_core.resize import INTERPOLATION_MODES
-from nsarm_core.weights import MODELS, find_local
+from nsarm_core.upscaler import is_sr_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +188,11 @@ def weights_identity(model: str | Path, weights: str | Path | None = None) -> st
     name = str(model)
     if name in INTERPOLATION_MODES:
         return None
+    # The model registry and checkpoint names (the nsarm_core.models package) load only for a model, so a
+    # baseline's run imports nothing of the model stack.
+    from nsarm_core.models.checkpoint import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
+    from nsarm_core.weights import MODELS, find_local
+
     if name in MODELS:
         wf = MODELS[name].files.get("checkpoint")
         if wf is not None and (wf.sha256 or wf.md5):
@@ -230,7 +233,7 @@ def output_settings(upscaler: Any, *, scale: float, seed: int, weights: str | No
     if isinstance(upscaler, TiledUpscaler):
         settings["tile"] = upscaler.tile  # NSARM samples each tile as its own image: another output
         upscaler = upscaler.inner
-    if isinstance(upscaler, SRPipeline):
+    if is_sr_pipeline(upscaler):
         st = upscaler.settings
         settings.update(
             seed=int(seed),

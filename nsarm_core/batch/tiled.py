@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from nsarm_core.errors import ConfigError, InputError
-from nsarm_core.pipeline import SRPipeline, Upscaler, UpscaleResult
-from nsarm_core.tiling import TilePlan, pad_to_plan, plan_tiles, run_tiled
+from nsarm_core.upscaler import Upscaler, UpscaleResult, is_sr_pipeline
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from nsarm_core.tiling import TilePlan
 
 __all__ = ["TILE_SEED_STRIDE", "TiledUpscaler", "tile_overlap_for", "count_windows", "accepts_on_tile"]
 
@@ -63,7 +65,7 @@ def accepts_on_tile(upscaler: Upscaler) -> bool:
 def native_window(upscaler: Upscaler) -> int | None:
     """The fixed LR window of an NSARM pipeline (through any tiling wrapper); None for other upscalers."""
     inner = upscaler.inner if isinstance(upscaler, TiledUpscaler) else upscaler
-    return inner.config.lr_size[0] if isinstance(inner, SRPipeline) else None
+    return inner.config.lr_size[0] if is_sr_pipeline(inner) else None
 
 
 def count_windows(upscaler: Upscaler, width: int, height: int) -> int:
@@ -74,15 +76,21 @@ def count_windows(upscaler: Upscaler, width: int, height: int) -> int:
     """
     if isinstance(upscaler, TiledUpscaler):
         return upscaler.num_windows(width, height)
-    if isinstance(upscaler, SRPipeline):
-        window = upscaler.config.lr_size[0]
-        overlap = upscaler.settings.tile_overlap
-        return plan_tiles(height, width, window, window // 4 if overlap is None else overlap).num_tiles
     tile, overlap = getattr(upscaler, "tile", None), getattr(upscaler, "tile_overlap", None)
-    if isinstance(tile, int) and isinstance(overlap, int) and (height > tile or width > tile):
+    if is_sr_pipeline(upscaler):
+        side = upscaler.config.lr_size[0]
+        overlap = upscaler.settings.tile_overlap
+        overlap = side // 4 if overlap is None else overlap
+    elif isinstance(tile, int) and isinstance(overlap, int) and (height > tile or width > tile):
         side = min(tile, height, width)  # as PeerUpscaler.upscale plans it
-        return plan_tiles(height, width, side, min(overlap, side // 2)).num_tiles
-    return 1
+        overlap = min(overlap, side // 2)
+    else:
+        return 1
+    # nsarm_core.tiling imports torch: only upscalers that tile (and so already run torch) get here, never a
+    # baseline, whose run stays torch-free.
+    from nsarm_core.tiling import plan_tiles
+
+    return plan_tiles(height, width, side, overlap).num_tiles
 
 
 class TiledUpscaler:
@@ -114,6 +122,8 @@ class TiledUpscaler:
         pads (reflects) an axis shorter than the tile, as window plans do."""
         if height <= self.tile and width <= self.tile:
             return None
+        from nsarm_core.tiling import plan_tiles  # torch, which tiling the tensors needs anyway
+
         return plan_tiles(height, width, self.tile, self.overlap)
 
     def _regions(self, plan: TilePlan) -> list[tuple[int, int, int, int]]:
@@ -139,6 +149,8 @@ class TiledUpscaler:
             raise InputError(
                 f"{self.name} expects an RGB image [1, 3, H, W] in [0, 1], got {list(rgb.shape)}"
             )
+        from nsarm_core.tiling import pad_to_plan, run_tiled  # torch: rgb is a tensor already
+
         start = time.perf_counter()
         h, w = int(rgb.shape[-2]), int(rgb.shape[-1])
         plan = self._plan(h, w)

@@ -17,6 +17,10 @@ and writes 1024x1024 PNGs; this module is what a photographer's batch tool needs
   16-bit into WebP) is replaced by PNG, with a warning;
 * **any factor**: the upscaler works at its native factor (4); other factors are a final bicubic resize of its
   output (antialiased when shrinking, :func:`nsarm_core.resize.resize_to_scale`);
+* **start-up**: the model stack (torch, :mod:`nsarm_core.pipeline`, :mod:`nsarm_core.peers`) is imported by
+  :func:`load_upscaler` only when a model or a peer is asked for. The bicubic, nearest and lanczos baselines run
+  on numpy arrays (:func:`nsarm_core.resize.interpolate_array`, the same floats as torch's kernel) and never
+  import torch, so ``nsarm upscale --model bicubic`` starts in a fraction of a second;
 * **prompts**: one fixed prompt, per-image captions from jsonl files (the official ``image_path`` +
   ``long_caption`` layout, :mod:`nsarm_core.data.captions`), or the model's own ``default_prompt``;
 * **multi-GPU**: under ``accelerate launch`` every process takes every ``world``-th file
@@ -39,9 +43,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from nsarm_core.batch.inputs import (
     BatchItem,
@@ -80,18 +84,24 @@ from nsarm_core.data.io import (
 )
 from nsarm_core.devices import check_device
 from nsarm_core.errors import ConfigError, InputError, MissingExtraError, WeightsNotFoundError
-from nsarm_core.peers import PEER_MODELS, load_peer
-from nsarm_core.pipeline import (
+from nsarm_core.resize import (
+    ARRAY_MODES,
+    INTERPOLATION_MODES,
+    interpolate,
+    interpolate_array,
+    resize_alpha,
+    resize_to_scale,
+)
+from nsarm_core.upscaler import (
     Upscaler,
     UpscaleResult,
     check_device_name,
     check_dtype_name,
-    load_pipeline,
     pipeline_settings,
-    resolve_device,
-    resolve_dtype,
 )
-from nsarm_core.resize import INTERPOLATION_MODES, interpolate, resize_alpha, resize_to_scale
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +147,8 @@ class InterpolationUpscaler:
     Deterministic (``seed`` and ``prompt`` are ignored but recorded). Used by ``nsarm upscale --model bicubic``
     (or ``lanczos``, ``bilinear``, ``nearest``) and as reference methods of the evaluation. bicubic/bilinear use
     ``F.interpolate(align_corners=False)``; lanczos uses Pillow's Lanczos-3 on float channels.
+    :meth:`upscale_array` gives the same floats on numpy arrays without torch (bicubic, nearest, lanczos); the
+    batch uses it when :attr:`runs_on_arrays`.
 
     Args:
         mode: one of :data:`INTERPOLATION_MODES`.
@@ -151,6 +163,30 @@ class InterpolationUpscaler:
         self.mode = mode
         self.native_scale: int = scale
         self.name: str = mode
+
+    @property
+    def runs_on_arrays(self) -> bool:
+        """True when :meth:`upscale_array` is this upscaler's result without torch: the mode has a numpy path
+        (:data:`~nsarm_core.resize.ARRAY_MODES`; bilinear has none) and :meth:`upscale` is not overridden (a
+        subclass's own ``upscale`` is what it means)."""
+        return self.mode in ARRAY_MODES and type(self).upscale is InterpolationUpscaler.upscale
+
+    def upscale_array(self, rgb: np.ndarray, *, seed: int, prompt: str | None) -> UpscaleResult:
+        """Upscale ``rgb`` [H, W, 3] float32 to an [s*H, s*W, 3] array in ``result.image``, without torch: the
+        same floats as :meth:`upscale` (:func:`~nsarm_core.resize.interpolate_array`).
+
+        Raises:
+            ConfigError: bilinear (it has no numpy path; use :meth:`upscale`).
+        """
+        start = time.perf_counter()
+        h, w = rgb.shape[:2]
+        out = interpolate_array(rgb, (h * self.native_scale, w * self.native_scale), self.mode)
+        return UpscaleResult(
+            image=out,
+            seed=seed,
+            settings={"method": self.mode, "scale": self.native_scale},
+            timings={"upscale": time.perf_counter() - start},
+        )
 
     def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
         """Upscale ``rgb`` [1, 3, H, W] to [1, 3, s*H, s*W] (float32, clamped: cubic kernels overshoot at edges).
@@ -208,26 +244,38 @@ def load_upscaler(
     if tile is not None and tile < 0:
         raise ConfigError(f"--tile must be >= 0 input pixels (0: no extra tiling), got {tile}")
     tile = tile or None
-    dev = resolve_device(device)
-    if dev == "cpu" and dtype == "fp16":
-        raise ConfigError(
-            "--dtype fp16 runs on the CPU without fast kernels (about 14x slower than fp32); "
-            "use --dtype fp32 (or bf16), or a CUDA device"
-        )
     name = str(model)
-    if fidelity is not None and (name in INTERPOLATION_MODES or name in PEER_MODELS):
-        raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
-    # Weight options the chosen model has no use for are refused: silently ignoring them hides a wrong --model.
-    unused = {"--weights": weights, "--vae-weights": vae_weights, "--text-encoder": text_encoder}
-    if name in PEER_MODELS:
-        unused.pop("--weights")
-    given = [opt for opt, value in unused.items() if value is not None]
-    if given and (name in INTERPOLATION_MODES or name in PEER_MODELS):
-        raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
+    fp16_on_cpu = (
+        "--dtype fp16 runs on the CPU without fast kernels (about 14x slower than fp32); "
+        "use --dtype fp32 (or bf16), or a CUDA device"
+    )
     if name in INTERPOLATION_MODES:
+        if fidelity is not None:
+            raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
+        # Weight options a baseline has no use for are refused: silently ignoring them hides a wrong --model.
+        unused = (("--weights", weights), ("--vae-weights", vae_weights), ("--text-encoder", text_encoder))
+        given = [opt for opt, value in unused if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
+        if dtype == "fp16":  # the baselines always run on the CPU, whatever --device says
+            raise ConfigError(fp16_on_cpu)
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
         baseline = InterpolationUpscaler(name, scale=native)
         return baseline if tile is None else TiledUpscaler(baseline, tile)
+    # A model or a peer: only now is the model stack (torch) imported, so the baselines above start fast.
+    from nsarm_core.peers import PEER_MODELS, load_peer
+    from nsarm_core.pipeline import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    if dev == "cpu" and dtype == "fp16":
+        raise ConfigError(fp16_on_cpu)
+    if fidelity is not None and name in PEER_MODELS:
+        raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
+    # Weight options the chosen model has no use for are refused: silently ignoring them hides a wrong --model.
+    extra = (("--vae-weights", vae_weights), ("--text-encoder", text_encoder))
+    given = [opt for opt, value in extra if value is not None]
+    if given and name in PEER_MODELS:
+        raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
     if name in PEER_MODELS:
         # A feed-forward network: the sampling and colour-fix options do not apply, the tiling ones do.
         return load_peer(
@@ -251,6 +299,14 @@ def load_upscaler(
         fidelity=fidelity,
     )
     return pipe if tile is None else TiledUpscaler(pipe, tile)
+
+
+def load_pipeline(model: str | Path, **options: Any) -> Upscaler:
+    """:func:`nsarm_core.pipeline.load_pipeline` (same arguments), imported on first use: torch and the model
+    stack load only when a model is asked for, never for a baseline."""
+    from nsarm_core.pipeline import load_pipeline as load
+
+    return load(model, **options)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -458,6 +514,8 @@ def upscale_image(
     The RGB goes through ``upscaler`` at its native factor, then :func:`resize_to_scale` (bicubic, antialiased
     when shrinking) for any other factor. Alpha is resized with bicubic straight to the output size and
     re-attached (the model only knows RGB). Gray images come back gray when written (the writer takes the luma).
+    A baseline that :attr:`~InterpolationUpscaler.runs_on_arrays` works on the arrays (torch is imported only for
+    a factor other than its native one, by the final resize).
 
     Args:
         upscaler: the model or baseline.
@@ -473,22 +531,29 @@ def upscale_image(
     Raises:
         InputError: the upscaler returned a wrong shape.
     """
-    rgb = to_tensor(image.rgb)
-    if on_tile is not None and accepts_on_tile(upscaler):
-        result = upscaler.upscale(rgb, seed=seed, prompt=prompt, on_tile=on_tile)  # type: ignore[call-arg]
-    else:
-        result = upscaler.upscale(rgb, seed=seed, prompt=prompt)
+    s = upscaler.native_scale
+    if isinstance(upscaler, InterpolationUpscaler) and upscaler.runs_on_arrays:
+        result = upscaler.upscale_array(image.rgb, seed=seed, prompt=prompt)
         if on_tile is not None:
             on_tile(1, 1)
-    s = upscaler.native_scale
-    expected = (1, 3, image.height * s, image.width * s)
-    if tuple(result.image.shape) != expected:
-        raise InputError(
-            f"upscaler '{upscaler.name}' returned shape {list(result.image.shape)} for an input of "
-            f"{image.width}x{image.height}; expected {list(expected)} (native factor {s})"
-        )
-    out = resize_to_scale(result.image.float(), scale, s)
-    rgb_out = from_tensor(out)
+        native = result.image  # [s*H, s*W, 3] float32 in [0, 1]: from_tensor's output for the tensor path
+        same = math.isclose(scale, s)
+        rgb_out = native if same else from_tensor(resize_to_scale(to_tensor(native), scale, s))
+    else:
+        rgb = to_tensor(image.rgb)
+        if on_tile is not None and accepts_on_tile(upscaler):
+            result = upscaler.upscale(rgb, seed=seed, prompt=prompt, on_tile=on_tile)  # type: ignore[call-arg]
+        else:
+            result = upscaler.upscale(rgb, seed=seed, prompt=prompt)
+            if on_tile is not None:
+                on_tile(1, 1)
+        expected = (1, 3, image.height * s, image.width * s)
+        if tuple(result.image.shape) != expected:
+            raise InputError(
+                f"upscaler '{upscaler.name}' returned shape {list(result.image.shape)} for an input of "
+                f"{image.width}x{image.height}; expected {list(expected)} (native factor {s})"
+            )
+        rgb_out = from_tensor(resize_to_scale(result.image.float(), scale, s))
     alpha = None
     if image.alpha is not None:
         alpha = resize_alpha(image.alpha, (rgb_out.shape[0], rgb_out.shape[1]))

@@ -46,6 +46,7 @@ from nsarm_core.errors import (
     missing_extra,
 )
 from nsarm_core.eval.niqe import niqe
+from nsarm_core.hub import download_command
 
 logger = logging.getLogger(__name__)
 
@@ -471,7 +472,7 @@ def weights_not_found(spec: MetricSpec, cause: BaseException | None = None) -> W
         how = (
             f"download {wf.url} and save it as {path}"
             if wf.store != "hf"
-            else f"run `hf download {wf.file}` on a connected machine and copy the hub cache folder to {path}"
+            else f"run `{download_command(wf.file)}` on a connected machine and copy the hub cache folder to {path}"
         )
         lines.append(f"{wf.file} [{state}] expected at {path} ({how})")
     detail = "; ".join(lines) if lines else "no weight file is registered for it"

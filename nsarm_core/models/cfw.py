@@ -39,22 +39,12 @@ from torch import Tensor, nn
 from nsarm_core.errors import ConfigError, unknown_choice
 from nsarm_core.models.vae import VAEConfig, swish
 
+# The rule lives in the torch-free nsarm_core.upscaler, so the batch layer checks --fidelity without torch.
+from nsarm_core.upscaler import check_fidelity
+
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------
-
-
-def check_fidelity(value: float, what: str = "fidelity") -> float:
-    """``value`` as a float in [0, 1], or a :class:`ConfigError` naming ``what``."""
-    try:
-        w = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= w <= 1.0 or math.isnan(w):
-        raise ConfigError(
-            f"{what} must be in [0, 1] (0 = NSARM's generative output, 1 = most faithful), got {w}"
-        )
-    return w
 
 
 @dataclass(frozen=True)

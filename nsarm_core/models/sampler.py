@@ -19,7 +19,6 @@ Shape legend:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +36,9 @@ from nsarm_core.models.bsq import (
 )
 from nsarm_core.models.transformer import InfinityTransformer, TextInput, as_schedule
 from nsarm_core.scales import ScaleSchedule
+
+# The rule lives in the torch-free nsarm_core.upscaler, so the batch layer checks --tau without torch.
+from nsarm_core.upscaler import check_tau
 
 logger = logging.getLogger(__name__)
 
@@ -63,19 +65,6 @@ class SampleResult:
     bits_tok: list[Tensor]
     logits: list[Tensor] | None
     next_inputs: list[Tensor]
-
-
-def check_tau(tau: float) -> float:
-    """The one rule for the sampling temperature, used by the sampler, the pipeline and the CLI alike.
-
-    The logits are divided by ``tau``, so it must be a finite number > 0.
-
-    Raises:
-        ConfigError: anything else (0, negative, NaN, infinity, not a number).
-    """
-    if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
-        raise ConfigError(f"tau (the sampling temperature) must be a finite number > 0, got {tau!r}")
-    return float(tau)
 
 
 def sample_bits(logits: Tensor, top_p: float, generator: torch.Generator | None) -> Tensor:

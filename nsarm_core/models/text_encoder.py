@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from nsarm_core.errors import InputError, NSARMError, WeightsNotFoundError, missing_extra
+from nsarm_core.hub import download_command, offline_reason
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,10 @@ class TextEncoder:
                 f"the tokenizer files of a T5 encoder, or a Hugging Face id such as {DEFAULT_TEXT_ENCODER!r}"
             )
         where = str(path) if is_local else str(cache_dir or hub_constants.HF_HUB_CACHE)
+        no_network = None
+        if not is_local and not local_files_only:  # found out once, in seconds, instead of minutes of retries
+            no_network = offline_reason()
+            local_files_only = no_network is not None
         kwargs: dict[str, Any] = {"local_files_only": local_files_only}
         if cache_dir is not None:
             kwargs["cache_dir"] = str(cache_dir)
@@ -221,13 +226,12 @@ class TextEncoder:
             if is_local:
                 hint = "check that the folder holds a complete T5 encoder (config.json, weights, tokenizer files)"
             else:
-                hint = (
-                    f"download it with `huggingface-cli download {source}` (needs network), or pass a local "
-                    "folder with the model"
-                )
-            offline = (
-                " (offline: HF_HUB_OFFLINE / local_files_only)" if local_files_only and not is_local else ""
-            )
+                hint = f"download it with `{download_command(source)}` (needs network), or pass a local folder with the model"
+            offline = ""
+            if no_network is not None:
+                offline = f" ({no_network})"
+            elif local_files_only and not is_local:
+                offline = " (offline: HF_HUB_OFFLINE / local_files_only)"
             raise WeightsNotFoundError(
                 f"text encoder {source!r} not found{offline}; looked in {where}; {hint}. Original error: "
                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
