@@ -47,6 +47,8 @@ ALLOWED = {
         "nsarm_core.resize",
         "nsarm_core.color_fix",
         "nsarm_core.weights",
+        "nsarm_core.cpu_features",
+        "nsarm_core.window_batch",
     ),  # fmt: skip
 }
 

@@ -58,6 +58,7 @@ from nsarm_core.pipeline import (
     resolve_dtype,
 )
 from nsarm_core.resize import INTERPOLATION_MODES, interpolate, resize_alpha, resize_to_scale
+from nsarm_core.window_batch import check_batch_windows
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def load_upscaler(
     tile: int | None = None,
     tile_overlap: int | None = None,
     fidelity: float | None = None,
+    batch_windows: int | None = None,
 ) -> Upscaler:
     """The one choice baseline-or-model: an :class:`InterpolationUpscaler` for ``bicubic``, ``bilinear``,
     ``nearest`` and ``lanczos``, a peer network for a peer name (``realesrgan-x4plus``,
@@ -157,7 +159,8 @@ def load_upscaler(
 
     ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
     interpolation step; any other factor is x4 plus the batch's final resize, as for a model. ``fidelity`` (the
-    CFW weight) applies to NSARM models only; a baseline or a peer refuses it.
+    CFW weight) applies to NSARM models only; a baseline or a peer refuses it, and so does ``batch_windows``
+    (windows run together, None: from a memory budget).
     """
     # Every option is checked here, for a baseline too, so a typo fails the same way whatever the model.
     pipeline_settings(sampling, color_fix, tile_overlap, fidelity)
@@ -168,6 +171,9 @@ def load_upscaler(
     name = str(model)
     if fidelity is not None and (name in INTERPOLATION_MODES or name in PEER_MODELS):
         raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
+    check_batch_windows(batch_windows)
+    if batch_windows is not None and (name in INTERPOLATION_MODES or name in PEER_MODELS):
+        raise ConfigError(f"--batch-windows applies to NSARM models, not to --model {name}")
     if name in INTERPOLATION_MODES:
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
         return InterpolationUpscaler(name, scale=native)
@@ -194,6 +200,7 @@ def load_upscaler(
         tile=tile,
         tile_overlap=tile_overlap,
         fidelity=fidelity,
+        batch_windows=batch_windows,
     )
 
 
