@@ -14,6 +14,8 @@ Parts (each measurement in a fresh subprocess, so its peak RSS is its own):
 3. **Batched windows**: the 1-megapixel output with one window per batch against the automatic batch.
 4. **Decoder layout**: nsarm-tiny's decoder + CFW on one window in fp32, contiguous (NCHW) against channels-last
    weights and inputs: seconds (best of ``--layout-repeats`` interleaved runs) and the largest difference.
+5. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
+   the code in DIR (an earlier version) and with this one, in alternating processes.
 
 All with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
 wall time and its process CPU time (user + system): with one thread on a shared machine the CPU time counts the
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -87,7 +90,7 @@ def _load(model: str, dtype: str, batch_windows: int | None) -> tuple[Any, str]:
             net = RRDBNet(PRESETS[PEER_MODELS[model].preset])
         note = "weights absent: the same RRDBNet x4plus architecture with seeded random weights (time only)"
         return PeerUpscaler(net, name=model, dtype=DTYPES[resolve_dtype(dtype, "cpu")]), note
-    kwargs = {"batch_windows": batch_windows} if model not in PEER_MODELS and model != "bicubic" else {}
+    kwargs = {"batch_windows": batch_windows} if batch_windows is not None else {}
     return load_upscaler(model, device="cpu", dtype=dtype, **kwargs), "registered weights"
 
 
@@ -128,12 +131,14 @@ def _run_child(
     size: int,
     batch_windows: int | None = None,
     dtype: str | None = None,
+    code: Path | None = None,
 ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--_child", "--model", model, "--size", str(size), "--dtype", dtype or args.dtype,
            "--threads", str(args.threads)]  # fmt: skip
     if batch_windows is not None:
         cmd += ["--batch-windows", str(batch_windows)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(code)} if code is not None else None
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     print(
         f"  {model:18} LR {size:5d}  out {rec['out_mp']:6.3f} MP  {rec['seconds']:8.2f} s  {rec['s_per_mp']:7.2f} s/MP"
@@ -206,7 +211,16 @@ def main() -> None:
     p.add_argument("--dtype", default="auto", help="dtype of the scaling and batch parts (auto: the default)")
     p.add_argument("--peer-dtypes", default="auto,fp32", help="dtypes of the peer comparison")
     p.add_argument("--layout-repeats", type=int, default=5)
-    p.add_argument("--parts", default="peer,scaling,batch,layout")
+    p.add_argument(
+        "--parts", default="peer,scaling,batch,layout", help="any of peer,scaling,batch,layout,before"
+    )
+    p.add_argument(
+        "--before-code",
+        type=Path,
+        default=None,
+        help="part 'before': a checkout of an earlier version (e.g. `git archive REV | tar -x -C DIR`) to time "
+        "against this one, nsarm-tiny at --peer-size in fp32 and bf16",
+    )
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", default="nsarm-tiny", help=argparse.SUPPRESS)
@@ -306,6 +320,19 @@ def main() -> None:
             f"{layout['speedup_best']:.2f}x; median {layout['speedup_median']:.2f}x), max |diff| "
             f"{layout['max_abs_diff']:.2e}"
         )
+    if "before" in parts:
+        if args.before_code is None:
+            raise SystemExit("part 'before' needs --before-code DIR")
+        print(f"5. this code against {args.before_code}, nsarm-tiny, LR {args.peer_size} px:")
+        record["before"] = {"code": str(args.before_code), "rows": []}
+        for dtype in ("fp32", "bf16"):
+            old = _run_child(args, "nsarm-tiny", args.peer_size, dtype=dtype, code=args.before_code)
+            new = _run_child(args, "nsarm-tiny", args.peer_size, dtype=dtype)
+            record["before"]["rows"].append({"dtype": dtype, "before": old, "now": new})
+            print(
+                f"{dtype}: before {old['seconds']:.2f} s wall / {old['cpu_seconds']:.2f} s CPU, now "
+                f"{new['seconds']:.2f} s / {new['cpu_seconds']:.2f} s ({old['cpu_seconds'] / new['cpu_seconds']:.2f}x CPU)"
+            )
     record["meta"]["load_average_at_end"] = list(_load_average())
     print(json.dumps(record, indent=1))
     if args.json_out is not None:
@@ -317,8 +344,6 @@ def _stages(rec: dict[str, Any]) -> str:
 
 
 def _load_average() -> tuple[float, float, float]:
-    import os
-
     return os.getloadavg()
 
 

@@ -4,9 +4,11 @@ Paper: NSARM (arXiv 2510.00820) Sec. 3 / Fig. 2 (inference); spec docs/architect
 One native window goes LR -> VAE encoder -> transformation network -> first K_t scales (quantised) -> the
 transformer continues the remaining scales (its KV cache filled from the LR-derived scales) -> VAE decode ->
 colour fix -> HR. Images of any size and aspect ratio are cut into overlapping native windows that are
-blended with smooth weights (:mod:`nsarm_core.tiling`), so memory is bounded by one window.
+blended with smooth weights (:mod:`nsarm_core.tiling`). The windows of an image run in batches (every stage on
+B windows at once, the decoder in chunks; :mod:`nsarm_core.window_batch` sizes B from a memory budget), so
+memory is bounded by one batch of windows plus the output canvas.
 
-Shape legend: LR window ``[1, 3, h, w]`` in [0, 1]; latent ``[1, d, h/p, w/p]``; HR window ``[1, 3, 4h, 4w]``.
+Shape legend: LR windows ``[B, 3, h, w]`` in [0, 1]; latent ``[B, d, h/p, w/p]``; HR windows ``[B, 3, 4h, 4w]``.
 """
 
 from __future__ import annotations
