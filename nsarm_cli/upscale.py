@@ -176,10 +176,20 @@ def upscale(
         str,
         typer.Option(
             "--dtype",
-            help="auto|fp32|bf16|fp16 (auto: bf16 on CUDA, which halves GPU memory; fp32 on CPU; fp16 is "
-            "refused on the CPU, where it is about 14x slower).",
+            help="auto|fp32|bf16|fp16 (auto: bf16 on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX; "
+            "fp32 on other CPUs, where bf16 is emulated and much slower; fp16 is refused on the CPU, where it is "
+            "about 14x slower).",
         ),
     ] = "auto",
+    batch_windows: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-windows",
+            min=1,
+            help="Windows of an image run together (NSARM models; default: from a memory budget). "
+            "Outputs do not depend on it: every window keeps its own seed.",
+        ),
+    ] = None,
     threads: Threads = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print per-image records and totals as JSON on stdout.")
@@ -230,7 +240,7 @@ def upscale(
     upscaler = load_upscaler(
         model, scale=scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
         text_encoder=text_encoder, sampling=dict(tau=tau, top_p=top_p, cfg=cfg), color_fix=color_fix, tile=tile,
-        tile_overlap=tile_overlap, fidelity=fidelity,
+        tile_overlap=tile_overlap, fidelity=fidelity, batch_windows=batch_windows,
     )  # fmt: skip
     if world > 1:
         info(f"process {rank + 1} of {world}: taking every {world}th file")

@@ -30,6 +30,7 @@ __all__ = [
     "COLOR_FIX_MODES",
     "DTYPE_NAMES",
     "SamplingSettings",
+    "check_batch_windows",
     "UpscaleResult",
     "Upscaler",
     "check_device_name",
@@ -58,6 +59,17 @@ def check_tau(tau: float) -> float:
     if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
         raise ConfigError(f"tau (the sampling temperature) must be a finite number > 0, got {tau!r}")
     return float(tau)
+
+
+def check_batch_windows(value: int | None) -> int | None:
+    """``value`` if it is None (automatic) or a positive integer; a :class:`ConfigError` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"batch_windows must be a positive number of windows (or None/omitted for automatic), got {value!r}"
+        )
+    return value
 
 
 def check_fidelity(value: float, what: str = "fidelity") -> float:

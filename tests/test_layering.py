@@ -55,6 +55,8 @@ ALLOWED = {
         "nsarm_core.color_fix",
         "nsarm_core.weights",
         "nsarm_core.upscaler",
+        "nsarm_core.cpu_features",
+        "nsarm_core.window_batch",
     ),  # fmt: skip
 }
 

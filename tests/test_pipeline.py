@@ -21,6 +21,7 @@ import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
+from nsarm_core import cpu_features
 from nsarm_core import weights as W
 from nsarm_core.errors import ChecksumError, WeightsNotFoundError
 from nsarm_core.models.nsarm import NSARM
@@ -152,9 +153,23 @@ def test_missing_weights_name_the_file_and_how_to_get_it(
         load_pipeline(folder, device="cpu")
 
 
-def test_load_pipeline_accepts_the_cli_default_dtype(tiny_dir: Path) -> None:
-    """``nsarm upscale`` passes ``--dtype auto`` (its default) straight to load_pipeline: fp32 on the CPU."""
-    assert load_pipeline(tiny_dir, device="cpu", dtype="auto").dtype == torch.float32
+def _fake_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: str) -> None:
+    """Make ``/proc/cpuinfo`` say ``flags`` for this test (``--dtype auto`` reads them)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(cpu_features, "CPUINFO", cpuinfo)
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"), [("avx avx2 fma", torch.float32), ("avx2 avx512_bf16", torch.bfloat16)]
+)
+def test_load_pipeline_accepts_the_cli_default_dtype(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, dtype: torch.dtype
+) -> None:
+    """``nsarm upscale`` passes ``--dtype auto`` (its default) straight to load_pipeline: fp32 on a CPU without
+    native bf16, bf16 on one with it."""
+    _fake_cpu(monkeypatch, tmp_path, flags)
+    assert load_pipeline(tiny_dir, device="cpu", dtype="auto").dtype == dtype
 
 
 # --------------------------------------------------------------------------------------------- one image
@@ -260,14 +275,14 @@ def _seam_ratio(img: torch.Tensor, plan: TilePlan) -> tuple[float, float]:
 
 def _seam_check(pipe: SRPipeline, lr: torch.Tensor, overlap: int, monkeypatch: pytest.MonkeyPatch) -> None:
     tiles: list[torch.Tensor] = []
-    window = pipe.upscale_window
+    windows = pipe.upscale_windows
 
-    def capture(tile: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        out = window(tile, **kwargs)
-        tiles.append(out)
+    def capture(batch: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        out = windows(batch, **kwargs)
+        tiles.extend(out.split(1))
         return out
 
-    monkeypatch.setattr(pipe, "upscale_window", capture)
+    monkeypatch.setattr(pipe, "upscale_windows", capture)
     settings = dataclasses.replace(pipe.settings, tile_overlap=overlap)
     res = pipe.upscale(lr, seed=5, settings=settings)
     h, w = lr.shape[-2:]
@@ -298,10 +313,55 @@ def test_output_shape_many_tiles_non_square(pipe: SRPipeline) -> None:
     assert res.image.shape == (1, 3, 280, 520) and res.settings["tiles"] == 6
 
 
+# --------------------------------------------------------------------------------------------- batched windows
+
+
+def test_batched_windows_match_one_by_one(pipe: SRPipeline) -> None:
+    """Windows run in batches (encoder, transformation net, sampler with a batched KV cache, decoder chunks)
+    give the image that one window at a time gives, to the bit: each window keeps its own seeded generator."""
+    lr = _noise(64, 160)  # 1 x 3 windows: batches of 2 leave a last batch of 1
+    try:
+        pipe.batch_windows = 1
+        one = pipe.upscale(lr, seed=3)
+        pipe.batch_windows = 2
+        two = pipe.upscale(lr, seed=3)
+    finally:
+        pipe.batch_windows = None
+    assert one.settings["batch_windows"] == 1 and two.settings["batch_windows"] == 2
+    assert one.settings["tiles"] == 3
+    # measured: identical on this CPU in fp32 and bf16 (nsarm-tiny, 8 windows per batch too)
+    assert torch.equal(one.image, two.image)
+
+
+def test_upscale_windows_checks_its_seeds(pipe: SRPipeline) -> None:
+    from nsarm_core.errors import InputError
+
+    with pytest.raises(InputError, match="1 seeds for 2 windows; pass one seed per window"):
+        pipe.upscale_windows(torch.zeros(2, 3, WINDOW, WINDOW), seeds=[1])
+
+
+def test_decoder_runs_channels_last_and_matches_nchw(pipe: SRPipeline) -> None:
+    """On a CPU the decoder's convolutions run channels-last (faster: model card); the decoded image equals the
+    contiguous-layout decoder's up to float rounding."""
+    import copy
+
+    cl = torch.channels_last
+    assert pipe.model.vae.decoder.conv_in.conv.weight.is_contiguous(memory_format=cl)
+    nchw = copy.deepcopy(pipe.model.vae).to(memory_format=torch.contiguous_format)
+    assert nchw.decoder.conv_in.conv.weight.is_contiguous()
+    z = torch.randn(1, pipe.config.vae.codebook_dim, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast, ref = pipe.model.vae.decode(z.contiguous(memory_format=cl)), nchw.decode(z)
+    # measured: max 3e-6 here (random tiny model), 1e-4 for nsarm-tiny with CFW; 8-bit levels are 7.8e-3 apart
+    assert (fast - ref).abs().max() < 1e-3
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_upscale_with_a_model_folder(tiny_dir: Path, tmp_path: Path) -> None:
+def test_cli_upscale_with_a_model_folder(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nsarm_cli.main import app
 
     src, out = tmp_path / "in", tmp_path / "out"
@@ -315,10 +375,11 @@ def test_cli_upscale_with_a_model_folder(tiny_dir: Path, tmp_path: Path) -> None
     PILImage.fromarray((rng.random((16, 21, 3)) * 255).astype(np.uint8), "RGB").save(src / "photo.jpg")
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature, then garbage
 
+    _fake_cpu(monkeypatch, tmp_path, "avx avx2 fma")  # no native bf16: --dtype auto is fp32
     res = CliRunner().invoke(
         app,
         ["upscale", str(src), "-o", str(out), "--model", str(tiny_dir), "--device", "cpu",
-         "--seed", "7", "--json"],
+         "--seed", "7", "--batch-windows", "2", "--json"],
     )  # fmt: skip
 
     assert res.exit_code == 1, res.output
@@ -329,7 +390,7 @@ def test_cli_upscale_with_a_model_folder(tiny_dir: Path, tmp_path: Path) -> None
     assert all(r["seed"] == 7 and set(r["timings"]) == STAGES | {"total"} for r in done)
     assert {r["settings"]["dtype"] for r in done} == {
         "float32"
-    }  # --dtype auto (the default): fp32 on the CPU
+    }  # --dtype auto (the default): fp32 on a CPU without native bf16
     assert sorted(p.name for p in out.iterdir() if p.name != ".nsarm-outputs.jsonl") == [
         "gray16.png",
         "photo.jpg",
@@ -344,3 +405,20 @@ def test_cli_upscale_with_a_model_folder(tiny_dir: Path, tmp_path: Path) -> None
         assert np.asarray(im).max() > 255  # still 16-bit values, not 8-bit
     with PILImage.open(out / "photo.jpg") as im:
         assert im.format == "JPEG" and im.size == (84, 64)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-windows", "0"], "Invalid value for '--batch-windows'"),
+        (["--model", "bicubic", "--batch-windows", "2"], "--batch-windows applies to NSARM models"),
+    ],
+    ids=["zero", "baseline"],
+)
+def test_cli_refuses_a_bad_batch_windows(tmp_path: Path, args: list[str], message: str) -> None:
+    from nsarm_cli.main import app
+
+    PILImage.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    res = CliRunner().invoke(app, ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output

@@ -331,3 +331,13 @@ def test_nsarm_checkpoint_keys_fit_8b_with_map_prefix_ignored(parity_dir: Path, 
     ref = json.loads((parity_dir / "official_keys.json").read_text())["models"]["nsarm_8b"]["keys"]
     ours = {k: list(v.shape) for k, v in meta_models["infinity-8b"].state_dict().items()}
     assert {k: e["shape"] for k, e in ref.items() if not k.startswith("map_transformer.")} == ours
+
+
+def test_sample_bits_with_one_generator_per_row_matches_rows_alone() -> None:
+    """Batched windows: row b drawn with its own generator gets the bits it gets in a batch of one."""
+    logits = torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(0))
+    alone = [sample_bits(logits[b : b + 1], 0.97, torch.Generator().manual_seed(10 + b)) for b in range(3)]
+    batched = sample_bits(logits, 0.97, [torch.Generator().manual_seed(10 + b) for b in range(3)])
+    assert torch.equal(batched, torch.cat(alone))
+    with pytest.raises(InputError, match="2 generators for a batch of 3 samples"):
+        sample_bits(logits, 0.97, [torch.Generator(), torch.Generator()])

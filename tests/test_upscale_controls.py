@@ -202,7 +202,7 @@ def test_tile_zero_is_no_extra_tiling_and_small_tiles_are_refused(tiny_dir: Path
 @pytest.mark.usefixtures("one_torch_thread")
 def test_nsarm_runs_in_tiles_of_n_pixels_each_cut_into_windows(tiny_dir: Path) -> None:
     # Before: every --tile other than the native window (64) was refused for NSARM models.
-    upscaler = load_upscaler(tiny_dir, device="cpu", dtype="fp32", tile=64)
+    upscaler = load_upscaler(tiny_dir, device="cpu", dtype="fp32", tile=64, batch_windows=1)
     rgb = torch.rand(1, 3, 64, 80, generator=torch.Generator().manual_seed(0))
     calls: list[tuple[int, int]] = []
     result = upscaler.upscale(rgb, seed=3, prompt=None, on_tile=lambda k, n: calls.append((k, n)))
@@ -211,6 +211,12 @@ def test_nsarm_runs_in_tiles_of_n_pixels_each_cut_into_windows(tiny_dir: Path) -
     assert result.settings["outer_tiles"] == 2 and result.settings["tiles"] == 2
     total = count_windows(upscaler, 80, 64)
     assert total == 4 and calls == [(k, total) for k in range(1, total + 1)]
+    # Windows run in batches: the progress advances by the windows of each batch (2 per tile here), and still
+    # counts every window of the image.
+    batched = load_upscaler(tiny_dir, device="cpu", dtype="fp32", tile=64, batch_windows=2)
+    calls.clear()
+    batched.upscale(rgb, seed=3, prompt=None, on_tile=lambda k, n: calls.append((k, n)))
+    assert count_windows(batched, 80, 64) == total and calls == [(2, total), (4, total)]
 
 
 # --- 5. one --device option -------------------------------------------------------------------------------

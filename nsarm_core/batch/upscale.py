@@ -95,6 +95,7 @@ from nsarm_core.resize import (
 from nsarm_core.upscaler import (
     Upscaler,
     UpscaleResult,
+    check_batch_windows,
     check_device_name,
     check_dtype_name,
     pipeline_settings,
@@ -221,6 +222,7 @@ def load_upscaler(
     tile: int | None = None,
     tile_overlap: int | None = None,
     fidelity: float | None = None,
+    batch_windows: int | None = None,
 ) -> Upscaler:
     """The one choice baseline-or-model: an :class:`InterpolationUpscaler` for ``bicubic``, ``bilinear``,
     ``nearest`` and ``lanczos``, a peer network for a peer name (``realesrgan-x4plus``,
@@ -229,7 +231,8 @@ def load_upscaler(
 
     ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
     interpolation step; any other factor is x4 plus the batch's final resize, as for a model. ``fidelity`` (the
-    CFW weight) applies to NSARM models only; a baseline or a peer refuses it.
+    CFW weight) applies to NSARM models only; a baseline or a peer refuses it, and so does ``batch_windows``
+    (windows run together, None: from a memory budget).
 
     ``tile``: for a peer network its window side (Real-ESRGAN's ``--tile``); for NSARM models and the baselines
     a :class:`~nsarm_core.batch.tiled.TiledUpscaler` of that many input pixels around the upscaler (see there
@@ -249,6 +252,7 @@ def load_upscaler(
         "--dtype fp16 runs on the CPU without fast kernels (about 14x slower than fp32); "
         "use --dtype fp32 (or bf16), or a CUDA device"
     )
+    check_batch_windows(batch_windows)
     if name in INTERPOLATION_MODES:
         if fidelity is not None:
             raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
@@ -259,6 +263,8 @@ def load_upscaler(
             raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
         if dtype == "fp16":  # the baselines always run on the CPU, whatever --device says
             raise ConfigError(fp16_on_cpu)
+        if batch_windows is not None:
+            raise ConfigError(f"--batch-windows applies to NSARM models, not to --model {name}")
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
         baseline = InterpolationUpscaler(name, scale=native)
         return baseline if tile is None else TiledUpscaler(baseline, tile)
@@ -276,6 +282,8 @@ def load_upscaler(
     given = [opt for opt, value in extra if value is not None]
     if given and name in PEER_MODELS:
         raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
+    if batch_windows is not None and name in PEER_MODELS:
+        raise ConfigError(f"--batch-windows applies to NSARM models, not to --model {name}")
     if name in PEER_MODELS:
         # A feed-forward network: the sampling and colour-fix options do not apply, the tiling ones do.
         return load_peer(
@@ -297,6 +305,7 @@ def load_upscaler(
         color_fix=color_fix,
         tile_overlap=tile_overlap,
         fidelity=fidelity,
+        batch_windows=batch_windows,
     )
     return pipe if tile is None else TiledUpscaler(pipe, tile)
 

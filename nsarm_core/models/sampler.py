@@ -67,7 +67,11 @@ class SampleResult:
     next_inputs: list[Tensor]
 
 
-def sample_bits(logits: Tensor, top_p: float, generator: torch.Generator | None) -> Tensor:
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for the whole batch, or one per sample (then a sample's bits do not depend on the batch)."""
+
+
+def sample_bits(logits: Tensor, top_p: float, generator: Generators) -> Tensor:
     """Sample every bit independently from its two logits with top-p (spec D 3c).
 
     The operations mirror the official ``sample_with_top_k_top_p_also_inplace_modifying_logits_``: sort the two
@@ -77,7 +81,8 @@ def sample_bits(logits: Tensor, top_p: float, generator: torch.Generator | None)
     Args:
         logits: [B, l, 2·d_vae] (already divided by τ and CFG-combined).
         top_p: nucleus mass (0.97 in every released script); ≤ 0 disables the filter.
-        generator: RNG on the logits' device.
+        generator: RNG on the logits' device, or a sequence of B generators: row ``b`` then draws from
+            ``generator[b]`` alone, exactly as it would in a batch of one (batched windows, ``pipeline.py``).
 
     Returns:
         [B, l, d_vae] uint8 bits.
@@ -89,9 +94,18 @@ def sample_bits(logits: Tensor, top_p: float, generator: torch.Generator | None)
         remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
         remove[..., -1:] = False  # the majority class is always kept
         lg = lg.masked_fill(remove.scatter(-1, sorted_idx, remove), -torch.inf)
-    idx = torch.multinomial(
-        lg.softmax(dim=-1).view(-1, 2), num_samples=1, replacement=True, generator=generator
-    )
+    probs = lg.softmax(dim=-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        idx = torch.multinomial(probs.view(-1, 2), num_samples=1, replacement=True, generator=generator)
+    else:
+        if len(generator) != B:
+            raise InputError(f"{len(generator)} generators for a batch of {B} samples; pass one per sample")
+        idx = torch.cat(
+            [
+                torch.multinomial(probs[b], num_samples=1, replacement=True, generator=g)
+                for b, g in enumerate(generator)
+            ]
+        )
     return idx.view(B, n, V // 2).to(torch.uint8)
 
 
@@ -129,7 +143,7 @@ def sample_scales(
     text: TextInput,
     schedule: ScaleSchedule | Sequence[Sequence[int]],
     *,
-    generator: torch.Generator | None,
+    generator: Generators,
     tau: float | Sequence[float] = 1.0,
     top_p: float = 0.97,
     cfg: float | Sequence[float] = 1.0,
@@ -146,8 +160,8 @@ def sample_scales(
         model: the transformer (eval mode; any dtype set-up).
         text: TextCondition / list of [L_i, Ct] tensors; None in the model's "no text encoder" mode.
         schedule: token grids; ``schedule.patchify`` must match the model (VAE grids = 2× token grids).
-        generator: RNG for the bit draws (on the model's device). Required: pass ``None`` only to use torch's
-            global RNG deliberately.
+        generator: RNG for the bit draws (on the model's device), or one per sample (see :func:`sample_bits`).
+            Required: pass ``None`` only to use torch's global RNG deliberately.
         tau: temperature, one value or one per scale (0.5 NSARM/2B scripts, 1.0 8B notebooks).
         top_p: top-p of every bit (0.97).
         cfg: guidance scale, one value or one per scale; any value ≠ 1 doubles the batch with ``cfg_uncond``.

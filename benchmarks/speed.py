@@ -1,0 +1,351 @@
+"""Speed of ``nsarm upscale`` with nsarm-tiny's defaults: per output megapixel against Real-ESRGAN x4plus, scaling
+with the image size, and the effect of batched windows and of the channels-last decoder. One run of each.
+
+Parts (each measurement in a fresh subprocess, so its peak RSS is its own):
+
+1. **Peer ratio**: seconds per output megapixel of nsarm-tiny with its default settings (``--dtype auto``,
+   automatic window batch, w = 0.75; then again with ``--dtype fp32``) and of Real-ESRGAN x4plus at the same dtype, on the same LR image
+   (``--peer-size``, default 256 px -> a 1024x1024 output), plus the bicubic baseline. Real-ESRGAN's time does
+   not depend on its weights: without its converted weight file (``nsarm models fetch realesrgan-x4plus``) the
+   script times the same RRDBNet x4plus architecture with seeded random weights, and says so.
+2. **Scaling**: nsarm-tiny's defaults at outputs of 0.25, 1, 4 and 16 megapixels (LR 128, 256, 512, 1024 px;
+   ``--scaling-sizes``): seconds, seconds per megapixel, peak RSS, and the least-squares line of seconds against
+   output pixels.
+3. **Batched windows**: the 1-megapixel output with one window per batch against the automatic batch.
+4. **Decoder layout**: nsarm-tiny's decoder + CFW on one window in fp32, contiguous (NCHW) against channels-last
+   weights and inputs: seconds (best of ``--layout-repeats`` interleaved runs) and the largest difference.
+5. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
+   the code in DIR (an earlier version) and with this one, in alternating processes.
+
+All with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
+wall time and its process CPU time (user + system): with one thread on a shared machine the CPU time counts the
+work without the waits for a free core, so the ratios are given for both. The LR image is the
+astronaut photo (``examples/photos``) downscaled x4 and mirrored to the size asked for. Prints a table per part
+and the whole record as JSON (``--json-out`` also writes it).
+
+Usage:
+    python benchmarks/speed.py --json-out docs/nsarm_tiny/speed.json
+    python benchmarks/speed.py --scaling-sizes 128,256,512      # skip the 16-megapixel output
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("encode", "transform_net", "ar_scales", "decode", "color_fix")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process: on a loaded machine it counts the work, not the waiting for a core."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_mb() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / 2**20
+
+
+def _lr_image(size: int) -> torch.Tensor:
+    """``[1, 3, size, size]`` in [0, 1]: the astronaut photo downscaled x4, mirrored to fill ``size``."""
+    from PIL import Image
+
+    photo = Image.open(ROOT / "examples" / "photos" / "astronaut.png").convert("RGB")
+    lr = photo.resize((photo.width // 4, photo.height // 4), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    while x.shape[-1] < size or x.shape[-2] < size:
+        x = torch.cat([x, x.flip(-1)], dim=-1)
+        x = torch.cat([x, x.flip(-2)], dim=-2)
+    return x[..., :size, :size].contiguous()
+
+
+def _load(model: str, dtype: str, batch_windows: int | None) -> tuple[Any, str]:
+    """The upscaler ``nsarm upscale --model MODEL`` builds, and a note on its weights."""
+    from nsarm_core.batch.upscale import load_upscaler
+    from nsarm_core.peers import PEER_MODELS, PeerUpscaler
+    from nsarm_core.pipeline import resolve_dtype
+    from nsarm_core.weights import find_local, get_model_spec
+
+    if model in PEER_MODELS and find_local(get_model_spec(model))["checkpoint"] is None:
+        from nsarm_core.models.rrdbnet import PRESETS, RRDBNet
+        from nsarm_core.pipeline import DTYPES
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = RRDBNet(PRESETS[PEER_MODELS[model].preset])
+        note = "weights absent: the same RRDBNet x4plus architecture with seeded random weights (time only)"
+        return PeerUpscaler(net, name=model, dtype=DTYPES[resolve_dtype(dtype, "cpu")]), note
+    kwargs = {"batch_windows": batch_windows} if batch_windows is not None else {}
+    return load_upscaler(model, device="cpu", dtype=dtype, **kwargs), "registered weights"
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """One timed upscale in this (fresh) process; returns the record printed as JSON."""
+    torch.set_num_threads(args.threads)
+    rss_start = _rss_mb()
+    upscaler, note = _load(args.model, args.dtype, args.batch_windows)
+    upscaler.upscale(_lr_image(64), seed=1, prompt=None)  # warm-up: oneDNN primitives, allocator caches
+    rss_warm = _rss_mb()
+    lr = _lr_image(args.size)
+    cpu_start, start = _cpu_seconds(), time.perf_counter()
+    result = upscaler.upscale(lr, seed=1, prompt=None)
+    seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    out_mp = result.image.shape[-1] * result.image.shape[-2] / 1e6
+    return {
+        "model": args.model,
+        "weights": note,
+        "lr_size": args.size,
+        "out_mp": out_mp,
+        "seconds": seconds,
+        "s_per_mp": seconds / out_mp,
+        "cpu_seconds": cpu_seconds,
+        "cpu_s_per_mp": cpu_seconds / out_mp,
+        "dtype": result.settings.get("dtype"),
+        "windows": result.settings.get("tiles"),
+        "batch_windows": result.settings.get("batch_windows"),
+        "stage_seconds": {k: result.timings[k] for k in STAGES if k in result.timings},
+        "rss_start_mb": rss_start,
+        "rss_after_warmup_mb": rss_warm,
+        "rss_peak_mb": _rss_mb(),
+    }
+
+
+def _run_child(
+    args: argparse.Namespace,
+    model: str,
+    size: int,
+    batch_windows: int | None = None,
+    dtype: str | None = None,
+    code: Path | None = None,
+) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--_child", "--model", model, "--size", str(size), "--dtype", dtype or args.dtype,
+           "--threads", str(args.threads)]  # fmt: skip
+    if batch_windows is not None:
+        cmd += ["--batch-windows", str(batch_windows)]
+    env = {**os.environ, "PYTHONPATH": str(code)} if code is not None else None
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"  {model:18} LR {size:5d}  out {rec['out_mp']:6.3f} MP  {rec['seconds']:8.2f} s  {rec['s_per_mp']:7.2f} s/MP"
+        f"  {rec['dtype']}  batch {rec['batch_windows']}  peak RSS {rec['rss_peak_mb']:.0f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
+    return rec
+
+
+def _fit(xs: list[float], ys: list[float]) -> dict[str, float]:
+    """Least-squares ``y = a x + b`` with R^2 (NaN with fewer than two distinct x)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return {"slope": float("nan"), "intercept": float("nan"), "r2": float("nan")}
+    a = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    b = my - a * mx
+    ss_res = sum((y - a * x - b) ** 2 for x, y in zip(xs, ys, strict=True))
+    ss_tot = sum((y - my) ** 2 for y in ys) or 1.0
+    return {"slope": a, "intercept": b, "r2": 1 - ss_res / ss_tot}
+
+
+def decoder_layout(threads: int, repeats: int) -> dict[str, Any]:
+    """nsarm-tiny's decoder + CFW on one window, fp32: NCHW against channels-last, interleaved runs."""
+    from nsarm_core.models.nsarm import NSARM
+    from nsarm_core.weights import get_model_spec, resolve_file
+
+    torch.set_num_threads(threads)
+    folder = resolve_file(get_model_spec("nsarm-tiny"), "checkpoint").parent
+    model = NSARM.from_pretrained(folder).eval()
+    cl = torch.channels_last
+    nets = {"nchw": (model.vae, model.cfw), "channels_last": copy.deepcopy((model.vae, model.cfw))}
+    nets["channels_last"][0].decoder.to(memory_format=cl)
+    nets["channels_last"][1].to(memory_format=cl)
+    g = torch.Generator().manual_seed(0)
+    z, lr = torch.randn(1, 14, 32, 32, generator=g), torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    inputs = {
+        "nchw": (z, lr),
+        "channels_last": (z.contiguous(memory_format=cl), lr.contiguous(memory_format=cl)),
+    }
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    outs = {}
+    with torch.no_grad():
+        for k, (vae, cfw) in nets.items():  # warm-up
+            outs[k] = vae.decode(inputs[k][0], cfw.wrap(inputs[k][1], 0.75))
+        for _ in range(repeats):
+            for k, (vae, cfw) in nets.items():
+                start = time.perf_counter()
+                vae.decode(inputs[k][0], cfw.wrap(inputs[k][1], 0.75))
+                times[k].append(time.perf_counter() - start)
+    best = {k: min(v) for k, v in times.items()}
+    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {
+        "seconds_best": best,
+        "seconds_median": median,
+        "speedup_best": best["nchw"] / best["channels_last"],
+        "speedup_median": median["nchw"] / median["channels_last"],
+        "max_abs_diff": (outs["nchw"] - outs["channels_last"]).abs().max().item(),
+        "repeats": repeats,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peer-size", type=int, default=256, help="LR side of the peer comparison (output 4x)")
+    p.add_argument("--scaling-sizes", default="128,256,512,1024", help="LR sides (outputs 0.25, 1, 4, 16 MP)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="auto", help="dtype of the scaling and batch parts (auto: the default)")
+    p.add_argument("--peer-dtypes", default="auto,fp32", help="dtypes of the peer comparison")
+    p.add_argument("--layout-repeats", type=int, default=5)
+    p.add_argument(
+        "--parts", default="peer,scaling,batch,layout", help="any of peer,scaling,batch,layout,before"
+    )
+    p.add_argument(
+        "--before-code",
+        type=Path,
+        default=None,
+        help="part 'before': a checkout of an earlier version (e.g. `git archive REV | tar -x -C DIR`) to time "
+        "against this one, nsarm-tiny at --peer-size in fp32 and bf16",
+    )
+    p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", default="nsarm-tiny", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    p.add_argument("--batch-windows", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        print(json.dumps(child(args)))
+        return
+
+    from nsarm_core.cpu_features import has_native_bf16
+    from nsarm_core.pipeline import resolve_dtype
+
+    parts = set(args.parts.split(","))
+    record: dict[str, Any] = {
+        "meta": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine(),
+            "native_bf16": has_native_bf16(),
+            "dtype_asked": args.dtype,
+            "dtype_resolved": resolve_dtype(args.dtype, "cpu"),
+            "threads": args.threads,
+            "runs": 1,
+            "load_average_at_start": list(_load_average()),
+        }
+    }
+    if "peer" in parts:
+        record["peer"] = []
+        for dtype in args.peer_dtypes.split(","):
+            resolved = resolve_dtype(dtype, "cpu")
+            print(f"1. per output megapixel, LR {args.peer_size} px, --dtype {dtype} (= {resolved}):")
+            rows = [
+                _run_child(args, m, args.peer_size, dtype=dtype)
+                for m in ("nsarm-tiny", "realesrgan-x4plus", "bicubic")
+            ]
+            tiny, peer = rows[0], rows[1]
+            entry = {
+                "dtype": dtype,
+                "resolved": resolved,
+                "rows": rows,
+                "realesrgan_over_nsarm_tiny_wall": peer["s_per_mp"] / tiny["s_per_mp"],
+                "realesrgan_over_nsarm_tiny_cpu": peer["cpu_s_per_mp"] / tiny["cpu_s_per_mp"],
+            }
+            record["peer"].append(entry)
+            print(f"{'model':18} {'wall s/MP':>9} {'CPU s/MP':>9}  weights")
+            for r in rows:
+                print(f"{r['model']:18} {r['s_per_mp']:9.2f} {r['cpu_s_per_mp']:9.2f}  {r['weights']}")
+            print(
+                f"Real-ESRGAN x4plus / nsarm-tiny per output MP ({resolved}): wall "
+                f"{entry['realesrgan_over_nsarm_tiny_wall']:.2f}x, CPU {entry['realesrgan_over_nsarm_tiny_cpu']:.2f}x"
+            )
+    if "scaling" in parts:
+        print(f"2. scaling, nsarm-tiny defaults (--dtype {args.dtype}):")
+        rows = [_run_child(args, "nsarm-tiny", int(s)) for s in args.scaling_sizes.split(",")]
+        fit = _fit([r["out_mp"] for r in rows], [r["seconds"] for r in rows])
+        cpu_fit = _fit([r["out_mp"] for r in rows], [r["cpu_seconds"] for r in rows])
+        record["scaling"] = {"rows": rows, "fit_seconds_vs_out_mp": fit, "fit_cpu_seconds_vs_out_mp": cpu_fit}
+        print(
+            f"{'out MP':>7} {'windows':>7} {'batch':>5} {'wall s':>8} {'CPU s':>8} {'wall s/MP':>9} "
+            f"{'CPU s/MP':>8} {'peak RSS MiB':>12}"
+        )
+        for r in rows:
+            print(
+                f"{r['out_mp']:7.3f} {r['windows']:7d} {r['batch_windows']:5d} {r['seconds']:8.2f} "
+                f"{r['cpu_seconds']:8.2f} {r['s_per_mp']:9.2f} {r['cpu_s_per_mp']:8.2f} {r['rss_peak_mb']:12.0f}"
+            )
+        print(f"wall seconds = {fit['slope']:.2f} * out_MP {fit['intercept']:+.2f} (R^2 {fit['r2']:.4f})")
+        print(
+            f"CPU seconds = {cpu_fit['slope']:.2f} * out_MP {cpu_fit['intercept']:+.2f} (R^2 {cpu_fit['r2']:.4f})"
+        )
+    if "batch" in parts:
+        print(f"3. batched windows, LR {args.peer_size} px:")
+        one = _run_child(args, "nsarm-tiny", args.peer_size, batch_windows=1)
+        auto = next(
+            (r for r in record.get("scaling", {}).get("rows", []) if r["lr_size"] == args.peer_size), None
+        )
+        auto = auto or _run_child(args, "nsarm-tiny", args.peer_size)
+        record["batch"] = {
+            "one": one,
+            "auto": auto,
+            "speedup_wall": one["seconds"] / auto["seconds"],
+            "speedup_cpu": one["cpu_seconds"] / auto["cpu_seconds"],
+        }
+        print(
+            f"batch 1: {one['seconds']:.2f} s wall / {one['cpu_seconds']:.2f} s CPU, batch {auto['batch_windows']}: "
+            f"{auto['seconds']:.2f} s / {auto['cpu_seconds']:.2f} s ({record['batch']['speedup_wall']:.2f}x wall, "
+            f"{record['batch']['speedup_cpu']:.2f}x CPU)\n  stages batch 1: {_stages(one)}\n  stages auto: "
+            f"{_stages(auto)}"
+        )
+    if "layout" in parts:
+        layout = decoder_layout(args.threads, args.layout_repeats)
+        record["decoder_layout"] = layout
+        print(
+            f"4. decoder + CFW, one window, fp32: NCHW {layout['seconds_best']['nchw']:.3f} s, channels-last "
+            f"{layout['seconds_best']['channels_last']:.3f} s (best of {layout['repeats']}: "
+            f"{layout['speedup_best']:.2f}x; median {layout['speedup_median']:.2f}x), max |diff| "
+            f"{layout['max_abs_diff']:.2e}"
+        )
+    if "before" in parts:
+        if args.before_code is None:
+            raise SystemExit("part 'before' needs --before-code DIR")
+        print(f"5. this code against {args.before_code}, nsarm-tiny, LR {args.peer_size} px:")
+        record["before"] = {"code": str(args.before_code), "rows": []}
+        for dtype in ("fp32", "bf16"):
+            old = _run_child(args, "nsarm-tiny", args.peer_size, dtype=dtype, code=args.before_code)
+            new = _run_child(args, "nsarm-tiny", args.peer_size, dtype=dtype)
+            record["before"]["rows"].append({"dtype": dtype, "before": old, "now": new})
+            print(
+                f"{dtype}: before {old['seconds']:.2f} s wall / {old['cpu_seconds']:.2f} s CPU, now "
+                f"{new['seconds']:.2f} s / {new['cpu_seconds']:.2f} s ({old['cpu_seconds'] / new['cpu_seconds']:.2f}x CPU)"
+            )
+    record["meta"]["load_average_at_end"] = list(_load_average())
+    print(json.dumps(record, indent=1))
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _stages(rec: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in rec["stage_seconds"].items())
+
+
+def _load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+if __name__ == "__main__":
+    main()
