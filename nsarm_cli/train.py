@@ -14,6 +14,7 @@ torch is imported inside the commands so ``nsarm --help`` stays fast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,28 +55,6 @@ OverwriteOpt = Annotated[
 ]
 
 
-def _build_config(
-    stage: str,
-    config: str | None,
-    overrides: list[str] | None,
-    run_dir: Path | None,
-    resume: str | None,
-    max_steps: int | None,
-) -> Any:
-    from nsarm_core.train.run import build_config
-
-    return build_config(
-        stage, config, overrides or [], run_dir=run_dir, resume=resume, max_steps=max_steps,
-        progress=STATE.verbosity >= 0,
-    )  # fmt: skip
-
-
-def _run(stage: str, cfg: Any, json_out: bool, overwrite: bool) -> None:
-    from nsarm_core.train.run import run_stage
-
-    _report(run_stage(stage, cfg, overwrite=overwrite), json_out)
-
-
 def _report(summary: dict[str, Any], json_out: bool) -> None:
     if not summary["main"]:
         return
@@ -93,98 +72,72 @@ def _report(summary: dict[str, Any], json_out: bool) -> None:
             info(f"  {key}: {summary[key]}")
 
 
-def train_tokenizer(
-    config: ConfigOpt = None,
-    overrides: SetOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
-    max_steps: MaxStepsOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+def _stage_command(stage: str, doc: str) -> Callable[..., None]:
+    """The command of one training stage: every stage takes the same options and runs
+    :func:`nsarm_core.train.run.run_stage`; only the stage name and the help (``doc``) differ."""
+
+    def command(
+        config: ConfigOpt = None,
+        overrides: SetOpt = None,
+        run_dir: RunDirOpt = None,
+        resume: ResumeOpt = None,
+        max_steps: MaxStepsOpt = None,
+        overwrite: OverwriteOpt = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        from nsarm_core.train.run import build_config, run_stage
+
+        cfg = build_config(
+            stage, config, overrides or [], run_dir=run_dir, resume=resume, max_steps=max_steps,
+            progress=STATE.verbosity >= 0,
+        )  # fmt: skip
+        _report(run_stage(stage, cfg, overwrite=overwrite), json_out)
+
+    command.__name__ = command.__qualname__ = f"train_{stage}"
+    command.__doc__ = doc
+    return command
+
+
+train_tokenizer = _stage_command(
+    "tokenizer",
     """Train a BSQ-VAE tokenizer (L1 + L2 through the multi-scale BSQ, commitment, optional entropy/edge terms).
 
     Writes RUN/final/vae (BSQVAE.save_pretrained) and, with stage.val_dir, the held-out reconstruction PSNR to
     RUN/final/reconstruction.json.
-    """
-    _run(
-        "tokenizer",
-        _build_config("tokenizer", config, overrides, run_dir, resume, max_steps),
-        json_out,
-        overwrite,
-    )
-
-
-def train_base(
-    config: ConfigOpt = None,
-    overrides: SetOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
-    max_steps: MaxStepsOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+    """,
+)
+train_base = _stage_command(
+    "base",
     """Pretrain the base next-scale transformer (Infinity's bitwise CE on the HR scales, no LR condition).
 
     The starting point of stage 2 and the transformer of the stage-1-only ablation when no released base model
     exists (our small models). Writes RUN/final/transformer.
-    """
-    _run("base", _build_config("base", config, overrides, run_dir, resume, max_steps), json_out, overwrite)
-
-
-def train_stage1(
-    config: ConfigOpt = None,
-    overrides: SetOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
-    max_steps: MaxStepsOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+    """,
+)
+train_stage1 = _stage_command(
+    "stage1",
     """Stage 1 (paper Eq. 4): train the transformation network on the MSE to the HR residuals; VAE frozen.
 
     Writes RUN/final/transform_net.
-    """
-    _run(
-        "stage1", _build_config("stage1", config, overrides, run_dir, resume, max_steps), json_out, overwrite
-    )
-
-
-def train_stage2(
-    config: ConfigOpt = None,
-    overrides: SetOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
-    max_steps: MaxStepsOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+    """,
+)
+train_stage2 = _stage_command(
+    "stage2",
     """Stage 2 (paper Alg. 2): bitwise CE on the modified GT labels, transformer (+ transformation net) trained.
 
     Writes RUN/final/transformer (+ transform_net) and, when stage.vae_weights is set, the assembled model
     RUN/final/model that `nsarm upscale --model RUN/final/model` loads.
-    """
-    _run(
-        "stage2", _build_config("stage2", config, overrides, run_dir, resume, max_steps), json_out, overwrite
-    )
-
-
-def train_cfw(
-    config: ConfigOpt = None,
-    overrides: SetOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
-    max_steps: MaxStepsOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+    """,
+)
+train_cfw = _stage_command(
+    "cfw",
     """Fit controllable feature wrapping (CFW) and the decoder on top of a frozen NSARM model (stage.model).
 
     The model's own sampled latents of degraded training windows are cached in the run folder; the decoder and
     CFW learn L1 + an adversarial loss against a PatchGAN trained from scratch, with the fidelity w drawn per
     sample. Writes RUN/final/model, which `nsarm upscale --model RUN/final/model --fidelity W` loads.
-    """
-    _run("cfw", _build_config("cfw", config, overrides, run_dir, resume, max_steps), json_out, overwrite)
+    """,
+)
 
 
 def export_model(
