@@ -36,11 +36,11 @@ from nsarm_core.resize import pil_bicubic, resize_to_scale
 from nsarm_core.tiling import plan_tiles, run_tiled
 
 # The upscaler contract and the option checks live in a torch-free module (the baselines use them without torch);
-# re-exported here, so ``nsarm_core.pipeline.SamplingSettings`` and friends keep working.
+# re-exported here, so ``nsarm_core.pipeline.UpscaleSettings`` and friends keep working.
 from nsarm_core.upscaler import (  # noqa: F401 - Upscaler and check_dtype_name are re-exports
-    SamplingSettings,
     Upscaler,
     UpscaleResult,
+    UpscaleSettings,
     check_device_name,
     check_dtype_name,
     pipeline_settings,
@@ -90,7 +90,7 @@ class SRPipeline:
         model: NSARM,
         text_encoder: Any | None = None,
         *,
-        settings: SamplingSettings | None = None,
+        settings: UpscaleSettings | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         offload: bool = False,
@@ -100,7 +100,7 @@ class SRPipeline:
         self.batch_windows = check_batch_windows(batch_windows)
         self.config: NSARMConfig = model.config
         self.text_encoder = text_encoder
-        self.settings = settings or SamplingSettings()
+        self.settings = settings or UpscaleSettings()
         self.device = torch.device(device)
         self.dtype = dtype
         self.offload = bool(offload)
@@ -140,7 +140,7 @@ class SRPipeline:
         weights: str | Path | None = None,
         vae_weights: str | Path | None = None,
         text_encoder: str | Path | None = None,
-        settings: SamplingSettings | None = None,
+        settings: UpscaleSettings | None = None,
         offload: bool = False,
     ) -> SRPipeline:
         """Build a pipeline from a registered model name (``nsarm models``) or a local model folder.
@@ -183,7 +183,7 @@ class SRPipeline:
         *,
         seed: int,
         prompt: str | None = None,
-        settings: SamplingSettings | None = None,
+        settings: UpscaleSettings | None = None,
         timings: dict[str, float] | None = None,
     ) -> Tensor:
         """Super-resolve one native LR window ``[1, 3, h, w]`` in [0, 1] (``(h, w) = config.lr_size``).
@@ -207,7 +207,7 @@ class SRPipeline:
         *,
         seeds: Sequence[int],
         prompt: str | None = None,
-        settings: SamplingSettings | None = None,
+        settings: UpscaleSettings | None = None,
         timings: dict[str, float] | None = None,
     ) -> Tensor:
         """Super-resolve a batch of native LR windows ``[B, 3, h, w]`` in [0, 1], every stage on all B at once.
@@ -243,7 +243,7 @@ class SRPipeline:
         ]
         return torch.cat(out)
 
-    def _decode(self, summed_codes: Tensor, lr: Tensor, st: SamplingSettings, t: dict[str, float]) -> Tensor:
+    def _decode(self, summed_codes: Tensor, lr: Tensor, st: UpscaleSettings, t: dict[str, float]) -> Tensor:
         """Latents ``[b, d, H, W]`` and their LR windows ``[b, 3, h, w]`` -> colour-fixed HR ``[b, 3, sh, sw]``."""
         # 4. VAE decode of the accumulated latent -> HR window in [0, 1]. With a CFW module and w > 0 the LR
         # window's own features are fused into each decoder level (cfw.py, StableSR Eq. 4); w = 0 is the paper's
@@ -282,7 +282,7 @@ class SRPipeline:
         *,
         generator: Generators,
         prompt: str | None = None,
-        settings: SamplingSettings | None = None,
+        settings: UpscaleSettings | None = None,
         timings: dict[str, float] | None = None,
     ) -> Tensor:
         """Steps 1-3 of a window: LR windows ``[B, 3, h, w]`` in [0, 1] -> the sampled latent ``[B, d, H, W]``.
@@ -336,7 +336,7 @@ class SRPipeline:
             t[key] = t.get(key, 0.0) + dt
         return sample.summed_codes
 
-    def fidelity(self, settings: SamplingSettings | None = None) -> float:
+    def fidelity(self, settings: UpscaleSettings | None = None) -> float:
         """The CFW ``w`` these settings ask for: theirs, else the model's default (0 without a CFW module).
 
         Raises:
@@ -392,7 +392,7 @@ class SRPipeline:
         *,
         seed: int = 1,
         prompt: str | None = None,
-        settings: SamplingSettings | None = None,
+        settings: UpscaleSettings | None = None,
         out_scale: float | None = None,
         on_tile: Callable[[int, int], None] | None = None,
     ) -> UpscaleResult:
@@ -476,7 +476,7 @@ def _from_registry(
     weights: str | Path | None,
     vae_weights: str | Path | None,
     text_encoder: str | Path | None,
-    settings: SamplingSettings | None,
+    settings: UpscaleSettings | None,
     offload: bool = False,
 ) -> SRPipeline:
     spec = get_upscale_model(name)
@@ -525,7 +525,7 @@ def _from_folder(
     weights_file: str | Path | None,
     *,
     text_encoder: str | Path | None,
-    settings: SamplingSettings | None,
+    settings: UpscaleSettings | None,
     device: str | torch.device,
     dtype: torch.dtype,
     offload: bool,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COLOR_FIX_MODES",
     "DTYPE_NAMES",
-    "SamplingSettings",
+    "UpscaleSettings",
     "check_batch_windows",
     "UpscaleResult",
     "Upscaler",
@@ -108,8 +108,9 @@ def check_device_name(device: str) -> str:
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
-    """Sampling options of the transformer; the defaults are NSARM's (``scripts/infer.sh``, spec E.3)."""
+class UpscaleSettings:
+    """How the pipeline upscales: the transformer's sampling (tau, top_p, cfg; NSARM's defaults,
+    ``scripts/infer.sh``, spec E.3), the colour fix, the window overlap and the CFW fidelity."""
 
     tau: float = 0.5
     top_p: float = 0.97
@@ -137,10 +138,10 @@ def pipeline_settings(
     color_fix: str | None = None,
     tile_overlap: int | None = None,
     fidelity: float | None = None,
-) -> SamplingSettings:
-    """The :class:`SamplingSettings` of :func:`nsarm_core.pipeline.load_pipeline`'s options (validated: tau,
+) -> UpscaleSettings:
+    """The :class:`UpscaleSettings` of :func:`nsarm_core.pipeline.load_pipeline`'s options (validated: tau,
     top_p, cfg, colour fix, overlap, CFW fidelity), so a caller can check them before loading a model."""
-    settings = SamplingSettings(**dict(sampling or {}))
+    settings = UpscaleSettings(**dict(sampling or {}))
     if color_fix is not None:
         settings = replace(settings, color_fix=color_fix)
     if tile_overlap is not None:

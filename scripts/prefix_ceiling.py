@@ -40,7 +40,7 @@ from nsarm_core.models.bsq import bsq_quantize, resize_latent
 from nsarm_core.models.nsarm import NSARM
 from nsarm_core.models.sampler import sample_scales
 from nsarm_core.models.transform_net import outputs_to_latent_maps
-from nsarm_core.pipeline import SamplingSettings, load_pipeline
+from nsarm_core.pipeline import UpscaleSettings, load_pipeline
 from nsarm_core.resize import pil_bicubic
 
 
@@ -65,7 +65,7 @@ def ceilings(
         raise SystemExit(
             f"error: {cfg.name} needs a text encoder; this diagnostic supports text-free models only"
         )
-    sampling = SamplingSettings()
+    sampling = UpscaleSettings()
     names = ("gt_prefix", "gt_prefix_ar", "gt_all", "net_prefix", "bicubic")
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     files = collect_images([str(hr_dir)], recursive=True)

@@ -19,7 +19,7 @@ from nsarm_core.models.cfw import CFW, CFWConfig, check_fidelity, decoder_levels
 from nsarm_core.models.nsarm import NSARM, NSARMConfig
 from nsarm_core.models.nsarm import get_preset as nsarm_preset
 from nsarm_core.models.vae import get_preset as vae_preset
-from nsarm_core.pipeline import SamplingSettings, load_pipeline
+from nsarm_core.pipeline import UpscaleSettings, load_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -95,7 +95,7 @@ def test_fidelity_out_of_range_is_refused(bad: object) -> None:
     with pytest.raises(ConfigError, match="fidelity"):
         check_fidelity(bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="fidelity"):
-        SamplingSettings(fidelity=bad)  # type: ignore[arg-type]
+        UpscaleSettings(fidelity=bad)  # type: ignore[arg-type]
 
 
 def test_cfw_config_round_trips_and_plain_configs_stay_unchanged() -> None:
@@ -116,16 +116,16 @@ def test_pipeline_fidelity(tiny_models: tuple[Path, Path]) -> None:
     assert plain.fidelity() == 0.0 and with_cfw.fidelity() == 0.25  # the model's default from config.json
     base = plain.upscale_window(lr, seed=5)
     # Fidelity 0 on the CFW model is the plain model's output, bit for bit (same networks otherwise).
-    w0 = with_cfw.upscale_window(lr, seed=5, settings=SamplingSettings(fidelity=0.0))
+    w0 = with_cfw.upscale_window(lr, seed=5, settings=UpscaleSettings(fidelity=0.0))
     assert torch.equal(w0, base)
-    w1 = with_cfw.upscale_window(lr, seed=5, settings=SamplingSettings(fidelity=1.0))
+    w1 = with_cfw.upscale_window(lr, seed=5, settings=UpscaleSettings(fidelity=1.0))
     assert not torch.equal(w1, base)
     result = with_cfw.upscale(lr[..., :40, :50], seed=5)
     assert result.settings["fidelity"] == 0.25
     with pytest.raises(ConfigError, match="no CFW module"):
-        plain.upscale_window(lr, seed=5, settings=SamplingSettings(fidelity=0.5))
+        plain.upscale_window(lr, seed=5, settings=UpscaleSettings(fidelity=0.5))
     with pytest.raises(ConfigError, match="no CFW module"):
-        plain.upscale(lr, seed=5, settings=SamplingSettings(fidelity=0.5))
+        plain.upscale(lr, seed=5, settings=UpscaleSettings(fidelity=0.5))
 
 
 def test_cli_fidelity_errors(tiny_models: tuple[Path, Path], tmp_path: Path) -> None:

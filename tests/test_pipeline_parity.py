@@ -117,7 +117,7 @@ def test_nsarm_sampler_parity_with_replay(fixture) -> None:
 @torch.no_grad()
 def test_nsarm_pipeline_window_reproduces_official_images(fixture, parity_dir) -> None:
     """Full chain: map network, sampler (free-running, tau 1e-8), decode, colour fix; PNGs within 1 level."""
-    from nsarm_core.pipeline import SamplingSettings, SRPipeline
+    from nsarm_core.pipeline import SRPipeline, UpscaleSettings
     from nsarm_core.resize import pil_bicubic
 
     manifest, t = fixture
@@ -131,7 +131,7 @@ def test_nsarm_pipeline_window_reproduces_official_images(fixture, parity_dir) -
 
             return TextFeatures(t["in.text_kv_compact"], [7])
 
-    pipe = SRPipeline(model, _Text(), settings=SamplingSettings(tau=1e-8, color_fix="none"))
+    pipe = SRPipeline(model, _Text(), settings=UpscaleSettings(tau=1e-8, color_fix="none"))
     lr = torch.from_numpy(t["in.lr_rgb_u8"].numpy()).permute(2, 0, 1)[None].float() / 255
     hr = pipe.upscale_window(lr, seed=1, prompt="fixture")
     ours_u8 = (

@@ -15,7 +15,7 @@ from nsarm_core.data.io import Image, write_image
 from nsarm_core.errors import ConfigError
 from nsarm_core.models.sampler import check_tau, sample_scales
 from nsarm_core.models.transformer import build_transformer
-from nsarm_core.pipeline import SamplingSettings
+from nsarm_core.pipeline import UpscaleSettings
 from nsarm_core.scales import custom
 
 BAD_TAUS = [0.0, -0.5, math.nan, math.inf]
@@ -27,7 +27,7 @@ def test_every_layer_refuses_the_same_taus_with_the_same_message(tau: float, tmp
     with pytest.raises(ConfigError) as rule:
         check_tau(tau)
     with pytest.raises(ConfigError) as settings:
-        SamplingSettings(tau=tau)
+        UpscaleSettings(tau=tau)
     model = build_transformer("tiny")
     schedule = custom([(1, 1), (2, 2)], patchify=model.config.patchify)
     with pytest.raises(ConfigError) as sampler:

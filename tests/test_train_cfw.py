@@ -77,7 +77,7 @@ def _cfg(tmp_path: Path, photos: Path, base_model: Path, **kw: object) -> TrainC
 def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Path, base_model: Path) -> None:
     from safetensors.torch import load_file
 
-    from nsarm_core.pipeline import SamplingSettings, load_pipeline
+    from nsarm_core.pipeline import UpscaleSettings, load_pipeline
 
     cfg = _cfg(tmp_path, photos, base_model)
     recipe = CFWRecipe.from_config(cfg)
@@ -114,7 +114,7 @@ def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Pat
     base = NSARM.from_pretrained(base_model)
     for key, value in base.transformer.state_dict().items():
         assert torch.equal(pipe.model.transformer.state_dict()[key], value)
-    assert not torch.equal(pipe.upscale_window(lr, seed=1, settings=SamplingSettings(fidelity=0.0)), out)
+    assert not torch.equal(pipe.upscale_window(lr, seed=1, settings=UpscaleSettings(fidelity=0.0)), out)
 
 
 def test_cfw_settings_are_validated() -> None:

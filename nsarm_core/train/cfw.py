@@ -44,7 +44,7 @@ from nsarm_core.models.cfw import CFW, CFWConfig, check_fidelity, get_preset
 from nsarm_core.models.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
 from nsarm_core.models.nsarm import NSARM
 from nsarm_core.models.vae import Decoder
-from nsarm_core.pipeline import SamplingSettings, SRPipeline
+from nsarm_core.pipeline import SRPipeline, UpscaleSettings
 from nsarm_core.train.config import TrainConfig
 from nsarm_core.train.loop import param_groups
 from nsarm_core.train.stage1 import DataSettings, settings_from_stage
@@ -190,7 +190,7 @@ def build_latent_cache(
     dataset.sharpened_target = False  # the decoder learns the plain HR (fidelity metrics compare to it)
     n = settings.cache_windows
     hr_out, lr_out, z_out = [], [], []
-    sampling = SamplingSettings(tau=settings.tau, top_p=settings.top_p)
+    sampling = UpscaleSettings(tau=settings.tau, top_p=settings.top_p)
     order = [(e, i) for e in range(math.ceil(n / len(dataset))) for i in range(len(dataset))][:n]
     generator = torch.Generator(device=pipe.device)
     for start in range(0, n, settings.cache_batch):
