@@ -56,3 +56,56 @@ Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Redo outputs that already exist (else skipped).")
 ]
 """``--overwrite``: batches skip existing outputs unless it is given (an interrupted run is resumed)."""
+
+# --- the options of a model run (``load_upscaler``'s arguments): one declaration for every command that loads a
+# model, so a flag reads and checks the same wherever it appears ---
+
+ModelWeights = Annotated[Path | None, typer.Option("--weights", help="Local checkpoint file.")]
+VaeWeights = Annotated[Path | None, typer.Option("--vae-weights", help="Local VAE weights file.")]
+TextEncoder = Annotated[
+    Path | None, typer.Option("--text-encoder", help="Local text-encoder folder or file.")
+]
+Tau = Annotated[float, typer.Option("--tau", help="Sampling temperature.")]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold in (0, 1].")]
+Cfg = Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale (1: none).")]
+ColorFix = Annotated[str, typer.Option("--color-fix", help="Colour correction: none|adain|wavelet|both.")]
+Fidelity = Annotated[
+    float | None,
+    typer.Option(
+        "--fidelity",
+        help="Fidelity-realism knob w in [0, 1] of models with CFW: 0 = NSARM's generative output, "
+        "1 = most faithful to the input (default: the model's own, 0.75 for nsarm-tiny).",
+    ),
+]
+Tile = Annotated[
+    int,
+    typer.Option(
+        "--tile",
+        min=0,
+        help="Tile side in input pixels; 0: no extra tiling. realesrgan-x4plus: its window side (Real-ESRGAN's "
+        "memory knob). NSARM models and the baselines: the image is processed as N x N tiles, each cut into the "
+        "model's windows and blended; NSARM's memory is one window either way and its sample changes (baselines: "
+        "the same image up to float rounding).",
+    ),
+]
+TileOverlap = Annotated[
+    int | None, typer.Option("--tile-overlap", help="Tile overlap in input pixels (default: the model's).")
+]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="auto|fp32|bf16|fp16 (auto: bf16 on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX; "
+        "fp32 on other CPUs, where bf16 is emulated and much slower; fp16 is refused on the CPU, where it is "
+        "about 14x slower).",
+    ),
+]
+BatchWindows = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-windows",
+        min=1,
+        help="Windows of an image run together (NSARM models; default: from a memory budget). "
+        "Outputs do not depend on it: every window keeps its own seed.",
+    ),
+]

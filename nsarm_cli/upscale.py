@@ -1,8 +1,8 @@
 """``nsarm upscale``: super-resolve photos, folders and glob patterns in one resumable batch.
 
-The batch logic lives in :mod:`nsarm_core.batch.upscale` (``load_upscaler`` picks the NSARM pipeline or an
-interpolation baseline, ``upscale_files`` runs the batch); this module parses the options, shows progress and
-prints the summary. torch, numpy and PIL are imported inside the command so ``nsarm --help`` stays fast.
+The run lives in :mod:`nsarm_core.batch.upscale` (``upscale_batch``: checks, ``load_upscaler`` picks the NSARM
+pipeline, a peer or an interpolation baseline, ``upscale_files`` runs the batch); this module parses the options
+(the model-run ones are shared, :mod:`nsarm_cli._options`), shows progress and prints the summary. torch, numpy and PIL are imported inside the command so ``nsarm --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,21 +13,28 @@ from typing import Annotated, Any
 import typer
 
 from nsarm_cli._console import STATE, err_console, info, out_console, print_json, progress, warn
-from nsarm_cli._options import Threads, device_option
+from nsarm_cli._options import (
+    BatchWindows,
+    Cfg,
+    ColorFix,
+    Dtype,
+    Fidelity,
+    ModelWeights,
+    Tau,
+    TextEncoder,
+    Threads,
+    Tile,
+    TileOverlap,
+    TopP,
+    VaeWeights,
+    device_option,
+)
 
 _TABLE_ROWS = 50  # longer batches list only the failed images in the summary table
 
 _HELP_SCALE = (
     "Output factor, any number > 0. 4 is the model's native factor; other factors resize the x4 result "
     "with bicubic (antialiased when shrinking), e.g. 2, 3 or 1.5."
-)
-
-
-_HELP_TILE = (
-    "Tile side in input pixels; 0: no extra tiling. realesrgan-x4plus: its window side (Real-ESRGAN's memory "
-    "knob). NSARM models and the baselines: the image is processed as N x N tiles, each cut into the model's "
-    "windows and blended; NSARM's memory is one window either way and its sample changes (baselines: the "
-    "same image up to float rounding)."
 )
 
 
@@ -65,6 +72,40 @@ def _summary_table(report: Any) -> Any:
     if shown is not records and shown:
         table.caption = f"only the {len(shown)} failed of {len(records)} images are listed (--json lists all)"
     return table
+
+
+class _BatchProgress:
+    """One progress line, so a log keeps it unpadded: all windows of the run (its ETA is the run's), and the image
+    in progress with its own windows. It is drawn from ``on_plan`` on, once the checks before any work have
+    passed, so a refused run (outputs made with other settings) prints its error line alone."""
+
+    def __init__(self) -> None:
+        self.bar = progress()
+        self.task = self.bar.add_task("upscale", total=None, status="")
+        self.windows: list[int] = []
+        self.done = [0, 0]  # finished, total: for the interrupt message
+
+    def on_start(self, rank: int, world: int) -> None:
+        if world > 1:
+            info(f"process {rank + 1} of {world}: taking every {world}th file")
+            self.bar.update(self.task, description=f"upscale [{rank + 1}/{world}]")
+
+    def on_plan(self, counts: list[int]) -> None:
+        self.windows[:] = counts
+        self.bar.update(self.task, total=sum(counts) or None)
+        self.bar.start()
+
+    def on_window(self, index: int, src: Path, k: int, n: int) -> None:
+        status = f"image {index + 1}/{len(self.windows)} {src.name}: window {k}/{n}"
+        self.bar.update(self.task, completed=sum(self.windows[:index]) + k, status=status)
+
+    def on_progress(self, i: int, n: int, record: Any) -> None:
+        self.done[:] = [i, n]
+        status = f"image {i}/{n} {record.input.name}: {record.status}"
+        self.bar.update(self.task, completed=sum(self.windows[:i]), status=status)
+
+    def stop(self) -> None:
+        self.bar.stop()
 
 
 def upscale(
@@ -146,50 +187,20 @@ def upscale(
             "interpolation baselines.",
         ),
     ] = "nsarm-tiny",
-    weights: Annotated[Path | None, typer.Option("--weights", help="Local checkpoint file.")] = None,
-    vae_weights: Annotated[Path | None, typer.Option("--vae-weights", help="Local VAE weights file.")] = None,
-    text_encoder: Annotated[
-        Path | None, typer.Option("--text-encoder", help="Local text-encoder folder or file.")
-    ] = None,
+    weights: ModelWeights = None,
+    vae_weights: VaeWeights = None,
+    text_encoder: TextEncoder = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (the same for every image).")] = 1,
-    tau: Annotated[float, typer.Option("--tau", help="Sampling temperature.")] = 0.5,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold in (0, 1].")] = 0.97,
-    cfg: Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale (1: none).")] = 1.0,
-    color_fix: Annotated[
-        str, typer.Option("--color-fix", help="Colour correction: none|adain|wavelet|both.")
-    ] = "both",
-    fidelity: Annotated[
-        float | None,
-        typer.Option(
-            "--fidelity",
-            help="Fidelity-realism knob w in [0, 1] of models with CFW: 0 = NSARM's generative output, "
-            "1 = most faithful to the input (default: the model's own, 0.75 for nsarm-tiny).",
-        ),
-    ] = None,
-    tile: Annotated[int, typer.Option("--tile", min=0, help=_HELP_TILE)] = 0,
-    tile_overlap: Annotated[
-        int | None,
-        typer.Option("--tile-overlap", help="Tile overlap in input pixels (default: the model's)."),
-    ] = None,
+    tau: Tau = 0.5,
+    top_p: TopP = 0.97,
+    cfg: Cfg = 1.0,
+    color_fix: ColorFix = "both",
+    fidelity: Fidelity = None,
+    tile: Tile = 0,
+    tile_overlap: TileOverlap = None,
     device: Annotated[str, device_option("auto|cpu|cuda|cuda:N|mps.")] = "auto",
-    dtype: Annotated[
-        str,
-        typer.Option(
-            "--dtype",
-            help="auto|fp32|bf16|fp16 (auto: bf16 on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX; "
-            "fp32 on other CPUs, where bf16 is emulated and much slower; fp16 is refused on the CPU, where it is "
-            "about 14x slower).",
-        ),
-    ] = "auto",
-    batch_windows: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-windows",
-            min=1,
-            help="Windows of an image run together (NSARM models; default: from a memory budget). "
-            "Outputs do not depend on it: every window keeps its own seed.",
-        ),
-    ] = None,
+    dtype: Dtype = "auto",
+    batch_windows: BatchWindows = None,
     threads: Threads = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print per-image records and totals as JSON on stdout.")
@@ -211,81 +222,30 @@ def upscale(
 
     set_torch_threads(threads)  # before any torch work, so every op of the run uses it
 
-    from nsarm_core.batch.inputs import detect_world
-    from nsarm_core.batch.outputs import weights_identity
-    from nsarm_core.batch.upscale import UpscaleOptions, check_batch, load_upscaler, upscale_files
-    from nsarm_core.data.captions import load_captions
+    from nsarm_core.batch.upscale import UpscaleOptions, upscale_batch
 
-    rank, world, world_device = detect_world()
     options = UpscaleOptions(
-        scale=scale,
-        ext=ext,
-        name_suffix=suffix,
-        overwrite=overwrite,
-        keep_metadata=not strip_metadata,
-        quality=quality,
-        max_pixels=max_pixels,
-        max_output_pixels=max_output_pixels,
-        seed=seed,
-        prompt=prompt,
-        captions=load_captions(captions) if captions is not None else None,
-        rank=rank,
-        world_size=world,
-    )
-    if world_device is not None and device in ("auto", "cuda"):
-        device = world_device  # each process on its own GPU
-    # Missing inputs, -o result.png for several inputs, an unwritable output folder, outputs over budget:
-    # refused before the model is loaded.
-    check_batch(list(inputs), out, options)
-    upscaler = load_upscaler(
-        model, scale=scale, device=device, dtype=dtype, weights=weights, vae_weights=vae_weights,
-        text_encoder=text_encoder, sampling=dict(tau=tau, top_p=top_p, cfg=cfg), color_fix=color_fix, tile=tile,
-        tile_overlap=tile_overlap, fidelity=fidelity, batch_windows=batch_windows,
+        scale=scale, ext=ext, name_suffix=suffix, overwrite=overwrite, keep_metadata=not strip_metadata,
+        quality=quality, max_pixels=max_pixels, max_output_pixels=max_output_pixels, seed=seed, prompt=prompt,
     )  # fmt: skip
-    if world > 1:
-        info(f"process {rank + 1} of {world}: taking every {world}th file")
-
-    done = [0, 0]  # finished, total: for the interrupt message
-    label = "upscale" if world == 1 else f"upscale [{rank + 1}/{world}]"
-    # One line, so a log keeps it unpadded: all windows of the run (its ETA is the run's), and the image in
-    # progress with its own windows. It is drawn from on_plan on, once the checks before any work have passed,
-    # so a refused run (outputs made with other settings) prints its error line alone.
-    bar = progress()
-    task = bar.add_task(label, total=None, status="")
-    windows: list[int] = []
-
-    def on_plan(counts: list[int]) -> None:
-        windows[:] = counts
-        bar.update(task, total=sum(counts) or None)
-        bar.start()
-
-    def on_window(index: int, src: Path, k: int, n: int) -> None:
-        status = f"image {index + 1}/{len(windows)} {src.name}: window {k}/{n}"
-        bar.update(task, completed=sum(windows[:index]) + k, status=status)
-
-    def on_progress(i: int, n: int, record: Any) -> None:
-        done[:] = [i, n]
-        status = f"image {i}/{n} {record.input.name}: {record.status}"
-        bar.update(task, completed=sum(windows[:i]), status=status)
-
+    load = dict(
+        device=device, dtype=dtype, weights=weights, vae_weights=vae_weights, text_encoder=text_encoder,
+        sampling=dict(tau=tau, top_p=top_p, cfg=cfg), color_fix=color_fix, tile=tile, tile_overlap=tile_overlap,
+        fidelity=fidelity, batch_windows=batch_windows,
+    )  # fmt: skip
+    bar = _BatchProgress()
     try:
         try:
-            report = upscale_files(
-                upscaler,
-                inputs,
-                out,
-                options,
-                on_progress=on_progress,
-                on_plan=on_plan,
-                on_window=on_window,
-                weights_id=weights_identity(model, weights),
-            )
+            report = upscale_batch(
+                model, inputs, out, options, load=load, captions=captions, on_start=bar.on_start,
+                on_plan=bar.on_plan, on_window=bar.on_window, on_progress=bar.on_progress,
+            )  # fmt: skip
         finally:
             bar.stop()  # a no-op when the checks refused the run before on_plan
     except KeyboardInterrupt:
         warn(
-            f"interrupted after {done[0]} of {done[1] or '?'} images; finished outputs are complete and kept. "
-            "Run the same command again to do the rest."
+            f"interrupted after {bar.done[0]} of {bar.done[1] or '?'} images; finished outputs are complete and "
+            "kept. Run the same command again to do the rest."
         )
         raise typer.Exit(130) from None
 

@@ -538,3 +538,36 @@ def test_outputs_without_a_record_are_kept_with_a_warning(
     assert report.count("skipped") == 2
     assert sum("without recorded settings" in r.getMessage() for r in caplog.records) == 1  # said once
     assert all("not recorded" in r.notes[0] for r in report.records)
+
+
+def test_upscale_batch_takes_this_process_share_and_its_device(tmp_path: Path, monkeypatch) -> None:
+    """The one entry point of `nsarm upscale`: rank/world from detect_world (here process 2 of 2 on its own
+    device), captions loaded from a path, the model loaded after the checks, then this process's files only."""
+    from nsarm_core.batch import upscale as U
+
+    for i in range(4):
+        _write(tmp_path / "in" / f"{i}.png", seed=i)
+    (tmp_path / "caps.jsonl").write_text(json.dumps({"image_path": "1.png", "caption": "a cat"}) + "\n")
+    monkeypatch.setattr(U, "detect_world", lambda: (1, 2, "cpu:7"))
+    loaded: dict[str, object] = {}
+
+    def fake_load(model: object, **kwargs: object) -> InterpolationUpscaler:
+        loaded.update(kwargs, model=model)
+        return InterpolationUpscaler("bicubic", scale=2)
+
+    monkeypatch.setattr(U, "load_upscaler", fake_load)
+    started: list[tuple[int, int]] = []
+    report = U.upscale_batch(
+        "bicubic",
+        [tmp_path / "in"],
+        tmp_path / "out",
+        UpscaleOptions(scale=2.0),
+        load={"device": "auto"},
+        captions=tmp_path / "caps.jsonl",
+        on_start=lambda rank, world: started.append((rank, world)),
+    )
+    assert started == [(1, 2)]
+    assert loaded == {"model": "bicubic", "scale": 2.0, "device": "cpu:7"}
+    assert [r.input.name for r in report.records] == ["1.png", "3.png"]  # every 2nd file, from the second
+    assert [r.status for r in report.records] == ["done", "done"]
+    assert report.records[0].prompt == "a cat"

@@ -50,6 +50,7 @@ import numpy as np
 from nsarm_core.batch.inputs import (
     BatchItem,
     InputGuard,
+    detect_world,
     output_file_mode,
     output_for,
     plan_inputs,
@@ -70,7 +71,7 @@ from nsarm_core.batch.write_checks import (
     check_output_folder,
     write_error,
 )
-from nsarm_core.data.captions import CaptionIndex
+from nsarm_core.data.captions import CaptionIndex, load_captions
 from nsarm_core.data.files import path_key
 from nsarm_core.data.io import (
     DEFAULT_MAX_PIXELS,
@@ -116,6 +117,7 @@ __all__ = [
     "output_suffix_for",
     "upscale_image",
     "upscale_files",
+    "upscale_batch",
     "check_batch",
     "preflight",
     "run_model_on_folder",
@@ -985,6 +987,60 @@ def _process_one(
     resume.records.add(out, resume.settings)
     record.size_out = (upscaled.width, upscaled.height)
     return "done"
+
+
+def upscale_batch(
+    model: str | Path,
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    options: UpscaleOptions,
+    *,
+    load: Mapping[str, Any] | None = None,
+    captions: str | os.PathLike[str] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int, ImageRecord], None] | None = None,
+    on_plan: Callable[[list[int]], None] | None = None,
+    on_window: Callable[[int, Path, int, int], None] | None = None,
+) -> BatchReport:
+    """The whole ``nsarm upscale`` run: split across processes, check, load ``model``, upscale the batch.
+
+    Under ``accelerate launch`` this process takes its share of the files (``options.rank`` / ``world_size``
+    are set from :func:`~nsarm_core.batch.inputs.detect_world`) and, for ``device`` auto or cuda, its own GPU.
+    Missing inputs, ``-o result.png`` for several inputs, an unwritable output folder and outputs over the
+    pixel budget are refused (:func:`check_batch`) before the model is loaded.
+
+    Args:
+        model: anything :func:`load_upscaler` takes.
+        inputs, out_dir, options: as for :func:`upscale_files`.
+        load: :func:`load_upscaler`'s keyword arguments besides ``scale`` (``options.scale`` is used).
+        captions: a JSONL file or folder of per-image prompts (:func:`~nsarm_core.data.captions.load_captions`).
+        on_start: called as ``on_start(rank, world_size)`` once the model is loaded.
+        on_progress, on_plan, on_window: as for :func:`upscale_files`.
+    """
+    load = dict(load or {})
+    rank, world, world_device = detect_world()
+    options = replace(
+        options,
+        rank=rank,
+        world_size=world,
+        captions=load_captions(captions) if captions is not None else options.captions,
+    )
+    if world_device is not None and load.get("device", "auto") in ("auto", "cuda"):
+        load["device"] = world_device  # each process on its own GPU
+    check_batch(list(inputs), out_dir, options)
+    upscaler = load_upscaler(model, scale=options.scale, **load)
+    if on_start is not None:
+        on_start(rank, world)
+    return upscale_files(
+        upscaler,
+        inputs,
+        out_dir,
+        options,
+        on_progress=on_progress,
+        on_plan=on_plan,
+        on_window=on_window,
+        weights_id=weights_identity(model, load.get("weights")),
+    )
 
 
 def run_model_on_folder(
