@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 from pathlib import Path
@@ -26,8 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, write_record
 
 
 def _cpu_seconds() -> float:
@@ -129,9 +127,7 @@ def main() -> None:
         "rows": rows,
         "summary": summary,
     }
-    print(json.dumps(record, indent=1))
-    if args.json_out is not None:
-        args.json_out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(record, args.json_out)
 
 
 if __name__ == "__main__":

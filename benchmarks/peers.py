@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -28,23 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _lr_image(size: int) -> torch.Tensor:
-    """``[1, 3, size, size]`` in [0, 1]: the astronaut photo downscaled x4, mirrored to fill ``size``."""
-    from PIL import Image
-
-    photo = Image.open(ROOT / "examples" / "photos" / "astronaut.png").convert("RGB")
-    lr = photo.resize((photo.width // 4, photo.height // 4), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    while x.shape[-1] < size or x.shape[-2] < size:
-        x = torch.cat([x, x.flip(-1)], dim=-1)
-        x = torch.cat([x, x.flip(-2)], dim=-2)
-    return x[..., :size, :size].contiguous()
+from _common import lr_image, write_record
 
 
 def measure(model: str, dtype: str, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
@@ -55,7 +39,7 @@ def measure(model: str, dtype: str, sizes: list[int], repeats: int) -> list[dict
     load_s = time.perf_counter() - t0
     rows = []
     for size in sizes:
-        x = _lr_image(size)
+        x = lr_image(size)
         upscaler.upscale(x, seed=1)  # warm-up (oneDNN primitive creation, caches)
         times = []
         for _ in range(repeats):
@@ -120,9 +104,7 @@ def main() -> None:
         "python": platform.python_version(),
         "rows": rows,
     }
-    print(json.dumps(record, indent=1))
-    if args.json_out is not None:
-        args.json_out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(record, args.json_out)
 
 
 if __name__ == "__main__":

@@ -42,10 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from _common import lr_image, write_record
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("encode", "transform_net", "ar_scales", "decode", "color_fix")
 
 
@@ -59,19 +58,6 @@ def _rss_mb() -> float:
     """Peak resident set size of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
-
-
-def _lr_image(size: int) -> torch.Tensor:
-    """``[1, 3, size, size]`` in [0, 1]: the astronaut photo downscaled x4, mirrored to fill ``size``."""
-    from PIL import Image
-
-    photo = Image.open(ROOT / "examples" / "photos" / "astronaut.png").convert("RGB")
-    lr = photo.resize((photo.width // 4, photo.height // 4), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    while x.shape[-1] < size or x.shape[-2] < size:
-        x = torch.cat([x, x.flip(-1)], dim=-1)
-        x = torch.cat([x, x.flip(-2)], dim=-2)
-    return x[..., :size, :size].contiguous()
 
 
 def _load(model: str, dtype: str, batch_windows: int | None) -> tuple[Any, str]:
@@ -99,9 +85,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     rss_start = _rss_mb()
     upscaler, note = _load(args.model, args.dtype, args.batch_windows)
-    upscaler.upscale(_lr_image(64), seed=1, prompt=None)  # warm-up: oneDNN primitives, allocator caches
+    upscaler.upscale(lr_image(64), seed=1, prompt=None)  # warm-up: oneDNN primitives, allocator caches
     rss_warm = _rss_mb()
-    lr = _lr_image(args.size)
+    lr = lr_image(args.size)
     cpu_start, start = _cpu_seconds(), time.perf_counter()
     result = upscaler.upscale(lr, seed=1, prompt=None)
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
@@ -334,9 +320,7 @@ def main() -> None:
                 f"{new['seconds']:.2f} s / {new['cpu_seconds']:.2f} s ({old['cpu_seconds'] / new['cpu_seconds']:.2f}x CPU)"
             )
     record["meta"]["load_average_at_end"] = list(_load_average())
-    print(json.dumps(record, indent=1))
-    if args.json_out is not None:
-        args.json_out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(record, args.json_out)
 
 
 def _stages(rec: dict[str, Any]) -> str:
