@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from nsarm_core.data.io import read_image
-from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError, missing_extra
-from nsarm_core.hub import download_command, offline_reason
-from nsarm_core.weights import hub_cache_dir, is_offline
+from nsarm_core.errors import ConfigError, InputError, missing_extra
+from nsarm_core.hub import download_command, transformers_source
 
 logger = logging.getLogger(__name__)
 
@@ -120,48 +119,29 @@ class Captioner:
         device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
-        if local_files_only is None:
-            local_files_only = is_offline()
-        source = str(name_or_path)
-        path = Path(source).expanduser()
-        is_local = path.is_dir()
-        if not is_local and (path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
-            raise WeightsNotFoundError(
-                f"captioner folder {path} does not exist; pass a folder holding a LLaVA-style model "
-                f"(config.json, weights, processor files) or a Hugging Face id such as {DEFAULT_CAPTIONER!r}"
-            )
-        where = str(path) if is_local else str(cache_dir or hub_cache_dir())
-        no_network = None
-        if not is_local and not local_files_only:  # found out once, in seconds, instead of minutes of retries
-            no_network = offline_reason()
-            local_files_only = no_network is not None
-        kwargs: dict[str, Any] = {"local_files_only": local_files_only}
-        if cache_dir is not None:
-            kwargs["cache_dir"] = str(cache_dir)
-        load_from = str(path) if is_local else source
+        src = transformers_source(
+            name_or_path,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            folder="captioner folder",
+            folder_hint="pass a folder holding a LLaVA-style model (config.json, weights, processor files) or a "
+            f"Hugging Face id such as {DEFAULT_CAPTIONER!r}",
+        )
         try:
-            processor = AutoProcessor.from_pretrained(load_from, **kwargs)
-            model = AutoModelForImageTextToText.from_pretrained(load_from, dtype=dtype, **kwargs)
+            processor = AutoProcessor.from_pretrained(src.load_from, **src.kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(src.load_from, dtype=dtype, **src.kwargs)
         except OSError as exc:
-            if is_local:
+            if src.is_local:
                 hint = "check that the folder holds a complete model (config.json, weights, processor files)"
             else:
                 hint = (
-                    f"download it once with `{download_command(source)}` (about 14 GB for the 7B model; "
+                    f"download it once with `{download_command(src.source)}` (about 14 GB for the 7B model; "
                     "needs network), pass a local folder with --model, or use --fixed for the fixed prompt"
                 )
-            offline = ""
-            if no_network is not None:
-                offline = f" ({no_network})"
-            elif local_files_only and not is_local:
-                offline = " (offline: HF_HUB_OFFLINE / local_files_only)"
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise WeightsNotFoundError(
-                f"captioning model {source!r} not found{offline}; looked in {where}; {hint}. Original error: {first}"
-            ) from exc
+            raise src.not_found("captioning model", exc, hint) from exc
         model.to(device).eval()
-        logger.info("loaded captioner %s on %s (%s) from %s", source, device, dtype, where)
-        return cls(model, processor, source)
+        logger.info("loaded captioner %s on %s (%s) from %s", src.source, device, dtype, src.where)
+        return cls(model, processor, src.source)
 
     def prompt(self, query: str) -> str:
         """The text prompt for one image: the processor's chat template, else LLaVA-1.5's format."""

@@ -24,8 +24,21 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-__all__ = ["TIMEOUT_S", "env_offline", "offline_reason", "host_unreachable", "download_command"]
+from nsarm_core.errors import WeightsNotFoundError
+
+__all__ = [
+    "TIMEOUT_S",
+    "env_offline",
+    "offline_reason",
+    "host_unreachable",
+    "download_command",
+    "TransformersSource",
+    "transformers_source",
+]
 
 #: Seconds the one reachability check may take (connect, DNS included) before the Hub counts as unreachable.
 TIMEOUT_S = 3.0
@@ -103,3 +116,80 @@ def download_command(
     if revision:
         parts.append(f"--revision {revision}")
     return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class TransformersSource:
+    """Where a ``transformers`` model (the text encoder, the captioner) is loaded from, resolved once.
+
+    Attributes:
+        source: the name or path as given.
+        is_local: ``source`` is an existing folder.
+        load_from: what ``from_pretrained`` is given (the expanded folder, or the hub id).
+        where: where the files were looked for (the folder, or the Hub cache), for messages.
+        no_network: why the Hub could not be reached (:func:`offline_reason`), or None.
+        kwargs: ``local_files_only`` (and ``cache_dir``) for every ``from_pretrained`` call.
+    """
+
+    source: str
+    is_local: bool
+    load_from: str
+    where: str
+    no_network: str | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def not_found(self, what: str, exc: BaseException, hint: str) -> WeightsNotFoundError:
+        """The one-line error for a model ``from_pretrained`` could not load: what, why offline, where, ``hint``."""
+        offline = ""
+        if self.no_network is not None:
+            offline = f" ({self.no_network})"
+        elif self.kwargs.get("local_files_only") and not self.is_local:
+            offline = " (offline: HF_HUB_OFFLINE / local_files_only)"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return WeightsNotFoundError(
+            f"{what} {self.source!r} not found{offline}; looked in {self.where}; {hint}. Original error: {first}"
+        )
+
+
+def transformers_source(
+    name_or_path: str | os.PathLike[str],
+    *,
+    local_files_only: bool | None,
+    cache_dir: str | os.PathLike[str] | None,
+    folder: str,
+    folder_hint: str,
+) -> TransformersSource:
+    """Resolve a folder or hub id for ``transformers``' ``from_pretrained`` by the project's rules.
+
+    ``local_files_only=None`` follows ``HF_HUB_OFFLINE``; otherwise, for a hub id, the Hub is probed once
+    (:func:`offline_reason`) so an unreachable network reads the cache at once instead of retrying for minutes.
+    A path-like name (absolute, ``./``, ``~``, two slashes) that is no folder is refused as "``folder`` PATH
+    does not exist; ``folder_hint``" (what to pass instead), not sent to the Hub as an id.
+
+    Raises:
+        WeightsNotFoundError: a path-like name that does not exist.
+    """
+    from huggingface_hub import constants
+
+    if local_files_only is None:
+        local_files_only = env_offline() or bool(constants.HF_HUB_OFFLINE)
+    source = str(name_or_path)
+    path = Path(source).expanduser()
+    is_local = path.is_dir()
+    if not is_local and (path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
+        raise WeightsNotFoundError(f"{folder} {path} does not exist; {folder_hint}")
+    no_network = None
+    if not is_local and not local_files_only:  # found out once, in seconds, instead of minutes of retries
+        no_network = offline_reason()
+        local_files_only = no_network is not None
+    kwargs: dict[str, Any] = {"local_files_only": local_files_only}
+    if cache_dir is not None:
+        kwargs["cache_dir"] = str(cache_dir)
+    return TransformersSource(
+        source=source,
+        is_local=is_local,
+        load_from=str(path) if is_local else source,
+        where=str(path) if is_local else str(cache_dir or constants.HF_HUB_CACHE),
+        no_network=no_network,
+        kwargs=kwargs,
+    )

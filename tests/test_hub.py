@@ -214,3 +214,42 @@ def test_text_encoder_without_network_fails_at_once(monkeypatch: pytest.MonkeyPa
         and "no network" in str(err.value)
         and "`hf download google/flan-t5-xl`" in str(err.value)
     )
+
+
+def test_transformers_source_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one resolver behind TextEncoder and Captioner: a folder loads as a folder, a missing path-like name
+    is refused naming the folder kind, a hub id probes the network once and then reads only the cache."""
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    local = hub.transformers_source(
+        folder, local_files_only=None, cache_dir=None, folder="f", folder_hint="h"
+    )
+    assert (local.is_local, local.load_from, local.where, local.no_network) == (
+        True,
+        str(folder),
+        str(folder),
+        None,
+    )
+    with pytest.raises(WeightsNotFoundError, match=r"^text-encoder folder .*nope does not exist; pass one$"):
+        hub.transformers_source(
+            tmp_path / "nope",
+            local_files_only=None,
+            cache_dir=None,
+            folder="text-encoder folder",
+            folder_hint="pass one",
+        )
+    remote = hub.transformers_source(
+        "org/model", local_files_only=None, cache_dir=tmp_path, folder="f", folder_hint="h"
+    )
+    assert remote.kwargs == {"local_files_only": True, "cache_dir": str(tmp_path)}  # no route: the cache only
+    assert remote.no_network is not None and remote.where == str(tmp_path)
+    err = remote.not_found("text encoder", OSError("gone\nmore"), "get it")
+    assert str(err) == (
+        f"text encoder 'org/model' not found ({remote.no_network}); looked in {tmp_path}; get it. Original error: gone"
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = hub.transformers_source(
+        "org/model", local_files_only=None, cache_dir=None, folder="f", folder_hint="h"
+    )
+    assert offline.no_network is None and offline.kwargs == {"local_files_only": True}
+    assert "(offline: HF_HUB_OFFLINE / local_files_only)" in str(offline.not_found("x", OSError(), "h"))

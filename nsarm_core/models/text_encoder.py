@@ -16,7 +16,6 @@ Shape legend: B prompts, L_i tokens of prompt i (incl. EOS, <= max_length), C en
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from nsarm_core.errors import InputError, NSARMError, WeightsNotFoundError, missing_extra
-from nsarm_core.hub import download_command, offline_reason
+from nsarm_core.errors import InputError, NSARMError, missing_extra
+from nsarm_core.hub import download_command, transformers_source
 
 logger = logging.getLogger(__name__)
 
@@ -190,53 +189,32 @@ class TextEncoder:
             from transformers import AutoTokenizer, T5EncoderModel
         except ImportError as e:
             raise missing_extra("transformers", "text", "the T5 text encoder") from e
-        import huggingface_hub.constants as hub_constants
-
         device = torch.device(device)
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
-        if local_files_only is None:
-            local_files_only = bool(hub_constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0") in (
-                "1", "true", "TRUE", "yes", "on"
-            )  # fmt: skip
-
-        source = str(name_or_path)
-        path = Path(source).expanduser()
-        is_local = path.is_dir()
-        if not is_local and (path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
-            raise WeightsNotFoundError(
-                f"text-encoder folder {path} does not exist; pass a folder containing config.json, the weights and "
-                f"the tokenizer files of a T5 encoder, or a Hugging Face id such as {DEFAULT_TEXT_ENCODER!r}"
-            )
-        where = str(path) if is_local else str(cache_dir or hub_constants.HF_HUB_CACHE)
-        no_network = None
-        if not is_local and not local_files_only:  # found out once, in seconds, instead of minutes of retries
-            no_network = offline_reason()
-            local_files_only = no_network is not None
-        kwargs: dict[str, Any] = {"local_files_only": local_files_only}
-        if cache_dir is not None:
-            kwargs["cache_dir"] = str(cache_dir)
-        load_from = str(path) if is_local else source
+        src = transformers_source(
+            name_or_path,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            folder="text-encoder folder",
+            folder_hint="pass a folder containing config.json, the weights and the tokenizer files of a T5 "
+            f"encoder, or a Hugging Face id such as {DEFAULT_TEXT_ENCODER!r}",
+        )
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                load_from, legacy=True, model_max_length=max_length, **kwargs
+                src.load_from, legacy=True, model_max_length=max_length, **src.kwargs
             )
-            model = T5EncoderModel.from_pretrained(load_from, dtype=dtype, **kwargs)
+            model = T5EncoderModel.from_pretrained(src.load_from, dtype=dtype, **src.kwargs)
         except OSError as e:
-            if is_local:
+            if src.is_local:
                 hint = "check that the folder holds a complete T5 encoder (config.json, weights, tokenizer files)"
             else:
-                hint = f"download it with `{download_command(source)}` (needs network), or pass a local folder with the model"
-            offline = ""
-            if no_network is not None:
-                offline = f" ({no_network})"
-            elif local_files_only and not is_local:
-                offline = " (offline: HF_HUB_OFFLINE / local_files_only)"
-            raise WeightsNotFoundError(
-                f"text encoder {source!r} not found{offline}; looked in {where}; {hint}. Original error: "
-                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-            ) from e
-        logger.info("loaded text encoder %s (%s, %s) from %s", source, device, dtype, where)
+                hint = (
+                    f"download it with `{download_command(src.source)}` (needs network), or pass a local folder "
+                    "with the model"
+                )
+            raise src.not_found("text encoder", e, hint) from e
+        logger.info("loaded text encoder %s (%s, %s) from %s", src.source, device, dtype, src.where)
         return cls(model.to(device), tokenizer, max_length=max_length, padding=padding)
 
     @torch.no_grad()
