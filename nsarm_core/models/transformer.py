@@ -137,33 +137,26 @@ class TransformerConfig:
         return self.d_vae // 4 if self.patchify else self.d_vae
 
 
+# The geometry of the official-implementation fixtures (../shared/parity/infinity_tiny_*), with and without
+# patchify.
+_TINY_PARITY = TransformerConfig(
+    depth=4,
+    embed_dim=256,
+    num_heads=2,
+    d_vae=56,
+    patchify=True,
+    text_channels=256,
+    text_maxlen=16,
+    block_chunks=2,
+    cond_drop_rate=0.0,
+)
+
 PRESETS: dict[str, TransformerConfig] = {
     # Released models (spec C.1). Parameter counts: 2,204,564,032 and 8,375,791,824 (tests/test_transformer.py).
     "infinity-2b": TransformerConfig(depth=32, embed_dim=2048, num_heads=16, d_vae=32, patchify=False),
     "infinity-8b": TransformerConfig(depth=40, embed_dim=3584, num_heads=28, d_vae=56, patchify=True),
-    # The official-implementation fixtures (../shared/parity/infinity_tiny_*).
-    "tiny-parity-patchify": TransformerConfig(
-        depth=4,
-        embed_dim=256,
-        num_heads=2,
-        d_vae=56,
-        patchify=True,
-        text_channels=256,
-        text_maxlen=16,
-        block_chunks=2,
-        cond_drop_rate=0.0,
-    ),
-    "tiny-parity-nopatchify": TransformerConfig(
-        depth=4,
-        embed_dim=256,
-        num_heads=2,
-        d_vae=32,
-        patchify=False,
-        text_channels=256,
-        text_maxlen=16,
-        block_chunks=2,
-        cond_drop_rate=0.0,
-    ),
+    "tiny-parity-patchify": _TINY_PARITY,
+    "tiny-parity-nopatchify": replace(_TINY_PARITY, d_vae=32, patchify=False),
     # Our own small model: the NSARM geometry (d=14 VAE, patchified) without a text encoder.
     "tiny": TransformerConfig(
         depth=2,
