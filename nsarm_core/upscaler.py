@@ -14,11 +14,12 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeGuard, runtime_checkable
 
 from nsarm_core.errors import ConfigError
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Mapping
 
     import numpy as np
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COLOR_FIX_MODES",
     "DTYPE_NAMES",
+    "LoadOptions",
     "UpscaleSettings",
     "check_batch_windows",
     "UpscaleResult",
@@ -149,6 +151,38 @@ def pipeline_settings(
     if fidelity is not None:
         settings = replace(settings, fidelity=float(fidelity))
     return settings
+
+
+class LoadOptions(TypedDict, total=False):
+    """The loading options :func:`nsarm_core.batch.upscale.load_upscaler` takes and passes on to
+    :func:`nsarm_core.pipeline.load_pipeline` (the same names, defaults and meaning; documented there), written
+    once here so the two lists cannot drift apart."""
+
+    device: str
+    dtype: str
+    weights: str | os.PathLike[str] | None
+    vae_weights: str | os.PathLike[str] | None
+    text_encoder: str | os.PathLike[str] | None
+    sampling: Mapping[str, Any] | None
+    color_fix: str | None
+    tile: int | None
+    tile_overlap: int | None
+    fidelity: float | None
+    batch_windows: int | None
+
+
+def check_load_options(options: Mapping[str, Any]) -> None:
+    """Refuse an option :class:`LoadOptions` does not name (a typo would otherwise surface as a TypeError deep
+    in the model loader, after the checks every other option gets).
+
+    Raises:
+        ConfigError: an unknown option name.
+    """
+    unknown = sorted(set(options) - set(LoadOptions.__annotations__))
+    if unknown:
+        raise ConfigError(
+            f"unknown upscaler option(s) {', '.join(unknown)}; valid: {', '.join(LoadOptions.__annotations__)}"
+        )
 
 
 @dataclass

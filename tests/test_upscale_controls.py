@@ -295,3 +295,15 @@ def test_header_size_follows_exif_orientation_like_reading(tmp_path: Path) -> No
     assert read_image_size(tmp_path / "r.jpg") == (image.width, image.height) == (20, 30)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert read_image_size(tmp_path / "bad.png") is None
+
+
+def test_load_upscaler_refuses_an_unknown_option() -> None:
+    """The options are LoadOptions' names: a typo is one ConfigError naming it, for a baseline as for a model
+    (not a TypeError from deep inside the loader)."""
+    from nsarm_core.batch.upscale import load_upscaler
+    from nsarm_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown upscaler option\(s\) scale_factor; valid: device, dtype"):
+        load_upscaler("bicubic", scale_factor=2)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="unknown upscaler option"):
+        load_upscaler("nsarm-tiny", offload=True)  # type: ignore[call-arg]

@@ -40,10 +40,10 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import numpy as np
 
@@ -94,11 +94,13 @@ from nsarm_core.resize import (
     resize_to_scale,
 )
 from nsarm_core.upscaler import (
+    LoadOptions,
     Upscaler,
     UpscaleResult,
     check_batch_windows,
     check_device_name,
     check_dtype_name,
+    check_load_options,
     pipeline_settings,
 )
 
@@ -210,26 +212,11 @@ class InterpolationUpscaler:
         )
 
 
-def load_upscaler(
-    model: str | Path,
-    *,
-    scale: float = 4.0,
-    device: str = "auto",
-    dtype: str = "fp32",
-    weights: str | Path | None = None,
-    vae_weights: str | Path | None = None,
-    text_encoder: str | Path | None = None,
-    sampling: Mapping[str, Any] | None = None,
-    color_fix: str | None = None,
-    tile: int | None = None,
-    tile_overlap: int | None = None,
-    fidelity: float | None = None,
-    batch_windows: int | None = None,
-) -> Upscaler:
+def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[LoadOptions]) -> Upscaler:
     """The one choice baseline-or-model: an :class:`InterpolationUpscaler` for ``bicubic``, ``bilinear``,
     ``nearest`` and ``lanczos``, a peer network for a peer name (``realesrgan-x4plus``,
     :func:`nsarm_core.peers.load_peer`), else the NSARM pipeline (:func:`nsarm_core.pipeline.load_pipeline`,
-    whose options the other arguments are).
+    whose options ``options`` are: :class:`~nsarm_core.upscaler.LoadOptions`; an unknown name is refused).
 
     ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
     interpolation step; any other factor is x4 plus the batch's final resize, as for a model. ``fidelity`` (the
@@ -241,8 +228,18 @@ def load_upscaler(
     for what it changes). None or 0: no extra tiling. ``device`` must exist on this machine
     (:func:`nsarm_core.devices.check_device`) and ``fp16`` is refused on the CPU (no fast fp16 kernels there).
     """
+    check_load_options(options)
+    device = options.get("device", "auto")
+    dtype = options.get("dtype", "fp32")
+    weights = options.get("weights")
+    vae_weights = options.get("vae_weights")
+    text_encoder = options.get("text_encoder")
+    tile = options.get("tile")
+    fidelity = options.get("fidelity")
+    batch_windows = options.get("batch_windows")
+    tile_overlap = options.get("tile_overlap")
     # Every option is checked here, for a baseline too, so a typo fails the same way whatever the model.
-    pipeline_settings(sampling, color_fix, tile_overlap, fidelity)
+    pipeline_settings(options.get("sampling"), options.get("color_fix"), tile_overlap, fidelity)
     check_device_name(device)
     check_dtype_name(dtype)
     check_device(device)
@@ -296,19 +293,8 @@ def load_upscaler(
             tile=tile,
             tile_overlap=tile_overlap,
         )
-    pipe = load_pipeline(
-        model,
-        device=device,
-        dtype=dtype,
-        weights=weights,
-        vae_weights=vae_weights,
-        text_encoder=text_encoder,
-        sampling=sampling,
-        color_fix=color_fix,
-        tile_overlap=tile_overlap,
-        fidelity=fidelity,
-        batch_windows=batch_windows,
-    )
+    # ``tile`` is this function's (the TiledUpscaler below); every other option means the same to load_pipeline.
+    pipe = load_pipeline(model, **{k: v for k, v in options.items() if k != "tile"})
     return pipe if tile is None else TiledUpscaler(pipe, tile)
 
 
@@ -995,7 +981,7 @@ def upscale_batch(
     out_dir: str | os.PathLike[str],
     options: UpscaleOptions,
     *,
-    load: Mapping[str, Any] | None = None,
+    load: LoadOptions | None = None,
     captions: str | os.PathLike[str] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int, int, ImageRecord], None] | None = None,
@@ -1017,7 +1003,7 @@ def upscale_batch(
         on_start: called as ``on_start(rank, world_size)`` once the model is loaded.
         on_progress, on_plan, on_window: as for :func:`upscale_files`.
     """
-    load = dict(load or {})
+    load = LoadOptions(**(load or {}))
     rank, world, world_device = detect_world()
     options = replace(
         options,
