@@ -273,11 +273,16 @@ def test_stage2_with_a_text_encoder(tmp_path: Path, hr_dir: Path) -> None:
         "a photo of a cat on grass under blue sky with many rich details everywhere"
     )
 
-    gpt = {
+    transformer = {
         "depth": 2, "embed_dim": 128, "num_heads": 2, "d_vae": 56, "patchify": True, "text_channels": 128,
         "text_maxlen": 8, "block_chunks": 1, "cond_drop_rate": 0.5, "use_text": True,
     }  # fmt: skip
-    stage = {**STAGE2, "transformer": gpt, "text_encoder": str(tmp_path / "t5"), "hr_dirs": [str(hr_dir)]}
+    stage = {
+        **STAGE2,
+        "transformer": transformer,
+        "text_encoder": str(tmp_path / "t5"),
+        "hr_dirs": [str(hr_dir)],
+    }
     recipe = Stage2Recipe(Stage2Settings.from_stage(stage))
     models = recipe.build_models()
     assert "text_encoder" in models

@@ -121,13 +121,13 @@ def export_nsarm_model(
     net = TransformNet.from_pretrained(net_dir)
 
     transformer = InfinityTransformer.from_pretrained(gpt_dir)
-    gpt_config = transformer.config
-    text_encoder = settings.text_encoder if gpt_config.use_text else None
+    transformer_config = transformer.config
+    text_encoder = settings.text_encoder if transformer_config.use_text else None
     out = Path(out_dir)
     config = NSARMConfig(
         name=name or out.name,
         vae=vae.config,
-        transformer=gpt_config,
+        transformer=transformer_config,
         transform_net=net.config,
         schedule=get_named_schedule(settings.schedule),
         text_encoder=text_encoder,

@@ -193,7 +193,7 @@ class Stage2Recipe:
         self.schedule = get_named_schedule(settings.schedule)
         self.pixel_size: tuple[int, int] | None = None
         self.net_config: TransformNetConfig | None = None
-        self.gpt_config: TransformerConfig | None = None
+        self.transformer_config: TransformerConfig | None = None
         self.text_encoder: Any | None = None
         self.flip = (
             BitFlipConfig(settings.flip_layers, settings.flip_strength) if settings.flip_layers else None
@@ -224,33 +224,43 @@ class Stage2Recipe:
         if net is not None:
             net.requires_grad_(s.train_transform_net)
         if isinstance(s.transformer, str):
-            gcfg = get_preset(s.transformer)
+            transformer_config = get_preset(s.transformer)
         else:
             try:
-                gcfg = TransformerConfig(**s.transformer)
+                transformer_config = TransformerConfig(**s.transformer)
             except TypeError as exc:
                 raise ConfigError(
                     f"stage.transformer mapping: {exc}; use TransformerConfig field names"
                 ) from exc
-        gpt = InfinityTransformer(gcfg, generator=torch.Generator().manual_seed(self.seed))
+        transformer = InfinityTransformer(
+            transformer_config, generator=torch.Generator().manual_seed(self.seed)
+        )
         if s.transformer_weights is not None:
-            load_transformer_weights(gpt, s.transformer_weights)
+            load_transformer_weights(transformer, s.transformer_weights)
         if net is not None:
             self.pixel_size = check_geometry(self.schedule, vae, net, s.data.scale)
         else:
             self.pixel_size = (int(self.schedule.pixel_size[0]), int(self.schedule.pixel_size[1]))
-        if gcfg.patchify != self.schedule.patchify or gcfg.vae_channels != vae.config.codebook_dim:
+        if (
+            transformer_config.patchify != self.schedule.patchify
+            or transformer_config.vae_channels != vae.config.codebook_dim
+        ):
             raise ConfigError(
-                f"transformer (patchify={gcfg.patchify}, {gcfg.vae_channels} VAE channels) does not fit the "
+                f"transformer (patchify={transformer_config.patchify}, {transformer_config.vae_channels} VAE channels) does not fit the "
                 f"schedule (patchify={self.schedule.patchify}) and VAE ({vae.config.codebook_dim} channels)"
             )
-        self.net_config, self.gpt_config = (net.config if net is not None else None), gcfg
-        models: dict[str, nn.Module] = {"vae": vae, "transformer": gpt}
+        self.net_config, self.transformer_config = (
+            (net.config if net is not None else None),
+            transformer_config,
+        )
+        models: dict[str, nn.Module] = {"vae": vae, "transformer": transformer}
         if net is not None:
             models["transform_net"] = net
-        if gcfg.use_text:
+        if transformer_config.use_text:
             # Truncate captions to the transformer's text length (512 for the released models, C.3).
-            self.text_encoder = TextEncoder.from_pretrained(s.text_encoder, max_length=gcfg.text_maxlen)
+            self.text_encoder = TextEncoder.from_pretrained(
+                s.text_encoder, max_length=transformer_config.text_maxlen
+            )
             models["text_encoder"] = self.text_encoder.model  # frozen; the loop moves it to the device
         return models
 
@@ -283,8 +293,8 @@ class Stage2Recipe:
     def compute_loss(
         self, models: Mapping[str, nn.Module], batch: Mapping[str, Any], generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
-        assert self.gpt_config is not None, "build_models() runs first"
-        vae, gpt = models["vae"], models["transformer"]
+        assert self.transformer_config is not None, "build_models() runs first"
+        vae, transformer = models["vae"], models["transformer"]
         grids = self.schedule.vae_grids
         hr_latent = encode_frozen(vae, batch["hr"])  # [B, d, H, W]
         maps: list[Tensor] = []  # base pretraining: no LR-derived scales, the labels are Alg. 1's
@@ -303,17 +313,19 @@ class Stage2Recipe:
             straight_through=True,
         )
         inputs = teacher_forcing_inputs(rs.codes, grids, hr_latent.shape[-2:], "bilinear")
-        patch = self.gpt_config.patchify
+        patch = self.transformer_config.patchify
         x_blc = torch.cat(
             [map_to_tokens(patchify(x) if patch else x) for x in inputs], dim=1
         )  # [B, L-1, d_vae]
         labels = torch.cat([vae_bits_to_tokens(b, patch) for b in rs.bits], dim=1)  # [B, L, d_vae]
         b = x_blc.shape[0]
         drop = None
-        if self.gpt_config.cond_drop_rate > 0:
-            drop = (torch.rand(b, generator=generator) < self.gpt_config.cond_drop_rate).to(x_blc.device)
+        if self.transformer_config.cond_drop_rate > 0:
+            drop = (torch.rand(b, generator=generator) < self.transformer_config.cond_drop_rate).to(
+                x_blc.device
+            )
         text = self._text(list(batch["caption"]), x_blc.device)
-        logits = gpt(text, x_blc, self.schedule, cond_drop=drop)  # [B, L, 2 d_vae]
+        logits = transformer(text, x_blc, self.schedule, cond_drop=drop)  # [B, L, 2 d_vae]
         ce, correct = bitwise_ce(logits, labels)
         lengths = list(self.schedule.scale_lengths)
         per_scale_ce = [c.mean() for c in ce.split(lengths, dim=1)]
@@ -326,10 +338,10 @@ class Stage2Recipe:
         return loss, metrics
 
     def export(self, out_dir: Path, state_dicts: Mapping[str, dict[str, Tensor]]) -> None:
-        assert self.gpt_config is not None, "build_models() runs first"
-        gpt = InfinityTransformer(self.gpt_config, init=False)
-        gpt.load_state_dict(state_dicts["transformer"])
-        gpt.save_pretrained(out_dir / "transformer")
+        assert self.transformer_config is not None, "build_models() runs first"
+        transformer = InfinityTransformer(self.transformer_config, init=False)
+        transformer.load_state_dict(state_dicts["transformer"])
+        transformer.save_pretrained(out_dir / "transformer")
         if "transform_net" in state_dicts:
             assert self.net_config is not None
             net = TransformNet(self.net_config)
