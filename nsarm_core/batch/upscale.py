@@ -186,12 +186,7 @@ class InterpolationUpscaler:
         start = time.perf_counter()
         h, w = rgb.shape[:2]
         out = interpolate_array(rgb, (h * self.native_scale, w * self.native_scale), self.mode)
-        return UpscaleResult(
-            image=out,
-            seed=seed,
-            settings={"method": self.mode, "scale": self.native_scale},
-            timings={"upscale": time.perf_counter() - start},
-        )
+        return self._result(out, seed, start)
 
     def upscale(self, rgb: torch.Tensor, *, seed: int, prompt: str | None) -> UpscaleResult:
         """Upscale ``rgb`` [1, 3, H, W] to [1, 3, s*H, s*W] (float32, clamped: cubic kernels overshoot at edges).
@@ -204,8 +199,12 @@ class InterpolationUpscaler:
         start = time.perf_counter()
         h, w = rgb.shape[-2:]
         out = interpolate(rgb, (h * self.native_scale, w * self.native_scale), self.mode)
+        return self._result(out, seed, start)
+
+    def _result(self, image: torch.Tensor | np.ndarray, seed: int, start: float) -> UpscaleResult:
+        """The one result record of both paths: the method and factor, and the seconds since ``start``."""
         return UpscaleResult(
-            image=out,
+            image=image,
             seed=seed,
             settings={"method": self.mode, "scale": self.native_scale},
             timings={"upscale": time.perf_counter() - start},
