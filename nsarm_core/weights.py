@@ -303,20 +303,20 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "nsarm-tiny": ModelSpec(
         name="nsarm-tiny",
-        description="Small NSARM trained on CPU by this project, v2: with controllable feature wrapping "
+        description="Small NSARM trained on CPU by this project, v2.1: with controllable feature wrapping "
         "(--fidelity, default 0.75; 6.0 M parameters, 64 -> 256 windows); the default model (docs/model_card.md)",
         files={
             # bundled files are verified like downloaded ones: a damaged install is refused, not run
             "checkpoint": WeightFile(
                 "assets/nsarm-tiny/model.safetensors",
                 bundled=True,
-                sha256="30c9066ae93ff4d3b070298ce76f35864d1560f6b51fff414248f9cd0583d060",
+                sha256="ee6bf74ecb044819df264a46ad45f78e88946843c3380bab21ccd51b9d1f5ab0",
                 size=24235220,
             ),
             "config": WeightFile(
                 "assets/nsarm-tiny/config.json",
                 bundled=True,
-                sha256="690ef8a2e8eee701d7fdeea8bb7b586bde4ef0005cdcdea7151d9b19c25f7ed4",
+                sha256="1c5e2a1ba09f37274f7e00c72df7428dbfb8c42d340fd56d677e9cc9b848320d",
             ),
         },
         preset="nsarm-tiny",

@@ -9,7 +9,9 @@
 # environment with the eval extra, e.g. `python3.11 -m venv .venv-eval && . .venv-eval/bin/activate && pip
 # install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[eval,peers]"`.
 #   V1      nsarm-tiny v1 model folder (default runs/nsarm-tiny-v1: `git show 9a99575:nsarm_core/assets/...`)
-#   V2      the v2 model (default: runs/cfw_tiny/final/model, else the bundled nsarm-tiny)
+#   V2      the v2 model (default: runs/cfw_tiny_ft2/final/model, else the bundled nsarm-tiny)
+#   V2_PREV an earlier v2 model folder scored at its default w as "v2.0-default" (optional; e.g. the first v2
+#           weights, `git show 7f24d0f:nsarm_core/assets/nsarm-tiny/...`)
 #   PEER    the peer model (default realesrgan-x4plus; skipped when its weights cannot be converted)
 #   FIDELITIES  the w values of the sweep (default "0 0.25 0.5 0.75 1")
 set -euo pipefail
@@ -18,7 +20,7 @@ export HF_HUB_OFFLINE=1
 NSARM=${NSARM:-nsarm}
 WORK=${WORK:-/tmp/nsarm-tiny-eval}
 V1=${V1:-runs/nsarm-tiny-v1}
-V2=${V2:-runs/cfw_tiny/final/model}
+V2=${V2:-runs/cfw_tiny_ft2/final/model}
 [ -d "$V2" ] || V2=nsarm-tiny
 PEER=${PEER:-realesrgan-x4plus}
 FIDELITIES=${FIDELITIES:-"0 0.25 0.5 0.75 1"}
@@ -42,6 +44,7 @@ for preset in realesrgan light bicubic; do
   run "$preset" bicubic bicubic
   [ "$peer_ok" = 1 ] && run "$preset" realesrgan-x4plus "$PEER"
   [ -d "$V1" ] && run "$preset" v1 "$V1"
+  [ -n "${V2_PREV:-}" ] && run "$preset" v2.0-default "$V2_PREV"
   for w in $FIDELITIES; do
     run "$preset" "v2-w$w" "$V2" --fidelity "$w"
   done

@@ -9,7 +9,9 @@
 #   4. stage 2    nsarm train-stage2 --config stage2_tiny, from the base transformer and the stage-1 network
 #   5. models     runs/nsarm-tiny-v1 (stage 2: the paper's NSARM at our scale) and runs/nsarm-tiny-stage1-only
 #   6. CFW        nsarm train-cfw --config cfw_tiny: controllable feature wrapping + decoder (L1 + GAN) on top of
-#                 the frozen v1 networks -> runs/cfw_tiny/final/model, nsarm-tiny v2 (the bundled model)
+#                 the frozen v1 networks -> runs/cfw_tiny/final/model (v2.0), then two continuation rounds of
+#                 cfw_tiny_ft (clean inputs weighted up, latent-noise augmentation; seeds 1 and 2, each from
+#                 the previous round) -> runs/cfw_tiny_ft2/final/model, nsarm-tiny v2.1 (the bundled model)
 #   7. evaluate   scripts/tune_fidelity.sh (default w, on training photos) and scripts/evaluate_nsarm_tiny.sh
 #                 (bicubic, Real-ESRGAN x4plus, v1 and v2 at each w on the held-out photos)
 #
@@ -31,6 +33,7 @@ STEPS_BASE=${STEPS_BASE:-1500}
 STEPS_STAGE1=${STEPS_STAGE1:-1500}
 STEPS_STAGE2=${STEPS_STAGE2:-1300}
 STEPS_CFW=${STEPS_CFW:-1500}
+STEPS_CFW_FT=${STEPS_CFW_FT:-1500}
 VAE=runs/tokenizer_tiny/final/vae
 
 # 1. Data (skipped when data/train and data/val exist).
@@ -66,10 +69,15 @@ nsarm train-stage2 --config stage2_tiny --max-steps "$STEPS_STAGE2" --resume lat
 # since bf16 autocast is far slower for them on CPUs without native bf16). Samples a latent cache first.
 OMP_NUM_THREADS=1 nsarm train-cfw --config cfw_tiny --max-steps "$STEPS_CFW" --resume latest \
   --set stage.model=runs/nsarm-tiny-v1
-sha256sum runs/cfw_tiny/final/model/model.safetensors
-echo "To ship it: cp runs/cfw_tiny/final/model/{config.json,model.safetensors} nsarm_core/assets/nsarm-tiny/ and"
-echo "put the sha256 above into nsarm_core/weights.py (MODELS['nsarm-tiny'])."
+# 6b. Two continuation rounds (v2.1): each ~20 min on one thread of an idle machine, 1500 steps, new latent cache.
+OMP_NUM_THREADS=1 nsarm train-cfw --config cfw_tiny_ft --max-steps "$STEPS_CFW_FT" --resume latest \
+  --set stage.model=runs/cfw_tiny/final/model
+OMP_NUM_THREADS=1 nsarm train-cfw --config cfw_tiny_ft --max-steps "$STEPS_CFW_FT" --resume latest \
+  --set run_dir=runs/cfw_tiny_ft2 --set seed=2 --set stage.model=runs/cfw_tiny_ft/final/model
+sha256sum runs/cfw_tiny_ft2/final/model/{config.json,model.safetensors}
+echo "To ship it: cp runs/cfw_tiny_ft2/final/model/{config.json,model.safetensors} nsarm_core/assets/nsarm-tiny/"
+echo "and put the two sha256 above into nsarm_core/weights.py (MODELS['nsarm-tiny'])."
 
 # 7. The default fidelity (on training photos) and the evaluation (the eval extra; see the scripts).
-bash scripts/tune_fidelity.sh
-bash scripts/evaluate_nsarm_tiny.sh
+V2=runs/cfw_tiny_ft2/final/model bash scripts/tune_fidelity.sh
+V2=runs/cfw_tiny_ft2/final/model V2_PREV=runs/cfw_tiny/final/model bash scripts/evaluate_nsarm_tiny.sh

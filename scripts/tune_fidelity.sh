@@ -3,13 +3,14 @@
 # reports): the centre 512x512 of 5 training photos, degraded x4 by the realesrgan and bicubic presets at seed 1,
 # upscaled at each w and scored (structure: MS-SSIM, FSIM, GMSD; no-reference: NIQE, PIQE). Prints the table;
 # the rule used for the shipped default is in docs/model_card.md ("Choosing the default w").
-#   V2  the v2 model (default runs/cfw_tiny/final/model); run it in the eval environment (pyiqa metrics)
+#   V2  the v2 model (default runs/cfw_tiny_ft2/final/model, else the bundled nsarm-tiny); run it in the eval environment (pyiqa metrics)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 NSARM=${NSARM:-nsarm}
 WORK=${WORK:-/tmp/nsarm-tiny-tune}
-V2=${V2:-runs/cfw_tiny/final/model}
+V2=${V2:-runs/cfw_tiny_ft2/final/model}
+[ -d "$V2" ] || V2=nsarm-tiny
 FIDELITIES=${FIDELITIES:-"0 0.25 0.5 0.75 1"}
 METRICS=ms_ssim,fsim,gmsd,niqe,piqe
 mkdir -p "$WORK/hr"
