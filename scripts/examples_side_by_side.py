@@ -19,7 +19,7 @@ from nsarm_core.data.io import atomic_open, from_tensor, read_image, to_tensor
 from nsarm_core.eval.metrics import to_8bit_levels
 from nsarm_core.pipeline import load_pipeline
 
-COLUMNS = ("input (nearest x4)", "bicubic", "nsarm-tiny v1", "nsarm-tiny v2")
+COLUMNS = ("input (nearest x4)", "bicubic", "nsarm-tiny v1", "nsarm-tiny v2.1")
 
 
 def _label(img: Image.Image, text: str) -> Image.Image:
@@ -40,7 +40,9 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipes = [load_pipeline(m, device="cpu") for m in (args.v1, args.v2)]
+    # fp32 everywhere: the figures match the model card's fp32 measurements on any CPU (auto would pick bf16
+    # on CPUs with native bf16)
+    pipes = [load_pipeline(m, device="cpu", dtype="fp32") for m in (args.v1, args.v2)]
     rows = []
     for path in sorted(Path(args.photos).glob("*.png")):
         src = Image.open(path).convert("RGB")
