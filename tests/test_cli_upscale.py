@@ -257,7 +257,10 @@ def test_nsarm_settings_are_part_of_the_record(tiny_dir: Path) -> None:
         weights=weights,
     )
     assert settings_differences(settings, other) == ["seed 1 recorded, 2 now", "tau 0.5 recorded, 0.7 now"]
-    assert weights_identity("nsarm-tiny").startswith("sha256:30c9")  # the registered checksum, not re-hashed
+    from nsarm_core.weights import get_model_spec
+
+    registered = get_model_spec("nsarm-tiny").files["checkpoint"].sha256
+    assert weights_identity("nsarm-tiny") == f"sha256:{registered}"  # the registered checksum, not re-hashed
     assert weights_identity("bicubic") is None
 
 
