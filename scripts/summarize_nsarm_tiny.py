@@ -22,8 +22,16 @@ from nsarm_core.data.io import atomic_open, atomic_write_text
 
 PRESETS = ("realesrgan", "light", "bicubic")
 FIDELITIES = ("0", "0.25", "0.5", "0.75", "1")
-# v2.0-default: the first v2 weights (before the second CFW round), when scripts/evaluate_nsarm_tiny.sh had V2_PREV
-METHODS = ("bicubic", "realesrgan-x4plus", "v1", "v2.0-default", *(f"v2-w{w}" for w in FIDELITIES), "v2-default")
+# v2.0-default: the first v2 weights (before the CFW continuation rounds), scored when
+# scripts/evaluate_nsarm_tiny.sh is given V2_PREV
+METHODS = (
+    "bicubic",
+    "realesrgan-x4plus",
+    "v1",
+    "v2.0-default",
+    *(f"v2-w{w}" for w in FIDELITIES),
+    "v2-default",
+)
 METRICS = ("psnr", "ssim", "ms_ssim", "fsim", "gmsd", "nlpd", "niqe", "piqe")
 LOWER_BETTER = {"gmsd", "nlpd", "niqe", "piqe"}
 LABELS = {"psnr": "PSNR-Y", "ssim": "SSIM-Y", "ms_ssim": "MS-SSIM", "fsim": "FSIM", "gmsd": "GMSD"}
