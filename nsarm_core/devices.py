@@ -8,15 +8,12 @@ with one line before any work, instead of deep inside torch after the model was 
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 from nsarm_core.errors import ConfigError
+from nsarm_core.upscaler import check_device_name
 
-__all__ = ["DEVICE_NAMES", "check_device", "available_cores", "set_torch_threads"]
-
-#: What ``--device`` accepts (``cuda:N`` besides these).
-DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+__all__ = ["check_device", "available_cores", "set_torch_threads"]
 
 
 def check_device(device: str) -> str:
@@ -26,8 +23,7 @@ def check_device(device: str) -> str:
         ConfigError: an unknown name, a CUDA device on a machine without CUDA, a CUDA index past the last GPU,
             or MPS where it is not available. The message is one line and names the fix.
     """
-    if device not in DEVICE_NAMES and not re.fullmatch(r"cuda:\d+", device):
-        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N (e.g. cuda:1), mps")
+    check_device_name(device)  # the name rule, shared with the pipeline's resolve_device
     if device in ("auto", "cpu"):
         return device
     import torch

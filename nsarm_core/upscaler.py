@@ -105,7 +105,7 @@ def check_device_name(device: str) -> str:
         ConfigError: any other name.
     """
     if device not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", device):
-        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+        raise ConfigError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N (e.g. cuda:1), mps")
     return device
 
 

@@ -98,7 +98,6 @@ from nsarm_core.upscaler import (
     Upscaler,
     UpscaleResult,
     check_batch_windows,
-    check_device_name,
     check_dtype_name,
     check_load_options,
     pipeline_settings,
@@ -239,9 +238,8 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
     tile_overlap = options.get("tile_overlap")
     # Every option is checked here, for a baseline too, so a typo fails the same way whatever the model.
     pipeline_settings(options.get("sampling"), options.get("color_fix"), tile_overlap, fidelity)
-    check_device_name(device)
     check_dtype_name(dtype)
-    check_device(device)
+    check_device(device)  # the name rule (upscaler.check_device_name) and whether this machine has it
     if tile is not None and tile < 0:
         raise ConfigError(f"--tile must be >= 0 input pixels (0: no extra tiling), got {tile}")
     tile = tile or None
