@@ -251,6 +251,8 @@ def fake_hub(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", hf_hub_download)
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    # The Hub "answers" the one reachability probe (nsarm_core.hub): no test touches the network.
+    monkeypatch.setattr("nsarm_core.hub.host_unreachable", lambda url: None)
     return calls
 
 
@@ -293,6 +295,18 @@ def test_evaluate_dataset_offline_is_one_line_naming_repo_layout_and_data_root(
     assert len(err) == 1, r.output
     for part in ("Iceclear/StableSR-TestSets", "HF_HUB_OFFLINE=1", "test_LR/*_LR4.png and test_HR/*.png",
                  "--data-root"):  # fmt: skip
+        assert part in err[0]
+
+
+def test_evaluate_dataset_without_network_fails_at_once_from_the_cache_only(
+    tmp_path: Path, monkeypatch, fake_hub
+) -> None:
+    monkeypatch.setattr("nsarm_core.hub.host_unreachable", lambda url: "did not answer within 3 s")
+    r = runner.invoke(app, ["evaluate", "--dataset", "RealSR", "--model", "bicubic"])
+    assert r.exit_code == 2
+    err = r.output.strip().splitlines()
+    assert len(err) == 1, r.output
+    for part in ("Iceclear/StableSR-TestSets", "no network", "did not answer", "--data-root"):
         assert part in err[0]
 
 

@@ -23,7 +23,8 @@ from typing import Any
 from nsarm_core.atomic import atomic_write_text
 from nsarm_core.errors import ChecksumError, ConfigError, InputError
 from nsarm_core.eval.benchmarks import IMAGE_SUFFIXES, DatasetPreset, HubCopy
-from nsarm_core.weights import file_checksums, hub_cache_dir, is_offline, nsarm_home
+from nsarm_core.hub import offline_reason
+from nsarm_core.weights import file_checksums, hub_cache_dir, nsarm_home
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +99,15 @@ def _download(preset: DatasetPreset, hub: HubCopy) -> Path:
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = is_offline()
+    # HF_HUB_OFFLINE, or the Hub probed once and unreachable: the cache only, no retries (nsarm_core.hub)
+    offline = offline_reason()
     try:
         path = huggingface_hub.hf_hub_download(
             hub.repo_id, hub.filename, repo_type="dataset", revision=hub.revision,
-            local_files_only=offline, library_name="nsarm",
+            local_files_only=offline is not None, library_name="nsarm",
         )  # fmt: skip
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-        why = "offline (HF_HUB_OFFLINE=1), so nothing was downloaded" if offline else _first_line(exc)
+        why = f"{offline}, so nothing was downloaded" if offline else _first_line(exc)
         raise InputError(
             f"--dataset {preset.name}: not in the cache and not downloaded from the Hugging Face dataset "
             f"{hub.repo_id} (file {hub.filename}, folder {hub.folder}): {why}; get it there (Hub cache: "
