@@ -1,4 +1,4 @@
-"""What the speed benchmarks share: the test image and how a result record is printed and saved.
+"""What the speed benchmarks share: the test image, the CPU clock, and how a result record is printed and saved.
 
 Imported as ``from _common import ...``: the benchmarks run as scripts (``python benchmarks/speed.py``), which
 puts this folder on ``sys.path``.
@@ -7,6 +7,7 @@ puts this folder on ``sys.path``.
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ def lr_image(size: int) -> torch.Tensor:
         x = torch.cat([x, x.flip(-1)], dim=-1)
         x = torch.cat([x, x.flip(-2)], dim=-2)
     return x[..., :size, :size].contiguous()
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process: on a loaded machine it counts the work, not the waiting for a core."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_record(record: dict[str, Any], json_out: Path | None) -> None:

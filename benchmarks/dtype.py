@@ -19,18 +19,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import ROOT, write_record
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from _common import ROOT, cpu_seconds, write_record
 
 
 def _finite(x: float) -> float | None:
@@ -67,9 +61,9 @@ def main() -> None:
             pipes[dtype].upscale(
                 lr, seed=seed, prompt=None
             )  # warm-up (oneDNN primitives for this dtype and size)
-            start = _cpu_seconds()
+            start = cpu_seconds()
             out[name] = levels(pipes[dtype].upscale(lr, seed=seed, prompt=None).image)
-            cpu[name] = _cpu_seconds() - start
+            cpu[name] = cpu_seconds() - start
         ref = levels(hr)
         row = {
             "photo": photo.name,

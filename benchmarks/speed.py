@@ -43,15 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import lr_image, write_record
+from _common import cpu_seconds, lr_image, write_record
 
 STAGES = ("encode", "transform_net", "ar_scales", "decode", "color_fix")
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process: on a loaded machine it counts the work, not the waiting for a core."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _rss_mb() -> float:
@@ -88,9 +82,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     upscaler.upscale(lr_image(64), seed=1, prompt=None)  # warm-up: oneDNN primitives, allocator caches
     rss_warm = _rss_mb()
     lr = lr_image(args.size)
-    cpu_start, start = _cpu_seconds(), time.perf_counter()
+    cpu_start, start = cpu_seconds(), time.perf_counter()
     result = upscaler.upscale(lr, seed=1, prompt=None)
-    seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     out_mp = result.image.shape[-1] * result.image.shape[-2] / 1e6
     return {
         "model": args.model,
@@ -99,8 +93,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "out_mp": out_mp,
         "seconds": seconds,
         "s_per_mp": seconds / out_mp,
-        "cpu_seconds": cpu_seconds,
-        "cpu_s_per_mp": cpu_seconds / out_mp,
+        "cpu_seconds": cpu,
+        "cpu_s_per_mp": cpu / out_mp,
         "dtype": result.settings.get("dtype"),
         "windows": result.settings.get("tiles"),
         "batch_windows": result.settings.get("batch_windows"),
