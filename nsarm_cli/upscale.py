@@ -84,6 +84,7 @@ class _BatchProgress:
         self.task = self.bar.add_task("upscale", total=None, status="")
         self.windows: list[int] = []
         self.done = [0, 0]  # finished, total: for the interrupt message
+        self.started = False
 
     def on_start(self, rank: int, world: int) -> None:
         if world > 1:
@@ -94,6 +95,7 @@ class _BatchProgress:
         self.windows[:] = counts
         self.bar.update(self.task, total=sum(counts) or None)
         self.bar.start()
+        self.started = True
 
     def on_window(self, index: int, src: Path, k: int, n: int) -> None:
         status = f"image {index + 1}/{len(self.windows)} {src.name}: window {k}/{n}"
@@ -105,7 +107,10 @@ class _BatchProgress:
         self.bar.update(self.task, completed=sum(self.windows[:i]), status=status)
 
     def stop(self) -> None:
-        self.bar.stop()
+        # rich's Progress.stop writes a newline on a non-terminal stderr even when it never started: a refused
+        # run's error must stay one line
+        if self.started:
+            self.bar.stop()
 
 
 def upscale(
@@ -241,7 +246,7 @@ def upscale(
                 on_plan=bar.on_plan, on_window=bar.on_window, on_progress=bar.on_progress,
             )  # fmt: skip
         finally:
-            bar.stop()  # a no-op when the checks refused the run before on_plan
+            bar.stop()  # nothing to stop when the checks refused the run before on_plan
     except KeyboardInterrupt:
         warn(
             f"interrupted after {bar.done[0]} of {bar.done[1] or '?'} images; finished outputs are complete and "

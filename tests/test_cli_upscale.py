@@ -335,3 +335,13 @@ def test_suffix_is_automatic_next_to_the_inputs_only(tmp_path: Path) -> None:
         "a_x4.png': an output of an earlier run" in text
         and "a_x1.5.png': an output of an earlier run" in text
     )
+
+
+def test_a_refused_run_prints_its_error_line_alone(tmp_path: Path) -> None:
+    # rich's progress bar, stopped before it started, used to add an empty line in front of the error
+    src = tmp_path / "a.png"
+    PILImage.new("RGB", (16, 16)).save(src)
+    r = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "out"), "--tau", "-1"])
+    assert r.exit_code == 2
+    assert r.output.splitlines() == [r.output.strip()], repr(r.output)
+    assert r.output.startswith("Error: tau")
