@@ -73,9 +73,22 @@ def configure_logging(verbosity: int) -> None:
     root.propagate = False
 
 
+class _Progress(Progress):
+    """rich's Progress, minus the empty line its ``stop`` writes on a non-terminal stderr when the bar never drew
+    anything there (never started, or transient): an error that ends a run before or during the bar must reach a
+    log or a pipe as its one line."""
+
+    def stop(self) -> None:
+        drew = self.live.is_started and not self.live.transient
+        if self.disable or drew or self.console.is_interactive or self.console.is_jupyter:
+            super().stop()
+        else:
+            self.live.stop()
+
+
 def progress(transient: bool = False) -> Progress:
     """A rich progress bar with count, elapsed time and ETA, drawn on stderr (disabled by -q)."""
-    return Progress(
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

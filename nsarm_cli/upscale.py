@@ -84,7 +84,6 @@ class _BatchProgress:
         self.task = self.bar.add_task("upscale", total=None, status="")
         self.windows: list[int] = []
         self.done = [0, 0]  # finished, total: for the interrupt message
-        self.started = False
 
     def on_start(self, rank: int, world: int) -> None:
         if world > 1:
@@ -95,7 +94,6 @@ class _BatchProgress:
         self.windows[:] = counts
         self.bar.update(self.task, total=sum(counts) or None)
         self.bar.start()
-        self.started = True
 
     def on_window(self, index: int, src: Path, k: int, n: int) -> None:
         status = f"image {index + 1}/{len(self.windows)} {src.name}: window {k}/{n}"
@@ -107,10 +105,7 @@ class _BatchProgress:
         self.bar.update(self.task, completed=sum(self.windows[:i]), status=status)
 
     def stop(self) -> None:
-        # rich's Progress.stop writes a newline on a non-terminal stderr even when it never started: a refused
-        # run's error must stay one line
-        if self.started:
-            self.bar.stop()
+        self.bar.stop()  # no output when it never started (nsarm_cli._console.progress)
 
 
 def upscale(

@@ -176,3 +176,17 @@ def test_the_upscaler_contract_loads_without_torch_and_names_every_dtype() -> No
     from nsarm_core.upscaler import DTYPE_NAMES
 
     assert tuple(DTYPES) == DTYPE_NAMES
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["evaluate", "{tmp}", "--hr", "{tmp}/no-such-folder"], ["robustness", "--report"]],
+    ids=["evaluate", "robustness"],
+)
+def test_an_error_inside_a_progress_bar_is_one_line(tmp_path: Path, argv: list[str]) -> None:
+    # a transient rich bar, stopped on a non-terminal stderr, used to leave an empty line before the error
+    (tmp_path / "a.png").write_bytes(b"")
+    r = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert r.exit_code == 2
+    assert r.output.splitlines() == [r.output.strip()], repr(r.output)
+    assert r.output.startswith("Error: ")
