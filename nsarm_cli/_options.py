@@ -77,6 +77,14 @@ Fidelity = Annotated[
         "1 = most faithful to the input (default: the model's own, 0.75 for nsarm-tiny).",
     ),
 ]
+SpeckGuard = Annotated[
+    bool | None,
+    typer.Option(
+        "--speck-guard/--no-speck-guard",
+        help="Paint isolated specks the input does not explain over with its bicubic (NSARM models; default: "
+        "the model's own, on for nsarm-tiny, off for the paper's nsarm-8b).",
+    ),
+]
 Tile = Annotated[
     int,
     typer.Option(

@@ -6,7 +6,8 @@ transformer continues the remaining scales (its KV cache filled from the LR-deri
 colour fix -> HR. Images of any size and aspect ratio are cut into overlapping native windows that are
 blended with smooth weights (:mod:`nsarm_core.tiling`). The windows of an image run in batches (every stage on
 B windows at once, the decoder in chunks; :mod:`nsarm_core.window_batch` sizes B from a memory budget), so
-memory is bounded by one batch of windows plus the output canvas.
+memory is bounded by one batch of windows plus the output canvas. Models whose config asks for it (nsarm-tiny;
+never the paper's) then pass the whole image through the speck guard (:mod:`nsarm_core.speck_guard`).
 
 Shape legend: LR windows ``[B, 3, h, w]`` in [0, 1]; latent ``[B, d, h/p, w/p]``; HR windows ``[B, 3, 4h, 4w]``.
 """
@@ -33,6 +34,7 @@ from nsarm_core.models.sampler import Generators, sample_scales
 from nsarm_core.models.text_encoder import TextEncoder
 from nsarm_core.models.transform_net import outputs_to_latent_maps
 from nsarm_core.resize import pil_bicubic, resize_to_scale
+from nsarm_core.speck_guard import SpeckGuardConfig, guard_specks
 from nsarm_core.tiling import plan_tiles, run_tiled
 
 # The upscaler contract and the option checks live in a torch-free module (the baselines use them without torch);
@@ -336,6 +338,17 @@ class SRPipeline:
             t[key] = t.get(key, 0.0) + dt
         return sample.summed_codes
 
+    def speck_guard(self, settings: UpscaleSettings | None = None) -> SpeckGuardConfig | None:
+        """The speck guard these settings ask for (``nsarm_core/speck_guard.py``), or None when it is off: the
+        model's own when ``settings.speck_guard`` is None (off for models whose config has none, as the
+        paper's), the default guard when True (any model may ask for it)."""
+        st = settings or self.settings
+        if st.speck_guard is None:
+            return self.config.speck_guard
+        if not st.speck_guard:
+            return None
+        return self.config.speck_guard or SpeckGuardConfig()
+
     def fidelity(self, settings: UpscaleSettings | None = None) -> float:
         """The CFW ``w`` these settings ask for: theirs, else the model's default (0 without a CFW module).
 
@@ -425,7 +438,17 @@ class SRPipeline:
             seeds = [seed + index + k for k in range(int(tiles.shape[0]))]
             return self.upscale_windows(tiles, seeds=seeds, prompt=prompt, settings=st, timings=timings)
 
-        hr = run_tiled(rgb.float().cpu(), windows, self.native_scale, plan, batch=batch, on_tile=on_tile)
+        lr = rgb.float().cpu()
+        hr = run_tiled(lr, windows, self.native_scale, plan, batch=batch, on_tile=on_tile)
+        # 6. The speck guard (our extension, off for the paper's model): isolated dots the LR does not explain
+        # are painted over with the LR's bicubic, on the whole image so a speck on a window seam counts once.
+        guard = self.speck_guard(st)
+        specks = None
+        if guard is not None:
+            t6 = time.perf_counter()
+            guarded = guard_specks(hr, lr, self.native_scale, guard)
+            hr, specks = guarded.image, guarded.specks[0]
+            timings["speck_guard"] = time.perf_counter() - t6
         if out_scale is not None and out_scale != self.native_scale:
             hr = resize_to_scale(hr, out_scale, self.native_scale)
         timings["total"] = time.perf_counter() - start
@@ -433,6 +456,8 @@ class SRPipeline:
             "model": self.name,
             **asdict(st),
             "fidelity": self.fidelity(st),
+            "speck_guard": guard is not None,
+            "specks": specks,
             "next_input_mode": self.config.next_input_mode,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
@@ -565,6 +590,7 @@ def load_pipeline(
     tile: int | None = None,
     tile_overlap: int | None = None,
     fidelity: float | None = None,
+    speck_guard: bool | None = None,
     offload: bool | None = None,
     batch_windows: int | None = None,
 ) -> SRPipeline:
@@ -574,11 +600,13 @@ def load_pipeline(
     ``batch_windows`` is the number of windows run together (None: from a memory budget). ``offload=None``
     offloads (VAE and text encoder on the CPU between uses) on CUDA only. ``tile`` must equal the model's native LR window when given (the window is
     fixed by the architecture). ``fidelity`` is the CFW weight ``w`` in [0, 1] (None: the model's default); a
-    ``w > 0`` for a model without a CFW module is refused here, before any image is read. Peer models
+    ``w > 0`` for a model without a CFW module is refused here, before any image is read. ``speck_guard``
+    turns the speck guard on or off (None: the model's default, on for nsarm-tiny, off for the paper's
+    models). Peer models
     (``realesrgan-x4plus``) and the interpolation baselines are loaded by
     :func:`nsarm_core.batch.upscale.load_upscaler`, not here.
     """
-    settings = pipeline_settings(sampling, color_fix, tile_overlap, fidelity)
+    settings = pipeline_settings(sampling, color_fix, tile_overlap, fidelity, speck_guard)
     check_batch_windows(batch_windows)
     device = resolve_device(device)
     pipe = SRPipeline.from_pretrained(

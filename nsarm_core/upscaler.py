@@ -112,7 +112,7 @@ def check_device_name(device: str) -> str:
 @dataclass(frozen=True)
 class UpscaleSettings:
     """How the pipeline upscales: the transformer's sampling (tau, top_p, cfg; NSARM's defaults,
-    ``scripts/infer.sh``, spec E.3), the colour fix, the window overlap and the CFW fidelity."""
+    ``scripts/infer.sh``, spec E.3), the colour fix, the window overlap, the CFW fidelity and the speck guard."""
 
     tau: float = 0.5
     top_p: float = 0.97
@@ -120,6 +120,7 @@ class UpscaleSettings:
     color_fix: str = "both"
     tile_overlap: int | None = None  # LR pixels; None = a quarter of the window
     fidelity: float | None = None  # CFW w in [0, 1]; None = the model's default (0 for models without CFW)
+    speck_guard: bool | None = None  # nsarm_core/speck_guard.py; None = the model's default (off: the paper)
 
     def __post_init__(self) -> None:
         check_tau(self.tau)
@@ -140,9 +141,11 @@ def pipeline_settings(
     color_fix: str | None = None,
     tile_overlap: int | None = None,
     fidelity: float | None = None,
+    speck_guard: bool | None = None,
 ) -> UpscaleSettings:
     """The :class:`UpscaleSettings` of :func:`nsarm_core.pipeline.load_pipeline`'s options (validated: tau,
-    top_p, cfg, colour fix, overlap, CFW fidelity), so a caller can check them before loading a model."""
+    top_p, cfg, colour fix, overlap, CFW fidelity, speck guard), so a caller can check them before loading a
+    model."""
     settings = UpscaleSettings(**dict(sampling or {}))
     if color_fix is not None:
         settings = replace(settings, color_fix=color_fix)
@@ -150,6 +153,8 @@ def pipeline_settings(
         settings = replace(settings, tile_overlap=int(tile_overlap))
     if fidelity is not None:
         settings = replace(settings, fidelity=float(fidelity))
+    if speck_guard is not None:
+        settings = replace(settings, speck_guard=bool(speck_guard))
     return settings
 
 
@@ -168,6 +173,7 @@ class LoadOptions(TypedDict, total=False):
     tile: int | None
     tile_overlap: int | None
     fidelity: float | None
+    speck_guard: bool | None
     batch_windows: int | None
 
 

@@ -316,7 +316,7 @@ MODELS: dict[str, ModelSpec] = {
             "config": WeightFile(
                 "assets/nsarm-tiny/config.json",
                 bundled=True,
-                sha256="1c5e2a1ba09f37274f7e00c72df7428dbfb8c42d340fd56d677e9cc9b848320d",
+                sha256="99da2d879373084c1a82eb81b9ef1214610b3ed32375057fee8bca3096baba6d",
             ),
         },
         preset="nsarm-tiny",

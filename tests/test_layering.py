@@ -46,6 +46,7 @@ ALLOWED = {
         "nsarm_core.models",
         "nsarm_core.upscaler",
         "nsarm_core.hub",
+        "nsarm_core.speck_guard",  # its SpeckGuardConfig is part of a model's config.json (NSARMConfig)
     ),
     "nsarm_core.pipeline": (
         "nsarm_core.errors",
@@ -57,6 +58,7 @@ ALLOWED = {
         "nsarm_core.upscaler",
         "nsarm_core.cpu_features",
         "nsarm_core.window_batch",
+        "nsarm_core.speck_guard",
     ),  # fmt: skip
 }
 

@@ -78,6 +78,7 @@ def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Pat
     from safetensors.torch import load_file
 
     from nsarm_core.pipeline import UpscaleSettings, load_pipeline
+    from nsarm_core.speck_guard import SpeckGuardConfig
 
     cfg = _cfg(tmp_path, photos, base_model)
     recipe = CFWRecipe.from_config(cfg)
@@ -96,11 +97,18 @@ def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Pat
     again = train(CFWRecipe.from_config(longer), longer)
     assert again.start_step == 2 and again.step == 3
     assert cache.stat().st_mtime_ns == stamp
+    exported = json.loads((again.final_dir / "model" / "config.json").read_text())
+    assert "speck_guard" not in exported  # stage.speck_guard is off by default
     # A damaged cache (bad safetensors header) is sampled again with a warning, not an internal error.
     cache.write_bytes(b"\xff" * 16)
-    longest = _cfg(tmp_path, photos, base_model, max_steps=4, resume="latest")
-    assert train(CFWRecipe.from_config(longest), longest).step == 4
+    # stage.speck_guard writes the default speck guard into the exported config (nsarm-tiny's recipe sets it)
+    longest = _cfg(tmp_path, photos, base_model, max_steps=4, resume="latest", stage={"speck_guard": True})
+    last = train(CFWRecipe.from_config(longest), longest)
+    assert last.step == 4
     assert load_file(str(cache))["hr"].shape[0] > 0
+    guarded = json.loads((last.final_dir / "model" / "config.json").read_text())
+    assert guarded["speck_guard"] == SpeckGuardConfig().to_dict()
+    assert load_pipeline(last.final_dir / "model", device="cpu").speck_guard() == SpeckGuardConfig()
 
     model_dir = again.final_dir / "model"
     config = json.loads((model_dir / "config.json").read_text())

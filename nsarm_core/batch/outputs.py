@@ -225,7 +225,7 @@ def _file_identity(path: Path) -> str | None:
 
 def output_settings(upscaler: Any, *, scale: float, seed: int, weights: str | None) -> dict[str, Any]:
     """The settings that shape an output of ``upscaler``: model, weights, scale, and for NSARM the sampling
-    (seed, tau, top-p, cfg), colour fix, fidelity, tile overlap and dtype; a peer's dtype; the outer tile of
+    (seed, tau, top-p, cfg), colour fix, fidelity, speck guard, tile overlap and dtype; a peer's dtype; the outer tile of
     ``--tile`` (:class:`~nsarm_core.batch.tiled.TiledUpscaler`, recorded only when tiling, so outputs made
     without it keep matching). The deterministic baselines and peers ignore the seed, so it is not recorded
     for them."""
@@ -242,6 +242,7 @@ def output_settings(upscaler: Any, *, scale: float, seed: int, weights: str | No
             cfg=st.cfg,
             color_fix=st.color_fix,
             fidelity=upscaler.fidelity(),
+            speck_guard=upscaler.speck_guard() is not None,
             tile_overlap=st.tile_overlap,
             dtype=str(upscaler.dtype).removeprefix("torch."),
         )

@@ -218,7 +218,8 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
 
     ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
     interpolation step; any other factor is x4 plus the batch's final resize, as for a model. ``fidelity`` (the
-    CFW weight) applies to NSARM models only; a baseline or a peer refuses it, and so does ``batch_windows``
+    CFW weight) and ``speck_guard`` apply to NSARM models only; a baseline or a peer refuses them, and so does
+    ``batch_windows``
     (windows run together, None: from a memory budget).
 
     ``tile``: for a peer network its window side (Real-ESRGAN's ``--tile``); for NSARM models and the baselines
@@ -234,10 +235,11 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
     text_encoder = options.get("text_encoder")
     tile = options.get("tile")
     fidelity = options.get("fidelity")
+    speck_guard = options.get("speck_guard")
     batch_windows = options.get("batch_windows")
     tile_overlap = options.get("tile_overlap")
     # Every option is checked here, for a baseline too, so a typo fails the same way whatever the model.
-    pipeline_settings(options.get("sampling"), options.get("color_fix"), tile_overlap, fidelity)
+    pipeline_settings(options.get("sampling"), options.get("color_fix"), tile_overlap, fidelity, speck_guard)
     check_dtype_name(dtype)
     check_device(device)  # the name rule (upscaler.check_device_name) and whether this machine has it
     if tile is not None and tile < 0:
@@ -252,6 +254,10 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
     if name in INTERPOLATION_MODES:
         if fidelity is not None:
             raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
+        if speck_guard is not None:
+            raise ConfigError(
+                f"--speck-guard/--no-speck-guard applies to NSARM models, not to --model {name}"
+            )
         # Weight options a baseline has no use for are refused: silently ignoring them hides a wrong --model.
         unused = (("--weights", weights), ("--vae-weights", vae_weights), ("--text-encoder", text_encoder))
         given = [opt for opt, value in unused if value is not None]
@@ -273,6 +279,8 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
         raise ConfigError(fp16_on_cpu)
     if fidelity is not None and name in PEER_MODELS:
         raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
+    if speck_guard is not None and name in PEER_MODELS:
+        raise ConfigError(f"--speck-guard/--no-speck-guard applies to NSARM models, not to --model {name}")
     # Weight options the chosen model has no use for are refused: silently ignoring them hides a wrong --model.
     extra = (("--vae-weights", vae_weights), ("--text-encoder", text_encoder))
     given = [opt for opt, value in extra if value is not None]

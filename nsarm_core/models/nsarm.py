@@ -34,6 +34,7 @@ from nsarm_core.models.transformer import load_official_state_dict as load_offic
 from nsarm_core.models.vae import BSQVAE, VAEConfig, load_official_vae_state_dict
 from nsarm_core.models.vae import get_preset as vae_preset
 from nsarm_core.scales import ScaleSchedule, custom, get_named_schedule
+from nsarm_core.speck_guard import SpeckGuardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class NSARMConfig:
         default_prompt: prompt used when the caller gives none (the paper's fixed-prompt arm).
         cfw: controllable feature wrapping of the decoder (``cfw.py``; our extension for small models), or None
             for the paper's model. Its ``default_fidelity`` is the ``w`` used when the caller gives none.
+        speck_guard: the speck guard run on every output by default (``nsarm_core/speck_guard.py``; our
+            extension for small models), or None: off unless asked for, as for the paper's model.
     """
 
     name: str
@@ -68,6 +71,7 @@ class NSARMConfig:
     next_input_mode: str = "area"
     default_prompt: str = field(default=DEFAULT_PROMPT)
     cfw: CFWConfig | None = None
+    speck_guard: SpeckGuardConfig | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -153,6 +157,7 @@ class NSARMConfig:
             "default_prompt": self.default_prompt,
             # Written only when present, so the paper's models keep their config.json byte for byte.
             **({"cfw": self.cfw.to_dict()} if self.cfw is not None else {}),
+            **({"speck_guard": self.speck_guard.to_dict()} if self.speck_guard is not None else {}),
         }
 
     @classmethod
@@ -171,6 +176,9 @@ class NSARMConfig:
                 next_input_mode=str(data.get("next_input_mode", "area")),
                 default_prompt=str(data.get("default_prompt", DEFAULT_PROMPT)),
                 cfw=CFWConfig.from_dict(data["cfw"]) if data.get("cfw") is not None else None,
+                speck_guard=SpeckGuardConfig.from_dict(data["speck_guard"])
+                if data.get("speck_guard") is not None
+                else None,
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"NSARM config is missing or has a bad field: {exc}") from exc

@@ -45,6 +45,7 @@ from nsarm_core.models.discriminator import PatchDiscriminator, adaptive_weight,
 from nsarm_core.models.nsarm import NSARM
 from nsarm_core.models.vae import Decoder
 from nsarm_core.pipeline import SRPipeline, UpscaleSettings
+from nsarm_core.speck_guard import SpeckGuardConfig
 from nsarm_core.train.config import TrainConfig
 from nsarm_core.train.loop import param_groups
 from nsarm_core.train.stage1 import DataSettings, settings_from_stage
@@ -64,6 +65,8 @@ class CFWSettings:
         cfw: CFW preset name ("tiny", "large") or a mapping of ``CFWConfig`` fields. A model that already has a
             CFW module continues from it and keeps its config.
         default_fidelity: the ``w`` written into the exported model's config (what ``--fidelity`` defaults to).
+        speck_guard: write the default speck guard (``nsarm_core/speck_guard.py``) into the exported model's
+            config, so ``nsarm upscale`` runs it unless ``--no-speck-guard``; false keeps the frozen model's.
         train_decoder: fine-tune the decoder too (StableSR does); otherwise only CFW trains.
         crop_size: HR crop side of a training step (a multiple of the VAE stride times the SR scale).
         cache_windows: native windows sampled into the latent cache.
@@ -83,6 +86,7 @@ class CFWSettings:
     weights: str | None = None
     cfw: str | Mapping[str, Any] = "tiny"
     default_fidelity: float = 0.5
+    speck_guard: bool = False
     train_decoder: bool = True
     crop_size: int = 128
     cache_windows: int = 2048
@@ -434,6 +438,8 @@ class CFWRecipe:
         assert self.base is not None and self.cfw_config is not None, "build_models() runs first"
         cfw_config = replace(self.cfw_config, default_fidelity=self.settings.default_fidelity)
         config = replace(self.base.config, cfw=cfw_config)
+        if self.settings.speck_guard:
+            config = replace(config, speck_guard=SpeckGuardConfig())
         model = NSARM(config, init=False)
         state = {k: v for k, v in self.base.state_dict().items() if not k.startswith("cfw.")}
         for k, v in state_dicts["generator"].items():
