@@ -54,8 +54,8 @@ class SpeckGuardConfig:
         grow: LR pixels added around each centre before upsampling (a speck spans up to 4 LR pixels at x4).
     """
 
-    threshold: float = 0.1
-    noise_factor: float = 8.0
+    threshold: float = 0.06
+    noise_factor: float = 4.0
     ring: int = 3
     ring_ratio: float = 0.5
     grow: int = 2

@@ -316,7 +316,7 @@ MODELS: dict[str, ModelSpec] = {
             "config": WeightFile(
                 "assets/nsarm-tiny/config.json",
                 bundled=True,
-                sha256="99da2d879373084c1a82eb81b9ef1214610b3ed32375057fee8bca3096baba6d",
+                sha256="8f678fb7c9ebf27735f0c03fea01a69c905cf0be7375811a4afdc39b7ca45cbd",
             ),
         },
         preset="nsarm-tiny",

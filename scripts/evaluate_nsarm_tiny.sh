@@ -14,6 +14,9 @@
 #           weights, `git show 7f24d0f:nsarm_core/assets/nsarm-tiny/...`)
 #   PEER    the peer model (default realesrgan-x4plus; skipped when its weights cannot be converted)
 #   FIDELITIES  the w values of the sweep (default "0 0.25 0.5 0.75 1")
+#   DTYPE   the dtype of the NSARM models and the peer (default fp32, so the tables do not depend on the CPU)
+# v2 runs with its speck guard (nsarm_core/speck_guard.py) as `nsarm upscale` does; "v2-default-noguard" is the
+# default without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -24,6 +27,7 @@ V2=${V2:-runs/cfw_tiny_ft2/final/model}
 [ -d "$V2" ] || V2=nsarm-tiny
 PEER=${PEER:-realesrgan-x4plus}
 FIDELITIES=${FIDELITIES:-"0 0.25 0.5 0.75 1"}
+DTYPE=${DTYPE:-fp32}
 METRICS=psnr,ssim,ms_ssim,fsim,gmsd,nlpd,niqe,piqe
 OUT=docs/nsarm_tiny
 mkdir -p "$OUT" "$WORK"
@@ -42,13 +46,14 @@ $NSARM -q models fetch "$PEER" >/dev/null 2>&1 || { peer_ok=0; echo "note: $PEER
 for preset in realesrgan light bicubic; do
   [ -d "$WORK/$preset/deg/lr" ] || $NSARM -q degrade data/val "$WORK/$preset/deg" --preset "$preset" --seed 0
   run "$preset" bicubic bicubic
-  [ "$peer_ok" = 1 ] && run "$preset" realesrgan-x4plus "$PEER"
-  [ -d "$V1" ] && run "$preset" v1 "$V1"
-  [ -n "${V2_PREV:-}" ] && run "$preset" v2.0-default "$V2_PREV"
+  [ "$peer_ok" = 1 ] && run "$preset" realesrgan-x4plus "$PEER" --dtype "$DTYPE"
+  [ -d "$V1" ] && run "$preset" v1 "$V1" --dtype "$DTYPE"
+  [ -n "${V2_PREV:-}" ] && run "$preset" v2.0-default "$V2_PREV" --dtype "$DTYPE"
   for w in $FIDELITIES; do
-    run "$preset" "v2-w$w" "$V2" --fidelity "$w"
+    run "$preset" "v2-w$w" "$V2" --fidelity "$w" --dtype "$DTYPE"
   done
-  run "$preset" v2-default "$V2"
+  run "$preset" v2-default "$V2" --dtype "$DTYPE"
+  run "$preset" v2-default-noguard "$V2" --dtype "$DTYPE" --no-speck-guard
 done
 
 # Robustness (docs/architecture.md P.1.6, Eq. 7) on the realesrgan set over bicubic, the peer and v2 at its

@@ -31,6 +31,7 @@ METHODS = (
     "v2.0-default",
     *(f"v2-w{w}" for w in FIDELITIES),
     "v2-default",
+    "v2-default-noguard",
 )
 METRICS = ("psnr", "ssim", "ms_ssim", "fsim", "gmsd", "nlpd", "niqe", "piqe")
 LOWER_BETTER = {"gmsd", "nlpd", "niqe", "piqe"}
