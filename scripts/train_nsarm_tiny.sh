@@ -12,7 +12,8 @@
 #                 the frozen v1 networks -> runs/cfw_tiny/final/model (v2.0), then two continuation rounds of
 #                 cfw_tiny_ft (clean inputs weighted up, latent-noise augmentation; seeds 1 and 2, each from
 #                 the previous round) -> runs/cfw_tiny_ft2/final/model, nsarm-tiny v2.1 (the bundled model)
-#   7. evaluate   scripts/tune_fidelity.sh (default w, on training photos) and scripts/evaluate_nsarm_tiny.sh
+#   7. evaluate   scripts/tune_fidelity.sh (default w, on training photos), scripts/tune_speck_guard.sh (the
+#                 speck guard's threshold, on training photos) and scripts/evaluate_nsarm_tiny.sh
 #                 (bicubic, Real-ESRGAN x4plus, v1 and v2 at each w on the held-out photos)
 #
 # Every training step is resumable: run the script again after an interruption and each stage continues from
@@ -78,6 +79,8 @@ sha256sum runs/cfw_tiny_ft2/final/model/{config.json,model.safetensors}
 echo "To ship it: cp runs/cfw_tiny_ft2/final/model/{config.json,model.safetensors} nsarm_core/assets/nsarm-tiny/"
 echo "and put the two sha256 above into nsarm_core/weights.py (MODELS['nsarm-tiny'])."
 
-# 7. The default fidelity (on training photos) and the evaluation (the eval extra; see the scripts).
+# 7. The default fidelity and the speck guard's threshold (on training photos), and the evaluation (the eval
+# extra; see the scripts).
 V2=runs/cfw_tiny_ft2/final/model bash scripts/tune_fidelity.sh
+MODEL=runs/cfw_tiny_ft2/final/model bash scripts/tune_speck_guard.sh
 V2=runs/cfw_tiny_ft2/final/model V2_PREV=runs/cfw_tiny/final/model bash scripts/evaluate_nsarm_tiny.sh
