@@ -57,6 +57,7 @@ ALLOWED = {
         "nsarm_core.upscaler",
         "nsarm_core.cpu_features",
         "nsarm_core.window_batch",
+        "nsarm_core.latent_stitch",
     ),  # fmt: skip
 }
 

@@ -34,6 +34,7 @@ from nsarm_core.models.transformer import load_official_state_dict as load_offic
 from nsarm_core.models.vae import BSQVAE, VAEConfig, load_official_vae_state_dict
 from nsarm_core.models.vae import get_preset as vae_preset
 from nsarm_core.scales import ScaleSchedule, custom, get_named_schedule
+from nsarm_core.upscaler import STITCH_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class NSARMConfig:
         default_prompt: prompt used when the caller gives none (the paper's fixed-prompt arm).
         cfw: controllable feature wrapping of the decoder (``cfw.py``; our extension for small models), or None
             for the paper's model. Its ``default_fidelity`` is the ``w`` used when the caller gives none.
+        stitch: how the windows of a larger image are put together when the caller does not say
+            (``UpscaleSettings.stitch``): ``"pixel"`` (every window decoded and colour-fixed alone, the decoded
+            windows blended; the paper's models) or ``"latent"`` (the windows' latents blended, the image latent
+            decoded in large tiles: :mod:`nsarm_core.latent_stitch`).
     """
 
     name: str
@@ -68,6 +73,7 @@ class NSARMConfig:
     next_input_mode: str = "area"
     default_prompt: str = field(default=DEFAULT_PROMPT)
     cfw: CFWConfig | None = None
+    stitch: str = "pixel"
 
     def __post_init__(self) -> None:
         problems = []
@@ -103,6 +109,8 @@ class NSARMConfig:
             )
         if self.next_input_mode not in ("area", "bilinear"):
             problems.append(f"next_input_mode must be 'area' or 'bilinear', got {self.next_input_mode!r}")
+        if self.stitch not in STITCH_MODES:
+            problems.append(f"stitch must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
         if problems:
             raise ConfigError(f"invalid NSARM config {self.name!r}: " + "; ".join(problems))
         lr_grid = s.vae_grids[k_t - 1]
@@ -153,6 +161,7 @@ class NSARMConfig:
             "default_prompt": self.default_prompt,
             # Written only when present, so the paper's models keep their config.json byte for byte.
             **({"cfw": self.cfw.to_dict()} if self.cfw is not None else {}),
+            **({"stitch": self.stitch} if self.stitch != "pixel" else {}),
         }
 
     @classmethod
@@ -171,6 +180,7 @@ class NSARMConfig:
                 next_input_mode=str(data.get("next_input_mode", "area")),
                 default_prompt=str(data.get("default_prompt", DEFAULT_PROMPT)),
                 cfw=CFWConfig.from_dict(data["cfw"]) if data.get("cfw") is not None else None,
+                stitch=str(data.get("stitch", "pixel")),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"NSARM config is missing or has a bad field: {exc}") from exc
