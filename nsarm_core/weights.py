@@ -316,7 +316,7 @@ MODELS: dict[str, ModelSpec] = {
             "config": WeightFile(
                 "assets/nsarm-tiny/config.json",
                 bundled=True,
-                sha256="1c5e2a1ba09f37274f7e00c72df7428dbfb8c42d340fd56d677e9cc9b848320d",
+                sha256="ff39361fef184759cad9c080ece8f2ff120e00c27790c9e4475abdbac0a261ed",
             ),
         },
         preset="nsarm-tiny",

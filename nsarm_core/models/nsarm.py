@@ -237,6 +237,8 @@ PRESETS: dict[str, NSARMConfig] = {
     "nsarm-tiny": replace(
         _tiny_config(),
         name="nsarm-tiny",
+        # our own model, not bound to official outputs: the decoder's fused F.silu (VAEConfig.fast_silu)
+        vae=replace(_tiny_config().vae, fast_silu=True),
         transformer=transformer_preset("nsarm-tiny"),
         transform_net=transform_net_preset("nsarm-tiny"),
     ),
