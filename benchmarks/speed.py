@@ -14,7 +14,11 @@ Parts (each measurement in a fresh subprocess, so its peak RSS is its own):
 3. **Batched windows**: the 1-megapixel output with one window per batch against the automatic batch.
 4. **Decoder layout**: nsarm-tiny's decoder + CFW on one window in fp32, contiguous (NCHW) against channels-last
    weights and inputs: seconds (best of ``--layout-repeats`` interleaved runs) and the largest difference.
-5. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
+5. **Stitch**: nsarm-tiny at ``--peer-size`` with ``--stitch pixel`` against ``--stitch latent`` (the windows'
+   latents blended and the image decoded in large tiles, :mod:`nsarm_core.latent_stitch`), per stage, the ratio of
+   Real-ESRGAN x4plus (part 1's auto row, else timed here) over each, and latent stitching at the largest scaling
+   size (its peak RSS against part 2's).
+6. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
    the code in DIR (an earlier version) and with this one, in alternating processes.
 
 All with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
@@ -54,7 +58,7 @@ def _rss_mb() -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
 
 
-def _load(model: str, dtype: str, batch_windows: int | None) -> tuple[Any, str]:
+def _load(model: str, dtype: str, batch_windows: int | None, stitch: str | None) -> tuple[Any, str]:
     """The upscaler ``nsarm upscale --model MODEL`` builds, and a note on its weights."""
     from nsarm_core.batch.upscale import load_upscaler
     from nsarm_core.peers import PEER_MODELS, PeerUpscaler
@@ -70,7 +74,9 @@ def _load(model: str, dtype: str, batch_windows: int | None) -> tuple[Any, str]:
             net = RRDBNet(PRESETS[PEER_MODELS[model].preset])
         note = "weights absent: the same RRDBNet x4plus architecture with seeded random weights (time only)"
         return PeerUpscaler(net, name=model, dtype=DTYPES[resolve_dtype(dtype, "cpu")]), note
-    kwargs = {"batch_windows": batch_windows} if batch_windows is not None else {}
+    kwargs: dict[str, Any] = {"batch_windows": batch_windows} if batch_windows is not None else {}
+    if stitch is not None:
+        kwargs["stitch"] = stitch
     return load_upscaler(model, device="cpu", dtype=dtype, **kwargs), "registered weights"
 
 
@@ -78,7 +84,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """One timed upscale in this (fresh) process; returns the record printed as JSON."""
     torch.set_num_threads(args.threads)
     rss_start = _rss_mb()
-    upscaler, note = _load(args.model, args.dtype, args.batch_windows)
+    upscaler, note = _load(args.model, args.dtype, args.batch_windows, args.stitch)
     upscaler.upscale(lr_image(64), seed=1, prompt=None)  # warm-up: oneDNN primitives, allocator caches
     rss_warm = _rss_mb()
     lr = lr_image(args.size)
@@ -98,6 +104,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": result.settings.get("dtype"),
         "windows": result.settings.get("tiles"),
         "batch_windows": result.settings.get("batch_windows"),
+        "stitch": result.settings.get("stitch"),
         "stage_seconds": {k: result.timings[k] for k in STAGES if k in result.timings},
         "rss_start_mb": rss_start,
         "rss_after_warmup_mb": rss_warm,
@@ -112,11 +119,14 @@ def _run_child(
     batch_windows: int | None = None,
     dtype: str | None = None,
     code: Path | None = None,
+    stitch: str | None = None,
 ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--_child", "--model", model, "--size", str(size), "--dtype", dtype or args.dtype,
            "--threads", str(args.threads)]  # fmt: skip
     if batch_windows is not None:
         cmd += ["--batch-windows", str(batch_windows)]
+    if stitch is not None:
+        cmd += ["--stitch", stitch]
     env = {**os.environ, "PYTHONPATH": str(code)} if code is not None else None
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     rec = json.loads(out.stdout.strip().splitlines()[-1])
@@ -192,7 +202,9 @@ def main() -> None:
     p.add_argument("--peer-dtypes", default="auto,fp32", help="dtypes of the peer comparison")
     p.add_argument("--layout-repeats", type=int, default=5)
     p.add_argument(
-        "--parts", default="peer,scaling,batch,layout", help="any of peer,scaling,batch,layout,before"
+        "--parts",
+        default="peer,scaling,batch,layout,stitch",
+        help="any of peer,scaling,batch,layout,stitch,before",
     )
     p.add_argument(
         "--before-code",
@@ -206,6 +218,7 @@ def main() -> None:
     p.add_argument("--model", default="nsarm-tiny", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--batch-windows", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--stitch", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
         print(json.dumps(child(args)))
@@ -299,6 +312,35 @@ def main() -> None:
             f"{layout['seconds_best']['channels_last']:.3f} s (best of {layout['repeats']}: "
             f"{layout['speedup_best']:.2f}x; median {layout['speedup_median']:.2f}x), max |diff| "
             f"{layout['max_abs_diff']:.2e}"
+        )
+    if "stitch" in parts:
+        print(f"5. stitch modes, nsarm-tiny, LR {args.peer_size} px (--dtype {args.dtype}):")
+        rows = {m: _run_child(args, "nsarm-tiny", args.peer_size, stitch=m) for m in ("pixel", "latent")}
+        auto_peer = next((e for e in record.get("peer", []) if e["dtype"] == args.dtype), None)
+        peer = auto_peer["rows"][1] if auto_peer else _run_child(args, "realesrgan-x4plus", args.peer_size)
+        largest = max(int(s) for s in args.scaling_sizes.split(","))
+        big = _run_child(args, "nsarm-tiny", largest, stitch="latent")
+        record["stitch"] = {
+            "pixel": rows["pixel"],
+            "latent": rows["latent"],
+            "realesrgan": peer,
+            "latent_largest": big,
+            "latent_speedup_wall": rows["pixel"]["seconds"] / rows["latent"]["seconds"],
+            "latent_speedup_cpu": rows["pixel"]["cpu_seconds"] / rows["latent"]["cpu_seconds"],
+            "realesrgan_over_pixel_cpu": peer["cpu_s_per_mp"] / rows["pixel"]["cpu_s_per_mp"],
+            "realesrgan_over_latent_cpu": peer["cpu_s_per_mp"] / rows["latent"]["cpu_s_per_mp"],
+            "realesrgan_over_latent_wall": peer["s_per_mp"] / rows["latent"]["s_per_mp"],
+        }
+        st = record["stitch"]
+        for m in ("pixel", "latent"):
+            print(
+                f"  {m}: {rows[m]['seconds']:.2f} s wall / {rows[m]['cpu_seconds']:.2f} s CPU; {_stages(rows[m])}"
+            )
+        print(
+            f"latent / pixel: {st['latent_speedup_wall']:.2f}x wall, {st['latent_speedup_cpu']:.2f}x CPU; "
+            f"Real-ESRGAN x4plus / nsarm-tiny per MP (CPU): pixel {st['realesrgan_over_pixel_cpu']:.2f}x, latent "
+            f"{st['realesrgan_over_latent_cpu']:.2f}x; latent at LR {largest}: {big['out_mp']:.2f} MP, "
+            f"{big['s_per_mp']:.2f} s/MP, peak RSS {big['rss_peak_mb']:.0f} MiB"
         )
     if "before" in parts:
         if args.before_code is None:

@@ -108,6 +108,16 @@ Dtype = Annotated[
         "about 14x slower).",
     ),
 ]
+Stitch = Annotated[
+    str | None,
+    typer.Option(
+        "--stitch",
+        help="pixel|latent: how the windows of an image are put together (NSARM models). pixel decodes and "
+        "colour-fixes every window and blends the decoded windows; latent blends the windows' sampled latents "
+        "and decodes the image in large tiles (faster: overlaps are decoded once; slightly lower scores on "
+        "nsarm-tiny). Default: the model's config (pixel for every registered model).",
+    ),
+]
 BatchWindows = Annotated[
     int | None,
     typer.Option(

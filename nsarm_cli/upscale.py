@@ -21,6 +21,7 @@ from nsarm_cli._options import (
     Fidelity,
     ModelWeights,
     SpeckGuard,
+    Stitch,
     Tau,
     TextEncoder,
     Threads,
@@ -203,6 +204,7 @@ def upscale(
     device: Annotated[str, device_option("auto|cpu|cuda|cuda:N|mps.")] = "auto",
     dtype: Dtype = "auto",
     batch_windows: BatchWindows = None,
+    stitch: Stitch = None,
     threads: Threads = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print per-image records and totals as JSON on stdout.")
@@ -211,7 +213,7 @@ def upscale(
     """Upscale images (x4 native; any --scale by a final bicubic resize). Resumable: finished outputs are skipped.
 
     An existing output counts as finished when it is a complete image made with the same settings (model and
-    weights, scale, seed, sampling, colour fix, fidelity, speck guard, dtype, --tile; recorded in OUT/.nsarm-outputs.jsonl);
+    weights, scale, seed, sampling, colour fix, fidelity, speck guard, dtype, --tile, --stitch; recorded in OUT/.nsarm-outputs.jsonl);
     outputs made with other settings stop the run until --overwrite is given, and empty or broken ones are made
     again.
 
@@ -233,7 +235,7 @@ def upscale(
     load = dict(
         device=device, dtype=dtype, weights=weights, vae_weights=vae_weights, text_encoder=text_encoder,
         sampling=dict(tau=tau, top_p=top_p, cfg=cfg), color_fix=color_fix, tile=tile, tile_overlap=tile_overlap,
-        fidelity=fidelity, speck_guard=speck_guard, batch_windows=batch_windows,
+        fidelity=fidelity, speck_guard=speck_guard, batch_windows=batch_windows, stitch=stitch,
     )  # fmt: skip
     bar = _BatchProgress()
     try:

@@ -28,6 +28,7 @@ from torch import Tensor
 from nsarm_core.color_fix import color_fix
 from nsarm_core.cpu_features import has_native_bf16
 from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.latent_stitch import DECODE_OVERLAP, LatentCanvas, decode_tiled, plan_latent_windows
 from nsarm_core.models.bsq import bsq_quantize
 from nsarm_core.models.nsarm import NSARM, NSARMConfig, get_preset
 from nsarm_core.models.sampler import Generators, sample_scales
@@ -35,7 +36,7 @@ from nsarm_core.models.text_encoder import TextEncoder
 from nsarm_core.models.transform_net import outputs_to_latent_maps
 from nsarm_core.resize import pil_bicubic, resize_to_scale
 from nsarm_core.speck_guard import SpeckGuardConfig, guard_specks
-from nsarm_core.tiling import plan_tiles, run_tiled
+from nsarm_core.tiling import TilePlan, pad_to_plan, plan_tiles, run_tiled
 
 # The upscaler contract and the option checks live in a torch-free module (the baselines use them without torch);
 # re-exported here, so ``nsarm_core.pipeline.UpscaleSettings`` and friends keep working.
@@ -48,7 +49,7 @@ from nsarm_core.upscaler import (  # noqa: F401 - Upscaler and check_dtype_name 
     pipeline_settings,
 )
 from nsarm_core.weights import get_upscale_model, load_state_dict, resolve_all, resolve_file
-from nsarm_core.window_batch import auto_batch_windows, check_batch_windows, decode_chunk
+from nsarm_core.window_batch import auto_batch_windows, check_batch_windows, decode_chunk, decode_tile_side
 
 logger = logging.getLogger(__name__)
 
@@ -230,11 +231,7 @@ class SRPipeline:
         if len(seeds) != lr.shape[0]:
             raise InputError(f"{len(seeds)} seeds for {lr.shape[0]} windows; pass one seed per window")
         t = timings if timings is not None else {}
-        # contiguous(): a channels-last input (e.g. torch.from_numpy(hwc).permute(2, 0, 1)[None]) sends the encoder's
-        # convolutions down another kernel whose rounding flips sampled bits; one layout gives one output.
-        lr = lr.to(self.device, torch.float32).contiguous().clamp(0, 1)
-        generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
-        summed_codes = self.sample_latent(lr, generator=generators, prompt=prompt, settings=st, timings=t)
+        lr, summed_codes = self._sample_windows(lr, seeds, prompt, st, t)
 
         # 4-5. Decode and colour-fix in chunks (one window at a time on a CPU, where batching the decoder's
         # full-resolution activations measured slower: nsarm_core.window_batch).
@@ -244,6 +241,17 @@ class SRPipeline:
             for i in range(0, int(lr.shape[0]), chunk)
         ]
         return torch.cat(out)
+
+    def _sample_windows(
+        self, lr: Tensor, seeds: Sequence[int], prompt: str | None, st: UpscaleSettings, t: dict[str, float]
+    ) -> tuple[Tensor, Tensor]:
+        """LR windows ``[B, 3, h, w]`` -> ``(the windows as the stages see them, their latents [B, d, H, W])``,
+        window ``b`` sampled with its own generator seeded ``seeds[b]``."""
+        # contiguous(): a channels-last input (e.g. torch.from_numpy(hwc).permute(2, 0, 1)[None]) sends the encoder's
+        # convolutions down another kernel whose rounding flips sampled bits; one layout gives one output.
+        lr = lr.to(self.device, torch.float32).contiguous().clamp(0, 1)
+        generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        return lr, self.sample_latent(lr, generator=generators, prompt=prompt, settings=st, timings=t)
 
     def _decode(self, summed_codes: Tensor, lr: Tensor, st: UpscaleSettings, t: dict[str, float]) -> Tensor:
         """Latents ``[b, d, H, W]`` and their LR windows ``[b, 3, h, w]`` -> colour-fixed HR ``[b, 3, sh, sw]``."""
@@ -366,6 +374,11 @@ class SRPipeline:
             )
         return float(st.fidelity)
 
+    def stitch(self, settings: UpscaleSettings | None = None) -> str:
+        """The stitch mode these settings ask for: theirs, else the model's ``NSARMConfig.stitch``."""
+        st = settings or self.settings
+        return st.stitch if st.stitch is not None else self.config.stitch
+
     @contextmanager
     def _resident(self, module: torch.nn.Module) -> Iterator[None]:
         """With ``offload``, move ``module`` to the device for the duration of the block, then back to the CPU."""
@@ -412,10 +425,13 @@ class SRPipeline:
         """Super-resolve an RGB image of any size ``[1, 3, H, W]`` in [0, 1].
 
         The image is cut into native windows with overlap (reflect-padded when smaller than a window) and the
-        outputs are blended with smooth weights. The windows run in batches of ``batch_windows``
-        (:meth:`upscale_windows`); window ``i`` samples with its own seed ``seed + i``, so that windows do not
-        repeat the same random pattern and the output does not depend on the batch size. ``out_scale`` other than the native factor is a final resize
-        (bicubic; antialiased when shrinking).
+        windows run in batches of ``batch_windows``; window ``i`` samples with its own seed ``seed + i``, so that
+        windows do not repeat the same random pattern and the output does not depend on the batch size. The
+        windows are put together as the stitch mode says (:meth:`stitch`): ``"pixel"`` decodes and colour-fixes
+        every window (:meth:`upscale_windows`) and blends the HR windows with smooth weights
+        (:func:`nsarm_core.tiling.run_tiled`); ``"latent"`` blends the windows' sampled latents and decodes the
+        image latent in large tiles (:meth:`_stitch_latent`). ``out_scale`` other than the native factor is a
+        final resize (bicubic; antialiased when shrinking).
         """
         if rgb.dim() != 4 or rgb.shape[:2] != (1, 3):
             raise InputError(f"expected an RGB image [1, 3, H, W] in [0, 1], got shape {tuple(rgb.shape)}")
@@ -427,26 +443,22 @@ class SRPipeline:
                 f"model {self.name!r} has a non-square window {h}x{w}; tiling needs a square window"
             )
         overlap = st.tile_overlap if st.tile_overlap is not None else h // 4
-        plan = plan_tiles(int(rgb.shape[-2]), int(rgb.shape[-1]), h, overlap)
-        batch = min(
-            plan.num_tiles, self.batch_windows or auto_batch_windows(self.config, self.dtype, self.device)
-        )
+        stitch = self.stitch(st)
         timings: dict[str, float] = {}
         start = time.perf_counter()
-
-        def windows(tiles: Tensor, index: int) -> Tensor:
-            seeds = [seed + index + k for k in range(int(tiles.shape[0]))]
-            return self.upscale_windows(tiles, seeds=seeds, prompt=prompt, settings=st, timings=timings)
-
-        lr = rgb.float().cpu()
-        hr = run_tiled(lr, windows, self.native_scale, plan, batch=batch, on_tile=on_tile)
-        # 6. The speck guard (our extension, off for the paper's model): isolated dots the LR does not explain
-        # are painted over with the LR's bicubic, on the whole image so a speck on a window seam counts once.
+        # 1. The HR image [1, 3, sH, sW] from its windows (the stitch mode's own plan of windows).
+        if stitch == "latent":
+            hr, plan, batch = self._stitch_latent(rgb, seed, prompt, st, overlap, timings, on_tile)
+        else:
+            hr, plan, batch = self._stitch_pixel(rgb, seed, prompt, st, overlap, timings, on_tile)
+        # 2. Image-level steps after stitching.
+        # The speck guard (our extension, off for the paper's models): isolated dots the LR does not explain are
+        # painted over with the LR's bicubic, on the whole image so a speck on a window seam counts once.
         guard = self.speck_guard(st)
         specks = None
         if guard is not None:
             t6 = time.perf_counter()
-            guarded = guard_specks(hr, lr, self.native_scale, guard)
+            guarded = guard_specks(hr, rgb.float().cpu(), self.native_scale, guard)
             hr, specks = guarded.image, guarded.specks[0]
             timings["speck_guard"] = time.perf_counter() - t6
         if out_scale is not None and out_scale != self.native_scale:
@@ -463,7 +475,8 @@ class SRPipeline:
             "dtype": str(self.dtype).replace("torch.", ""),
             "window": h,
             "tiles": plan.num_tiles,
-            "tile_overlap": overlap,
+            "tile_overlap": plan.overlap,
+            "stitch": stitch,
             "batch_windows": batch,
             "scale": out_scale if out_scale is not None else self.native_scale,
             "prompt": prompt
@@ -471,6 +484,80 @@ class SRPipeline:
             else (self.config.default_prompt if self.config.transformer.use_text else None),
         }
         return UpscaleResult(image=hr, seed=seed, settings=info, timings=timings)
+
+    def _batch_size(self, windows: int) -> int:
+        return min(windows, self.batch_windows or auto_batch_windows(self.config, self.dtype, self.device))
+
+    def _stitch_pixel(
+        self,
+        rgb: Tensor,
+        seed: int,
+        prompt: str | None,
+        st: UpscaleSettings,
+        overlap: int,
+        timings: dict[str, float],
+        on_tile: Callable[[int, int], None] | None,
+    ) -> tuple[Tensor, TilePlan, int]:
+        """Every window sampled, decoded and colour-fixed alone; the HR windows blended in pixels.
+
+        Returns ``(HR image [1, 3, sH, sW], the window plan, windows per batch)``."""
+        plan = plan_tiles(int(rgb.shape[-2]), int(rgb.shape[-1]), self.config.lr_size[0], overlap)
+        batch = self._batch_size(plan.num_tiles)
+
+        def windows(tiles: Tensor, index: int) -> Tensor:
+            seeds = [seed + index + k for k in range(int(tiles.shape[0]))]
+            return self.upscale_windows(tiles, seeds=seeds, prompt=prompt, settings=st, timings=timings)
+
+        hr = run_tiled(rgb.float().cpu(), windows, self.native_scale, plan, batch=batch, on_tile=on_tile)
+        return hr, plan, batch
+
+    @torch.no_grad()
+    def _stitch_latent(
+        self,
+        rgb: Tensor,
+        seed: int,
+        prompt: str | None,
+        st: UpscaleSettings,
+        overlap: int,
+        timings: dict[str, float],
+        on_tile: Callable[[int, int], None] | None,
+    ) -> tuple[Tensor, TilePlan, int]:
+        """The windows' sampled latents blended into one image latent, decoded in large tiles
+        (:mod:`nsarm_core.latent_stitch`), each tile colour-fixed against its own LR region.
+
+        The windows, their seeds and their latents are those of :meth:`_stitch_pixel` where the plans agree
+        (window corners on whole latent pixels; always for an image of one window, and for sizes whose window
+        corners are even). Returns ``(HR image [1, 3, sH, sW], the LR window plan, windows per batch)``."""
+        h = self.config.lr_size[0]
+        latent_side = self.config.schedule.vae_grids[-1][0]
+        step = h // latent_side  # LR pixels per latent pixel
+        factor = self.config.vae.patch_size  # HR pixels per latent pixel
+        lr_plan, latent_plan = plan_latent_windows(int(rgb.shape[-2]), int(rgb.shape[-1]), h, overlap, step)
+        batch = self._batch_size(lr_plan.num_tiles)
+        lr_pad = pad_to_plan(rgb.float().cpu(), lr_plan)
+        canvas = LatentCanvas(latent_plan, self.config.vae.codebook_dim)
+        boxes = lr_plan.boxes()
+        for start in range(0, len(boxes), batch):
+            chunk = boxes[start : start + batch]
+            tiles = torch.cat([lr_pad[:, :, y : y + h, x : x + h] for y, x in chunk])
+            seeds = [seed + start + k for k in range(len(chunk))]
+            _, latents = self._sample_windows(tiles, seeds, prompt, st, timings)
+            canvas.add(latents, start)
+            if on_tile is not None:
+                on_tile(start + len(chunk), len(boxes))
+
+        def decode(z: Tensor, lr: Tensor) -> Tensor:
+            return self._decode(
+                z.to(self.device), lr.to(self.device, torch.float32).contiguous(), st, timings
+            )
+
+        side = decode_tile_side(self.config, self.dtype, self.device)
+        hr = decode_tiled(
+            canvas.result(), lr_pad, decode, factor=factor, step=step, max_side=side, overlap=DECODE_OVERLAP
+        )
+        s = self.native_scale
+        top, left = lr_plan.pad_top * s, lr_plan.pad_left * s
+        return hr[:, :, top : top + lr_plan.height * s, left : left + lr_plan.width * s], lr_plan, batch
 
     def __call__(self, rgb: Tensor, **kwargs: Any) -> UpscaleResult:
         """Alias of :meth:`upscale`."""
@@ -593,6 +680,7 @@ def load_pipeline(
     speck_guard: bool | None = None,
     offload: bool | None = None,
     batch_windows: int | None = None,
+    stitch: str | None = None,
 ) -> SRPipeline:
     """Build the pipeline the ``nsarm upscale`` command uses (see :meth:`SRPipeline.from_pretrained`).
 
@@ -600,13 +688,13 @@ def load_pipeline(
     ``batch_windows`` is the number of windows run together (None: from a memory budget). ``offload=None``
     offloads (VAE and text encoder on the CPU between uses) on CUDA only. ``tile`` must equal the model's native LR window when given (the window is
     fixed by the architecture). ``fidelity`` is the CFW weight ``w`` in [0, 1] (None: the model's default); a
-    ``w > 0`` for a model without a CFW module is refused here, before any image is read. ``speck_guard``
-    turns the speck guard on or off (None: the model's default, on for nsarm-tiny, off for the paper's
-    models). Peer models
-    (``realesrgan-x4plus``) and the interpolation baselines are loaded by
+    ``w > 0`` for a model without a CFW module is refused here, before any image is read. ``stitch`` is how the
+    windows of an image are put together (``"pixel"`` or ``"latent"``; None: the model's default).
+    ``speck_guard`` turns the speck guard on or off (None: the model's default, on for nsarm-tiny, off for the
+    paper's models). Peer models (``realesrgan-x4plus``) and the interpolation baselines are loaded by
     :func:`nsarm_core.batch.upscale.load_upscaler`, not here.
     """
-    settings = pipeline_settings(sampling, color_fix, tile_overlap, fidelity, speck_guard)
+    settings = pipeline_settings(sampling, color_fix, tile_overlap, fidelity, stitch, speck_guard)
     check_batch_windows(batch_windows)
     device = resolve_device(device)
     pipe = SRPipeline.from_pretrained(

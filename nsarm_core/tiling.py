@@ -45,6 +45,8 @@ __all__ = [
     "plan_tiles",
     "tile_positions",
     "blend_weights",
+    "rect_blend_weights",
+    "tile_weight",
     "pad_to_plan",
     "weight_sum",
     "run_tiled",
@@ -218,7 +220,17 @@ def blend_weights(
     return wy[:, None] * wx[None, :]
 
 
-def _tile_weight(plan: TilePlan, iy: int, ix: int, scale: int) -> Tensor:
+def rect_blend_weights(
+    height: int, width: int, ramp: int, *, top: bool, bottom: bool, left: bool, right: bool
+) -> Tensor:
+    """:func:`blend_weights` of a ``height x width`` rectangle: ``[height, width]`` float32 in ``(0, 1]``, Hann
+    ramps of ``ramp`` samples (at most half the shorter side) on the sides marked True."""
+    if min(height, width) < 1 or not 0 <= ramp <= min(height, width) // 2:
+        raise ConfigError(f"need sides >= 1 and 0 <= ramp <= shorter side // 2, got {height}x{width}, {ramp}")
+    return _ramp_1d(height, ramp, top, bottom)[:, None] * _ramp_1d(width, ramp, left, right)[None, :]
+
+
+def tile_weight(plan: TilePlan, iy: int, ix: int, scale: int) -> Tensor:
     """Weight ``[t*s, t*s]`` of tile ``(iy, ix)``: ramps only on sides shared with a neighbouring tile."""
     return blend_weights(
         plan.tile * scale,
@@ -244,7 +256,7 @@ def weight_sum(plan: TilePlan, scale: int) -> Tensor:
     acc = torch.zeros(plan.padded_height * scale, plan.padded_width * scale, dtype=torch.float32)
     for iy, y in enumerate(plan.ys):
         for ix, x in enumerate(plan.xs):
-            acc[y * scale : y * scale + t, x * scale : x * scale + t] += _tile_weight(plan, iy, ix, scale)
+            acc[y * scale : y * scale + t, x * scale : x * scale + t] += tile_weight(plan, iy, ix, scale)
     return acc
 
 
@@ -339,7 +351,7 @@ def run_tiled(
             wsum = wsum.to(device=y_out.device, dtype=acc_dtype)
         for k, (y, xx) in enumerate(chunk):
             idx = start + k
-            w = _tile_weight(plan, idx // nx, idx % nx, scale).to(device=out.device, dtype=out.dtype)
+            w = tile_weight(plan, idx // nx, idx % nx, scale).to(device=out.device, dtype=out.dtype)
             oy, ox = y * scale, xx * scale
             out[0, :, oy : oy + ts, ox : ox + ts] += y_out[k].to(out.dtype) * w
             wsum[oy : oy + ts, ox : ox + ts] += w

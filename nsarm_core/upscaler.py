@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COLOR_FIX_MODES",
     "DTYPE_NAMES",
+    "STITCH_MODES",
     "LoadOptions",
     "UpscaleSettings",
     "check_batch_windows",
@@ -45,6 +46,10 @@ __all__ = [
 
 #: The colour corrections of :func:`nsarm_core.color_fix.color_fix` (``--color-fix``).
 COLOR_FIX_MODES: tuple[str, ...] = ("none", "adain", "wavelet", "both")
+
+#: How the windows of an image are put together (``--stitch``): decoded windows blended in pixels, or sampled
+#: latents blended and the image latent decoded in large tiles (:mod:`nsarm_core.latent_stitch`).
+STITCH_MODES: tuple[str, ...] = ("pixel", "latent")
 
 #: The dtype names of ``--dtype`` besides ``auto`` (``nsarm_core.pipeline.DTYPES`` maps them to torch dtypes).
 DTYPE_NAMES: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -112,7 +117,8 @@ def check_device_name(device: str) -> str:
 @dataclass(frozen=True)
 class UpscaleSettings:
     """How the pipeline upscales: the transformer's sampling (tau, top_p, cfg; NSARM's defaults,
-    ``scripts/infer.sh``, spec E.3), the colour fix, the window overlap, the CFW fidelity and the speck guard."""
+    ``scripts/infer.sh``, spec E.3), the colour fix, the window overlap, the CFW fidelity, how the windows are
+    stitched (``None``: the model's ``NSARMConfig.stitch``) and the speck guard."""
 
     tau: float = 0.5
     top_p: float = 0.97
@@ -120,6 +126,7 @@ class UpscaleSettings:
     color_fix: str = "both"
     tile_overlap: int | None = None  # LR pixels; None = a quarter of the window
     fidelity: float | None = None  # CFW w in [0, 1]; None = the model's default (0 for models without CFW)
+    stitch: str | None = None  # "pixel" | "latent"; None = the model's default (NSARMConfig.stitch)
     speck_guard: bool | None = None  # nsarm_core/speck_guard.py; None = the model's default (off: the paper)
 
     def __post_init__(self) -> None:
@@ -134,6 +141,8 @@ class UpscaleSettings:
             raise ConfigError(f"unknown colour fix {self.color_fix!r}; valid: {list(COLOR_FIX_MODES)}")
         if self.fidelity is not None:
             check_fidelity(self.fidelity)
+        if self.stitch is not None and self.stitch not in STITCH_MODES:
+            raise ConfigError(f"unknown stitch mode {self.stitch!r}; valid: {', '.join(STITCH_MODES)}")
 
 
 def pipeline_settings(
@@ -141,11 +150,12 @@ def pipeline_settings(
     color_fix: str | None = None,
     tile_overlap: int | None = None,
     fidelity: float | None = None,
+    stitch: str | None = None,
     speck_guard: bool | None = None,
 ) -> UpscaleSettings:
     """The :class:`UpscaleSettings` of :func:`nsarm_core.pipeline.load_pipeline`'s options (validated: tau,
-    top_p, cfg, colour fix, overlap, CFW fidelity, speck guard), so a caller can check them before loading a
-    model."""
+    top_p, cfg, colour fix, overlap, CFW fidelity, stitch mode, speck guard), so a caller can check them
+    before loading a model."""
     settings = UpscaleSettings(**dict(sampling or {}))
     if color_fix is not None:
         settings = replace(settings, color_fix=color_fix)
@@ -153,6 +163,8 @@ def pipeline_settings(
         settings = replace(settings, tile_overlap=int(tile_overlap))
     if fidelity is not None:
         settings = replace(settings, fidelity=float(fidelity))
+    if stitch is not None:
+        settings = replace(settings, stitch=stitch)
     if speck_guard is not None:
         settings = replace(settings, speck_guard=bool(speck_guard))
     return settings
@@ -173,6 +185,7 @@ class LoadOptions(TypedDict, total=False):
     tile: int | None
     tile_overlap: int | None
     fidelity: float | None
+    stitch: str | None
     speck_guard: bool | None
     batch_windows: int | None
 

@@ -316,7 +316,7 @@ MODELS: dict[str, ModelSpec] = {
             "config": WeightFile(
                 "assets/nsarm-tiny/config.json",
                 bundled=True,
-                sha256="8f678fb7c9ebf27735f0c03fea01a69c905cf0be7375811a4afdc39b7ca45cbd",
+                sha256="ba629444bfc287fcdd33223102565d2718bbfe676ca91bea6ad62cb6f8e06d4c",
             ),
         },
         preset="nsarm-tiny",

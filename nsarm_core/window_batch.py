@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from nsarm_core.latent_stitch import DECODE_OVERLAP
 from nsarm_core.models.nsarm import NSARMConfig
 
 # Re-exported: the rule lives with the other run-option rules, which load without torch.
@@ -58,6 +59,28 @@ def window_bytes(config: NSARMConfig, dtype: torch.dtype) -> tuple[int, int]:
 def decode_chunk(device: torch.device, batch: int) -> int:
     """Windows per decoder call: 1 on a CPU (cache-bound, see the module docstring), the whole batch elsewhere."""
     return 1 if device.type == "cpu" else batch
+
+
+#: The largest decode tile on a CPU, output pixels per side: the decoder's time per pixel on one thread grows
+#: past it as its full-resolution activations fall out of the cache (nsarm-tiny, bf16 + CFW, decode + colour fix:
+#: 2.2-2.4 s/MP for 256-384 px tiles, 3.2 at 512 px, 6.0 at 1024 px).
+CPU_DECODE_TILE_PX = 384
+
+
+def decode_tile_side(
+    config: NSARMConfig, dtype: torch.dtype, device: torch.device, budget: int | None = None
+) -> int:
+    """The side of the largest decode tile of latent stitching (:mod:`nsarm_core.latent_stitch`), latent pixels:
+    what ``budget`` bytes (default :func:`memory_budget`) hold at the decoder's bytes per output pixel (module
+    docstring, plus the colour fix), and on a CPU at most :data:`CPU_DECODE_TILE_PX` output pixels."""
+    budget = memory_budget(device) if budget is None else budget
+    _, decoder = window_bytes(config, dtype)
+    hr_px = config.hr_size[0] * config.hr_size[1]
+    per_px = decoder / hr_px + 16 * 3 * 4
+    side_px = int((budget / per_px) ** 0.5)
+    if device.type == "cpu":
+        side_px = min(side_px, CPU_DECODE_TILE_PX)
+    return max(side_px // config.vae.patch_size, 2 * DECODE_OVERLAP + 1)
 
 
 def memory_budget(device: torch.device) -> int:

@@ -124,13 +124,13 @@ def test_pipeline_options_are_passed_through(tmp_path: Path, monkeypatch: pytest
         str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--model", "nsarm-8b", "--weights", str(weights),
         "--seed", "5", "--tau", "0.7", "--top-p", "0.9", "--cfg", "2", "--color-fix", "adain", "--tile", "64",
         "--tile-overlap", "8", "--device", "cpu", "--dtype", "bf16", "--captions", str(caps), "--fidelity", "0.25",
-        "--batch-windows", "3", "--speck-guard", "--json",
+        "--batch-windows", "3", "--stitch", "latent", "--speck-guard", "--json",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert seen == {
         "model": "nsarm-8b", "device": "cpu", "dtype": "bf16", "weights": weights, "vae_weights": None,
         "text_encoder": None, "sampling": {"tau": 0.7, "top_p": 0.9, "cfg": 2.0}, "color_fix": "adain",
-        "tile_overlap": 8, "fidelity": 0.25, "speck_guard": True, "batch_windows": 3,
+        "tile_overlap": 8, "fidelity": 0.25, "speck_guard": True, "batch_windows": 3, "stitch": "latent",
     }  # fmt: skip
     # The bug: the command sent a prompt of its own, so the model's default_prompt (config.json) was never used.
     assert prompts == ["a red boat", None]

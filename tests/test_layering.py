@@ -59,6 +59,7 @@ ALLOWED = {
         "nsarm_core.cpu_features",
         "nsarm_core.window_batch",
         "nsarm_core.speck_guard",
+        "nsarm_core.latent_stitch",
     ),  # fmt: skip
 }
 

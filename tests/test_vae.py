@@ -216,3 +216,31 @@ def test_other_stride16_presets_build(preset: str) -> None:
     d = vae.config.codebook_dim
     assert vae.encoder.conv_out.conv.weight.shape == (d, 512, 3, 3)
     assert vae.decoder.conv_in.conv.weight.shape == (512, d, 3, 3)
+
+
+def test_fast_silu_is_the_decoders_alone_and_off_for_official_presets() -> None:
+    """``VAEConfig.fast_silu`` swaps the decoder's ``x * sigmoid(x)`` for the fused ``F.silu``: the same function
+    (outputs equal up to float rounding), the encoder untouched (its latent feeds the sampler's bits), and off for
+    every preset and absent from a saved config unless set (the official outputs stay bit for bit)."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from nsarm_core.models.vae import PRESETS, swish
+
+    assert not any(cfg.fast_silu for cfg in PRESETS.values())
+    assert "fast_silu" not in get_preset("tiny").to_dict()
+    fast_cfg = dataclasses.replace(get_preset("tiny"), fast_silu=True)
+    assert VAEConfig.from_dict(fast_cfg.to_dict()) == fast_cfg
+    exact = _tiny()
+    torch.manual_seed(0)
+    fast = BSQVAE(fast_cfg).eval()
+    fast.load_state_dict(exact.state_dict())
+    assert fast.decoder.act is F.silu and exact.decoder.act is swish
+    assert all(getattr(m, "act", swish) is swish for m in fast.encoder.modules())
+    x = _image()
+    with torch.no_grad():
+        assert torch.equal(fast.encode_raw(x), exact.encode_raw(x))
+        z = exact.encode_raw(x)
+        a, b = fast.decode(z), exact.decode(z)
+    assert (a - b).abs().max() < 1e-4

@@ -225,7 +225,8 @@ def _file_identity(path: Path) -> str | None:
 
 def output_settings(upscaler: Any, *, scale: float, seed: int, weights: str | None) -> dict[str, Any]:
     """The settings that shape an output of ``upscaler``: model, weights, scale, and for NSARM the sampling
-    (seed, tau, top-p, cfg), colour fix, fidelity, speck guard, tile overlap and dtype; a peer's dtype; the outer tile of
+    (seed, tau, top-p, cfg), colour fix, fidelity, speck guard, tile overlap, dtype and a stitch mode other than
+    pixel; a peer's dtype; the outer tile of
     ``--tile`` (:class:`~nsarm_core.batch.tiled.TiledUpscaler`, recorded only when tiling, so outputs made
     without it keep matching). The deterministic baselines and peers ignore the seed, so it is not recorded
     for them."""
@@ -246,6 +247,8 @@ def output_settings(upscaler: Any, *, scale: float, seed: int, weights: str | No
             tile_overlap=st.tile_overlap,
             dtype=str(upscaler.dtype).removeprefix("torch."),
         )
+        if upscaler.stitch() != "pixel":  # recorded only when not pixel, so earlier outputs keep matching
+            settings["stitch"] = upscaler.stitch()
     elif getattr(upscaler, "dtype", None) is not None:
         settings["dtype"] = str(upscaler.dtype).removeprefix("torch.")
     return settings

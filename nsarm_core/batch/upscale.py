@@ -218,9 +218,9 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
 
     ``scale`` is the output factor the batch will ask for: a baseline does an integer factor in one
     interpolation step; any other factor is x4 plus the batch's final resize, as for a model. ``fidelity`` (the
-    CFW weight) and ``speck_guard`` apply to NSARM models only; a baseline or a peer refuses them, and so does
-    ``batch_windows``
-    (windows run together, None: from a memory budget).
+    CFW weight) and ``speck_guard`` apply to NSARM models only; a baseline or a peer refuses them, and so do
+    ``batch_windows`` (windows run together, None: from a memory budget) and ``stitch`` (how the windows are put
+    together).
 
     ``tile``: for a peer network its window side (Real-ESRGAN's ``--tile``); for NSARM models and the baselines
     a :class:`~nsarm_core.batch.tiled.TiledUpscaler` of that many input pixels around the upscaler (see there
@@ -237,9 +237,12 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
     fidelity = options.get("fidelity")
     speck_guard = options.get("speck_guard")
     batch_windows = options.get("batch_windows")
+    stitch = options.get("stitch")
     tile_overlap = options.get("tile_overlap")
     # Every option is checked here, for a baseline too, so a typo fails the same way whatever the model.
-    pipeline_settings(options.get("sampling"), options.get("color_fix"), tile_overlap, fidelity, speck_guard)
+    pipeline_settings(
+        options.get("sampling"), options.get("color_fix"), tile_overlap, fidelity, stitch, speck_guard
+    )
     check_dtype_name(dtype)
     check_device(device)  # the name rule (upscaler.check_device_name) and whether this machine has it
     if tile is not None and tile < 0:
@@ -267,6 +270,8 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
             raise ConfigError(fp16_on_cpu)
         if batch_windows is not None:
             raise ConfigError(f"--batch-windows applies to NSARM models, not to --model {name}")
+        if stitch is not None:
+            raise ConfigError(f"--stitch applies to NSARM models, not to --model {name}")
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
         baseline = InterpolationUpscaler(name, scale=native)
         return baseline if tile is None else TiledUpscaler(baseline, tile)
@@ -288,6 +293,8 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
         raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
     if batch_windows is not None and name in PEER_MODELS:
         raise ConfigError(f"--batch-windows applies to NSARM models, not to --model {name}")
+    if stitch is not None and name in PEER_MODELS:
+        raise ConfigError(f"--stitch applies to NSARM models, not to --model {name}")
     if name in PEER_MODELS:
         # A feed-forward network: the sampling and colour-fix options do not apply, the tiling ones do.
         return load_peer(

@@ -29,7 +29,7 @@ Shape legend: ``lr [B, 3, h, w]`` in [-1, 1]; decoder level features ``[B, C_i, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from nsarm_core.errors import ConfigError, unknown_choice
-from nsarm_core.models.vae import VAEConfig, swish
+from nsarm_core.models.vae import VAEConfig, decoder_swish, swish
 
 # The rule lives in the torch-free nsarm_core.upscaler, so the batch layer checks --fidelity without torch.
 from nsarm_core.upscaler import check_fidelity
@@ -124,24 +124,26 @@ def decoder_levels(vae: VAEConfig, scale: int) -> list[tuple[int, int]]:
 class _ResBlock(nn.Module):
     """conv3x3 -> swish -> conv3x3 plus identity (no normalisation: the trunk sees one LR window at a time)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, act: Callable[[Tensor], Tensor] = swish) -> None:
         super().__init__()
+        self.act = act
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(swish(self.conv1(x)))
+        return x + self.conv2(self.act(self.conv1(x)))
 
 
 class LREncoder(nn.Module):
     """LR pixels ``[B, 3, h, w]`` in [-1, 1] -> one feature map per power of two ``k`` in ``ks``."""
 
-    def __init__(self, config: CFWConfig, ks: list[int]) -> None:
+    def __init__(self, config: CFWConfig, ks: list[int], act: Callable[[Tensor], Tensor] = swish) -> None:
         super().__init__()
+        self.act = act
         c, cu = config.width, config.up_width
         self.ks = sorted(set(ks))
         self.conv_in = nn.Conv2d(3, c, 3, padding=1)
-        self.trunk = nn.Sequential(*[_ResBlock(c) for _ in range(config.num_blocks)])
+        self.trunk = nn.Sequential(*[_ResBlock(c, act) for _ in range(config.num_blocks)])
         self.trunk_out = nn.Conv2d(c, c, 3, padding=1)
         # Below LR resolution: one stride-2 conv per halving; above it: conv + pixel shuffle per doubling.
         self.down = nn.ModuleList(
@@ -163,11 +165,11 @@ class LREncoder(nn.Module):
         pyramid = {0: x}
         h = x
         for j, conv in enumerate(self.down):
-            h = swish(conv(h))
+            h = self.act(conv(h))
             pyramid[-(j + 1)] = h
         h = x
         for j, block in enumerate(self.up):
-            h = swish(block(h))
+            h = self.act(block(h))
             pyramid[j + 1] = h
         return {k: pyramid[k] for k in self.ks}
 
@@ -175,15 +177,16 @@ class LREncoder(nn.Module):
 class FusionBlock(nn.Module):
     """``C(concat(F_d, F_e))``: conv3x3 -> swish -> conv1x1, the last layer zero-initialised (StableSR Eq. 4)."""
 
-    def __init__(self, dec_channels: int, lr_channels: int) -> None:
+    def __init__(self, dec_channels: int, lr_channels: int, act: Callable[[Tensor], Tensor] = swish) -> None:
         super().__init__()
+        self.act = act
         self.conv1 = nn.Conv2d(dec_channels + lr_channels, dec_channels, 3, padding=1)
         self.conv2 = nn.Conv2d(dec_channels, dec_channels, 1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, dec: Tensor, lr_feat: Tensor) -> Tensor:
-        return self.conv2(swish(self.conv1(torch.cat([dec, lr_feat.to(dec.dtype)], dim=1))))
+        return self.conv2(self.act(self.conv1(torch.cat([dec, lr_feat.to(dec.dtype)], dim=1))))
 
 
 class CFW(nn.Module):
@@ -196,8 +199,9 @@ class CFW(nn.Module):
         super().__init__()
         self.config = config
         self.levels = decoder_levels(vae, scale)
-        self.encoder = LREncoder(config, [k for _, k in self.levels])
-        self.fuse = nn.ModuleList(FusionBlock(c, self.encoder.channels(k)) for c, k in self.levels)
+        act = decoder_swish(vae)  # the decoder's swish: F.silu for models with VAEConfig.fast_silu
+        self.encoder = LREncoder(config, [k for _, k in self.levels], act)
+        self.fuse = nn.ModuleList(FusionBlock(c, self.encoder.channels(k), act) for c, k in self.levels)
 
     def wrap(self, lr: Tensor, fidelity: float | Tensor) -> FeatureWrap | None:
         """The decoder hook for the LR window ``lr`` ``[B, 3, h, w]`` in [-1, 1] and fidelity ``w``.

@@ -35,6 +35,7 @@ from nsarm_core.models.vae import BSQVAE, VAEConfig, load_official_vae_state_dic
 from nsarm_core.models.vae import get_preset as vae_preset
 from nsarm_core.scales import ScaleSchedule, custom, get_named_schedule
 from nsarm_core.speck_guard import SpeckGuardConfig
+from nsarm_core.upscaler import STITCH_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class NSARMConfig:
         default_prompt: prompt used when the caller gives none (the paper's fixed-prompt arm).
         cfw: controllable feature wrapping of the decoder (``cfw.py``; our extension for small models), or None
             for the paper's model. Its ``default_fidelity`` is the ``w`` used when the caller gives none.
+        stitch: how the windows of a larger image are put together when the caller does not say
+            (``UpscaleSettings.stitch``): ``"pixel"`` (every window decoded and colour-fixed alone, the decoded
+            windows blended; the paper's models) or ``"latent"`` (the windows' latents blended, the image latent
+            decoded in large tiles: :mod:`nsarm_core.latent_stitch`).
         speck_guard: the speck guard run on every output by default (``nsarm_core/speck_guard.py``; our
             extension for small models), or None: off unless asked for, as for the paper's model.
     """
@@ -71,6 +76,7 @@ class NSARMConfig:
     next_input_mode: str = "area"
     default_prompt: str = field(default=DEFAULT_PROMPT)
     cfw: CFWConfig | None = None
+    stitch: str = "pixel"
     speck_guard: SpeckGuardConfig | None = None
 
     def __post_init__(self) -> None:
@@ -107,6 +113,8 @@ class NSARMConfig:
             )
         if self.next_input_mode not in ("area", "bilinear"):
             problems.append(f"next_input_mode must be 'area' or 'bilinear', got {self.next_input_mode!r}")
+        if self.stitch not in STITCH_MODES:
+            problems.append(f"stitch must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
         if problems:
             raise ConfigError(f"invalid NSARM config {self.name!r}: " + "; ".join(problems))
         lr_grid = s.vae_grids[k_t - 1]
@@ -157,6 +165,7 @@ class NSARMConfig:
             "default_prompt": self.default_prompt,
             # Written only when present, so the paper's models keep their config.json byte for byte.
             **({"cfw": self.cfw.to_dict()} if self.cfw is not None else {}),
+            **({"stitch": self.stitch} if self.stitch != "pixel" else {}),
             **({"speck_guard": self.speck_guard.to_dict()} if self.speck_guard is not None else {}),
         }
 
@@ -176,6 +185,7 @@ class NSARMConfig:
                 next_input_mode=str(data.get("next_input_mode", "area")),
                 default_prompt=str(data.get("default_prompt", DEFAULT_PROMPT)),
                 cfw=CFWConfig.from_dict(data["cfw"]) if data.get("cfw") is not None else None,
+                stitch=str(data.get("stitch", "pixel")),
                 speck_guard=SpeckGuardConfig.from_dict(data["speck_guard"])
                 if data.get("speck_guard") is not None
                 else None,
@@ -235,6 +245,8 @@ PRESETS: dict[str, NSARMConfig] = {
     "nsarm-tiny": replace(
         _tiny_config(),
         name="nsarm-tiny",
+        # our own model, not bound to official outputs: the decoder's fused F.silu (VAEConfig.fast_silu)
+        vae=replace(_tiny_config().vae, fast_silu=True),
         transformer=transformer_preset("nsarm-tiny"),
         transform_net=transform_net_preset("nsarm-tiny"),
     ),
