@@ -257,6 +257,15 @@ def test_nsarm_settings_are_part_of_the_record(tiny_dir: Path) -> None:
         weights=weights,
     )
     assert settings_differences(settings, other) == ["seed 1 recorded, 2 now", "tau 0.5 recorded, 0.7 now"]
+    # The speck guard is recorded only when on: outputs of a model without one, made before it existed, still match.
+    assert "speck_guard" not in settings
+    guarded = output_settings(
+        load_upscaler(tiny_dir, device="cpu", dtype="fp32", sampling={"tau": 0.5}, speck_guard=True),
+        scale=4,
+        seed=1,
+        weights=weights,
+    )
+    assert settings_differences(settings, guarded) == ["speck_guard None recorded, True now"]
     from nsarm_core.weights import get_model_spec
 
     registered = get_model_spec("nsarm-tiny").files["checkpoint"].sha256

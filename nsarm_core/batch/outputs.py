@@ -225,8 +225,8 @@ def _file_identity(path: Path) -> str | None:
 
 def output_settings(upscaler: Any, *, scale: float, seed: int, weights: str | None) -> dict[str, Any]:
     """The settings that shape an output of ``upscaler``: model, weights, scale, and for NSARM the sampling
-    (seed, tau, top-p, cfg), colour fix, fidelity, speck guard, tile overlap, dtype and a stitch mode other than
-    pixel; a peer's dtype; the outer tile of
+    (seed, tau, top-p, cfg), colour fix, fidelity, tile overlap, dtype, a stitch mode other than pixel and the
+    speck guard when on; a peer's dtype; the outer tile of
     ``--tile`` (:class:`~nsarm_core.batch.tiled.TiledUpscaler`, recorded only when tiling, so outputs made
     without it keep matching). The deterministic baselines and peers ignore the seed, so it is not recorded
     for them."""
@@ -243,12 +243,14 @@ def output_settings(upscaler: Any, *, scale: float, seed: int, weights: str | No
             cfg=st.cfg,
             color_fix=st.color_fix,
             fidelity=upscaler.fidelity(),
-            speck_guard=upscaler.speck_guard() is not None,
             tile_overlap=st.tile_overlap,
             dtype=str(upscaler.dtype).removeprefix("torch."),
         )
-        if upscaler.stitch() != "pixel":  # recorded only when not pixel, so earlier outputs keep matching
+        # recorded only when they differ from the paper's path, so outputs made before they existed keep matching
+        if upscaler.stitch() != "pixel":
             settings["stitch"] = upscaler.stitch()
+        if upscaler.speck_guard() is not None:
+            settings["speck_guard"] = True
     elif getattr(upscaler, "dtype", None) is not None:
         settings["dtype"] = str(upscaler.dtype).removeprefix("torch.")
     return settings
