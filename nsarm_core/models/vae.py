@@ -91,7 +91,9 @@ class VAEConfig:
     norm_eps: float = 1e-6
     spatial_patchify: bool = False
     name: str = field(default="", compare=False)
-    fast_silu: bool = False
+    # How the decoder rounds, not what it is: configs that differ only here hold the same weights and geometry
+    # (the training configs' "tiny-d14" tokenizer is nsarm-tiny's), so equality ignores it.
+    fast_silu: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
