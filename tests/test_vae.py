@@ -232,7 +232,9 @@ def test_fast_silu_is_the_decoders_alone_and_off_for_official_presets() -> None:
     assert "fast_silu" not in get_preset("tiny").to_dict()
     fast_cfg = dataclasses.replace(get_preset("tiny"), fast_silu=True)
     assert VAEConfig.from_dict(fast_cfg.to_dict()).fast_silu is True
-    assert fast_cfg == get_preset("tiny")  # the same geometry and weights: equality ignores the rounding choice
+    assert fast_cfg == get_preset(
+        "tiny"
+    )  # the same geometry and weights: equality ignores the rounding choice
     exact = _tiny()
     torch.manual_seed(0)
     fast = BSQVAE(fast_cfg).eval()
