@@ -89,7 +89,12 @@ def evaluate(
         Path | None, typer.Option("--data-root", help="Your local copy of the --dataset set.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Run this model on the LR folder first (nsarm upscale).")
+        str | None,
+        typer.Option(
+            "--model",
+            help="Run this model on the LR folder first, as `nsarm upscale --seed 1 --dtype fp32` does (fp32 on "
+            "every CPU, so the scores do not depend on the machine; the model's other defaults).",
+        ),
     ] = None,
     lr: Annotated[
         Path | None, typer.Option("--lr", help="LR folder for --model (default: the preset's LR folder).")
