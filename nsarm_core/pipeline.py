@@ -446,11 +446,12 @@ class SRPipeline:
         stitch = self.stitch(st)
         timings: dict[str, float] = {}
         start = time.perf_counter()
+        lr = rgb.float().cpu()
         # 1. The HR image [1, 3, sH, sW] from its windows (the stitch mode's own plan of windows).
         if stitch == "latent":
-            hr, plan, batch = self._stitch_latent(rgb, seed, prompt, st, overlap, timings, on_tile)
+            hr, plan, batch = self._stitch_latent(lr, seed, prompt, st, overlap, timings, on_tile)
         else:
-            hr, plan, batch = self._stitch_pixel(rgb, seed, prompt, st, overlap, timings, on_tile)
+            hr, plan, batch = self._stitch_pixel(lr, seed, prompt, st, overlap, timings, on_tile)
         # 2. Image-level steps after stitching.
         # The speck guard (our extension, off for the paper's models): isolated dots the LR does not explain are
         # painted over with the LR's bicubic, on the whole image so a speck on a window seam counts once.
@@ -458,7 +459,7 @@ class SRPipeline:
         specks = None
         if guard is not None:
             t6 = time.perf_counter()
-            guarded = guard_specks(hr, rgb.float().cpu(), self.native_scale, guard)
+            guarded = guard_specks(hr, lr, self.native_scale, guard)
             hr, specks = guarded.image, guarded.specks[0]
             timings["speck_guard"] = time.perf_counter() - t6
         if out_scale is not None and out_scale != self.native_scale:
@@ -490,7 +491,7 @@ class SRPipeline:
 
     def _stitch_pixel(
         self,
-        rgb: Tensor,
+        lr: Tensor,
         seed: int,
         prompt: str | None,
         st: UpscaleSettings,
@@ -498,23 +499,24 @@ class SRPipeline:
         timings: dict[str, float],
         on_tile: Callable[[int, int], None] | None,
     ) -> tuple[Tensor, TilePlan, int]:
-        """Every window sampled, decoded and colour-fixed alone; the HR windows blended in pixels.
+        """Every window of the LR image ``lr`` ``[1, 3, H, W]`` (float32, CPU) sampled, decoded and colour-fixed
+        alone; the HR windows blended in pixels.
 
         Returns ``(HR image [1, 3, sH, sW], the window plan, windows per batch)``."""
-        plan = plan_tiles(int(rgb.shape[-2]), int(rgb.shape[-1]), self.config.lr_size[0], overlap)
+        plan = plan_tiles(int(lr.shape[-2]), int(lr.shape[-1]), self.config.lr_size[0], overlap)
         batch = self._batch_size(plan.num_tiles)
 
         def windows(tiles: Tensor, index: int) -> Tensor:
             seeds = [seed + index + k for k in range(int(tiles.shape[0]))]
             return self.upscale_windows(tiles, seeds=seeds, prompt=prompt, settings=st, timings=timings)
 
-        hr = run_tiled(rgb.float().cpu(), windows, self.native_scale, plan, batch=batch, on_tile=on_tile)
+        hr = run_tiled(lr, windows, self.native_scale, plan, batch=batch, on_tile=on_tile)
         return hr, plan, batch
 
     @torch.no_grad()
     def _stitch_latent(
         self,
-        rgb: Tensor,
+        lr: Tensor,
         seed: int,
         prompt: str | None,
         st: UpscaleSettings,
@@ -532,9 +534,9 @@ class SRPipeline:
         latent_side = self.config.schedule.vae_grids[-1][0]
         step = h // latent_side  # LR pixels per latent pixel
         factor = self.config.vae.patch_size  # HR pixels per latent pixel
-        lr_plan, latent_plan = plan_latent_windows(int(rgb.shape[-2]), int(rgb.shape[-1]), h, overlap, step)
+        lr_plan, latent_plan = plan_latent_windows(int(lr.shape[-2]), int(lr.shape[-1]), h, overlap, step)
         batch = self._batch_size(lr_plan.num_tiles)
-        lr_pad = pad_to_plan(rgb.float().cpu(), lr_plan)
+        lr_pad = pad_to_plan(lr, lr_plan)
         canvas = LatentCanvas(latent_plan, self.config.vae.codebook_dim)
         boxes = lr_plan.boxes()
         for start in range(0, len(boxes), batch):
@@ -546,9 +548,9 @@ class SRPipeline:
             if on_tile is not None:
                 on_tile(start + len(chunk), len(boxes))
 
-        def decode(z: Tensor, lr: Tensor) -> Tensor:
+        def decode(z: Tensor, lr_tile: Tensor) -> Tensor:
             return self._decode(
-                z.to(self.device), lr.to(self.device, torch.float32).contiguous(), st, timings
+                z.to(self.device), lr_tile.to(self.device, torch.float32).contiguous(), st, timings
             )
 
         side = decode_tile_side(self.config, self.dtype, self.device)

@@ -215,9 +215,7 @@ def blend_weights(
         raise ConfigError(
             f"need tile_out >= 1 and 0 <= overlap_out <= tile_out // 2, got {tile_out}, {overlap_out}"
         )
-    wy = _ramp_1d(tile_out, overlap_out, top, bottom)
-    wx = _ramp_1d(tile_out, overlap_out, left, right)
-    return wy[:, None] * wx[None, :]
+    return rect_blend_weights(tile_out, tile_out, overlap_out, top=top, bottom=bottom, left=left, right=right)
 
 
 def rect_blend_weights(
