@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from nsarm_core.errors import ConfigError, InputError
-from nsarm_core.tiling import TilePlan, rect_blend_weights, tile_positions, tile_weight
+from nsarm_core.tiling import TilePlan, check_tile_request, rect_blend_weights, tile_positions, tile_weight
 
 __all__ = [
     "DECODE_OVERLAP",
@@ -79,16 +79,12 @@ def plan_latent_windows(
         (what the latent weights use).
 
     Raises:
-        ConfigError: a tile that is not a multiple of ``step``, or a size or overlap :func:`plan_tiles` refuses.
+        ConfigError: a tile that is not a multiple of ``step``, or a size or overlap
+            :func:`nsarm_core.tiling.check_tile_request` refuses.
     """
     if step < 1 or tile % step:
         raise ConfigError(f"the window {tile} must be a multiple of the LR pixels per latent pixel {step}")
-    if height < 1 or width < 1:
-        raise ConfigError(f"image size must be at least 1x1 pixels, got {height}x{width}")
-    if not 0 <= overlap <= tile // 2:
-        raise ConfigError(
-            f"tile overlap must be between 0 and tile // 2 = {tile // 2} LR pixels, got {overlap}"
-        )
+    check_tile_request(height, width, tile, overlap)
     hp, top, bottom = _axis(height, tile, step)
     wp, left, right = _axis(width, tile, step)
     t_l, o_l = tile // step, min(math.ceil(overlap / step), tile // step // 2)

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TilePlan",
+    "check_tile_request",
     "plan_tiles",
     "tile_positions",
     "blend_weights",
@@ -123,6 +124,24 @@ def tile_positions(length: int, tile: int, overlap: int) -> tuple[int, ...]:
     return tuple(round(i * span / (n - 1)) for i in range(n))
 
 
+def check_tile_request(height: int, width: int, tile: int, overlap: int) -> None:
+    """Refuse an image size, tile or overlap no tile plan can serve (:func:`plan_tiles`, and latent stitching's
+    :func:`nsarm_core.latent_stitch.plan_latent_windows`).
+
+    Raises:
+        ConfigError: a non-positive size or tile, or an overlap outside ``[0, tile // 2]``.
+    """
+    if height < 1 or width < 1:
+        raise ConfigError(f"image size must be at least 1x1 pixels, got {height}x{width}")
+    if tile < 1:
+        raise ConfigError(f"tile must be a positive number of LR pixels, got {tile}")
+    if not 0 <= overlap <= tile // 2:
+        raise ConfigError(
+            f"tile overlap must be between 0 and tile // 2 = {tile // 2} LR pixels, got {overlap}; "
+            f"pick e.g. --tile-overlap {max(tile // 8, 0)}"
+        )
+
+
 def plan_tiles(height: int, width: int, tile: int, overlap: int) -> TilePlan:
     """Plan the tiles for an ``H x W`` LR image.
 
@@ -139,15 +158,7 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> TilePlan:
     Raises:
         ConfigError: a non-positive size or tile, or an overlap outside ``[0, tile // 2]``.
     """
-    if height < 1 or width < 1:
-        raise ConfigError(f"image size must be at least 1x1 pixels, got {height}x{width}")
-    if tile < 1:
-        raise ConfigError(f"tile must be a positive number of LR pixels, got {tile}")
-    if not 0 <= overlap <= tile // 2:
-        raise ConfigError(
-            f"tile overlap must be between 0 and tile // 2 = {tile // 2} LR pixels, got {overlap}; "
-            f"pick e.g. --tile-overlap {max(tile // 8, 0)}"
-        )
+    check_tile_request(height, width, tile, overlap)
     pad_h = max(tile - height, 0)
     pad_w = max(tile - width, 0)
     pad_top, pad_left = pad_h // 2, pad_w // 2
