@@ -40,7 +40,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -210,6 +210,23 @@ class InterpolationUpscaler:
         )
 
 
+#: The load options only NSARM models take: (option, flag, what it applies to).
+_NSARM_ONLY_OPTIONS = (
+    ("fidelity", "--fidelity", "NSARM models with a CFW module"),
+    ("speck_guard", "--speck-guard/--no-speck-guard", "NSARM models"),
+    ("batch_windows", "--batch-windows", "NSARM models"),
+    ("stitch", "--stitch", "NSARM models"),
+)
+
+
+def _refuse_nsarm_only_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse, for a baseline or a peer ``name``, an option only NSARM models take (ignoring it silently would
+    hide a wrong --model)."""
+    for key, flag, applies_to in _NSARM_ONLY_OPTIONS:
+        if options.get(key) is not None:
+            raise ConfigError(f"{flag} applies to {applies_to}, not to --model {name}")
+
+
 def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[LoadOptions]) -> Upscaler:
     """The one choice baseline-or-model: an :class:`InterpolationUpscaler` for ``bicubic``, ``bilinear``,
     ``nearest`` and ``lanczos``, a peer network for a peer name (``realesrgan-x4plus``,
@@ -255,12 +272,7 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
     )
     check_batch_windows(batch_windows)
     if name in INTERPOLATION_MODES:
-        if fidelity is not None:
-            raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
-        if speck_guard is not None:
-            raise ConfigError(
-                f"--speck-guard/--no-speck-guard applies to NSARM models, not to --model {name}"
-            )
+        _refuse_nsarm_only_options(name, options)
         # Weight options a baseline has no use for are refused: silently ignoring them hides a wrong --model.
         unused = (("--weights", weights), ("--vae-weights", vae_weights), ("--text-encoder", text_encoder))
         given = [opt for opt, value in unused if value is not None]
@@ -268,10 +280,6 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
             raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
         if dtype == "fp16":  # the baselines always run on the CPU, whatever --device says
             raise ConfigError(fp16_on_cpu)
-        if batch_windows is not None:
-            raise ConfigError(f"--batch-windows applies to NSARM models, not to --model {name}")
-        if stitch is not None:
-            raise ConfigError(f"--stitch applies to NSARM models, not to --model {name}")
         native = int(scale) if float(scale).is_integer() and scale >= 1 else 4
         baseline = InterpolationUpscaler(name, scale=native)
         return baseline if tile is None else TiledUpscaler(baseline, tile)
@@ -282,20 +290,13 @@ def load_upscaler(model: str | Path, *, scale: float = 4.0, **options: Unpack[Lo
     dev = resolve_device(device)
     if dev == "cpu" and dtype == "fp16":
         raise ConfigError(fp16_on_cpu)
-    if fidelity is not None and name in PEER_MODELS:
-        raise ConfigError(f"--fidelity applies to NSARM models with a CFW module, not to --model {name}")
-    if speck_guard is not None and name in PEER_MODELS:
-        raise ConfigError(f"--speck-guard/--no-speck-guard applies to NSARM models, not to --model {name}")
-    # Weight options the chosen model has no use for are refused: silently ignoring them hides a wrong --model.
-    extra = (("--vae-weights", vae_weights), ("--text-encoder", text_encoder))
-    given = [opt for opt, value in extra if value is not None]
-    if given and name in PEER_MODELS:
-        raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
-    if batch_windows is not None and name in PEER_MODELS:
-        raise ConfigError(f"--batch-windows applies to NSARM models, not to --model {name}")
-    if stitch is not None and name in PEER_MODELS:
-        raise ConfigError(f"--stitch applies to NSARM models, not to --model {name}")
     if name in PEER_MODELS:
+        _refuse_nsarm_only_options(name, options)
+        # Weight options the chosen model has no use for are refused: silently ignoring them hides a wrong --model.
+        extra = (("--vae-weights", vae_weights), ("--text-encoder", text_encoder))
+        given = [opt for opt, value in extra if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} does not apply to --model {name}")
         # A feed-forward network: the sampling and colour-fix options do not apply, the tiling ones do.
         return load_peer(
             name,
