@@ -2,8 +2,8 @@
 # Chooses the speck guard's threshold (nsarm_core/speck_guard.py) on TRAINING photos, never on the held-out set
 # or the examples: the centre 512x512 of 8 training photos (every 4th of the sorted list, from the 2nd), degraded
 # x4 by the realesrgan and bicubic presets at seed 1, upscaled by nsarm-tiny at seed 0 in fp32 WITHOUT the guard,
-# then guarded at each threshold and noise factor and scored (PSNR, MS-SSIM, FSIM, GMSD; NIQE, PIQE), with the number of specks
-# painted over. Prints the table; the rule used for the shipped default is in docs/model_card.md ("Specks").
+# then guarded at each threshold and noise factor and scored (PSNR, MS-SSIM, FSIM, GMSD; NIQE, PIQE), with the
+# number of specks painted over. Prints the table; the rule used for the shipped default is in docs/model_card.md ("Specks").
 #   MODEL       the model (default: the bundled nsarm-tiny); run it in the eval environment (pyiqa metrics)
 #   THRESHOLDS  the thresholds to try (default "0.03 0.06 0.1 0.15")
 #   NOISE       the noise factors to try (default "4 6 8 12")
@@ -36,12 +36,10 @@ done
 python - "$WORK" $GRID <<'EOF'
 import json, sys
 from pathlib import Path
-import numpy as np
-import torch
-from PIL import Image
+from nsarm_core.data.io import from_tensor, read_image, to_tensor, write_image
 from nsarm_core.speck_guard import SpeckGuardConfig, guard_specks
 work, grid = Path(sys.argv[1]), sys.argv[2:]
-load = lambda p: torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+load = lambda path: to_tensor(read_image(path).rgb)
 for preset in ("realesrgan", "bicubic"):
     counts = {}
     for name in grid:
@@ -50,9 +48,9 @@ for preset in ("realesrgan", "bicubic"):
         out.mkdir(exist_ok=True)
         total = 0
         for path in sorted((work / preset / "off").glob("*.png")):
-            res = guard_specks(load(path), load(work / preset / "deg" / "lr" / path.name), 4, SpeckGuardConfig(threshold=t, noise_factor=n))
-            img = (res.image[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-            Image.fromarray(img).save(out / path.name)
+            lr = load(work / preset / "deg" / "lr" / path.name)
+            res = guard_specks(load(path), lr, 4, SpeckGuardConfig(threshold=t, noise_factor=n))
+            write_image(out / path.name, from_tensor(res.image))
             total += res.specks[0]
         counts[name] = total
     (work / preset / "specks.json").write_text(json.dumps(counts))
