@@ -57,6 +57,21 @@ def test_decoder_levels_of_the_tiny_geometry() -> None:
     assert decoder_levels(vae, 4) == [(32, 2), (64, 1), (64, 0), (64, -1)]
     with pytest.raises(ConfigError, match="power of two"):
         decoder_levels(vae, 3)
+    # A fast decoder (VAEConfig.decoder_shuffle, E.12) stops doubling earlier: its finest levels share a grid.
+    import dataclasses
+
+    assert decoder_levels(dataclasses.replace(vae, decoder_shuffle=2), 4) == [
+        (32, 1),
+        (64, 1),
+        (64, 0),
+        (64, -1),
+    ]
+    assert decoder_levels(dataclasses.replace(vae, decoder_shuffle=4), 4) == [
+        (32, 0),
+        (64, 0),
+        (64, 0),
+        (64, -1),
+    ]
 
 
 def test_features_match_every_decoder_level() -> None:

@@ -25,6 +25,7 @@ from nsarm_core.train.cfw import (
     CFWRecipe,
     CFWSettings,
     draw_fidelity,
+    init_student,
     perturb_latent,
 )
 from nsarm_core.train.config import TrainConfig
@@ -141,10 +142,84 @@ def test_cfw_settings_are_validated() -> None:
         CFWSettings.from_stage({**ok, "gan_start": "soon"})
     with pytest.raises(ConfigError, match="CFW preset name or a mapping"):
         CFWSettings.from_stage({**ok, "cfw": 3})
+    with pytest.raises(ConfigError, match="not both 0"):
+        CFWSettings.from_stage({**ok, "hr_weight": 0.0})
+    with pytest.raises(ConfigError, match="set stage.decoder_shuffle too"):
+        CFWSettings.from_stage({**ok, "cfw_blocks": 2})
     with pytest.raises(ConfigError, match="crop_size"):
         CachedWindows(
             {"hr": torch.zeros(1, 3, 64, 64, dtype=torch.uint8)}, crop=36, stride=8, scale=4, seed=0
         )
+
+
+def test_a_fast_student_decoder_is_distilled_from_the_frozen_models_own(
+    tmp_path: Path, photos: Path, base_model: Path
+) -> None:
+    """stage.decoder_shuffle (docs/architecture.md E.12): the student starts from the teacher's weights, learns
+    with the distillation term logged, and exports a model with the new decoder geometry that upscales; the
+    frozen parts stay the teacher's."""
+    from nsarm_core.pipeline import load_pipeline
+
+    teacher_cfg = _cfg(tmp_path, photos, base_model, run_dir=str(tmp_path / "teacher"))
+    teacher_dir = train(CFWRecipe.from_config(teacher_cfg), teacher_cfg).final_dir / "model"
+    # Without a CFW module there is no teacher to distil from: refused before any sampling.
+    no_teacher = _cfg(tmp_path, photos, base_model, stage={"decoder_shuffle": 2, "distill_weight": 1.0})
+    with pytest.raises(ConfigError, match="need a teacher with CFW"):
+        CFWRecipe.from_config(no_teacher).build_models()
+
+    stage = {
+        "model": str(teacher_dir),
+        "decoder_shuffle": 2,
+        "cfw_blocks": 1,
+        "distill_weight": 1.0,
+        "hr_weight": 0.5,
+    }
+    cfg = _cfg(tmp_path, photos, base_model, run_dir=str(tmp_path / "student"), stage=stage)
+    recipe = CFWRecipe.from_config(cfg)
+    result = train(recipe, cfg)
+    assert "distill" in result.last_metrics and result.last_metrics["distill"] > 0
+    exported = json.loads((result.final_dir / "model" / "config.json").read_text())
+    assert exported["vae"]["decoder_shuffle"] == 2 and exported["cfw"]["num_blocks"] == 1
+    pipe = load_pipeline(result.final_dir / "model", device="cpu")
+    lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = pipe.upscale_window(lr, seed=1)
+    assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
+    teacher = NSARM.from_pretrained(teacher_dir)
+    for key, value in teacher.transformer.state_dict().items():
+        assert torch.equal(pipe.model.transformer.state_dict()[key], value)
+    assert torch.equal(pipe.model.vae.encoder.conv_in.conv.weight, teacher.vae.encoder.conv_in.conv.weight)
+    # The teacher itself was never trained: its copy in the recipe still holds the folder's weights.
+    assert recipe.teacher is not None
+    for key, value in recipe.teacher.decoder.state_dict().items():
+        assert torch.equal(teacher.vae.decoder.state_dict()[key], value)
+
+
+def test_init_student_copies_what_fits_and_repeats_the_output_filters() -> None:
+    import dataclasses
+
+    from nsarm_core.models.vae import Decoder, get_preset
+
+    full_cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    teacher, student = Decoder(full_cfg), Decoder(dataclasses.replace(full_cfg, decoder_shuffle=2))
+    assert init_student(student, teacher) == []
+    for key, value in teacher.state_dict().items():
+        if not key.startswith("conv_out."):
+            assert torch.equal(student.state_dict()[key], value)
+    w = student.conv_out.conv.weight
+    assert torch.equal(w[0::4], teacher.conv_out.conv.weight) and torch.equal(
+        w[3::4], teacher.conv_out.conv.weight
+    )
+    # After the pixel shuffle, each 2x2 block of the student's output repeats the teacher's conv_out value.
+    h = torch.randn(1, full_cfg.base_ch, 4, 4)
+    with torch.no_grad():
+        out = torch.nn.functional.pixel_shuffle(student.conv_out(h), 2)
+        blocks = torch.repeat_interleave(torch.repeat_interleave(teacher.conv_out(h), 2, 2), 2, 3)
+    torch.testing.assert_close(out, blocks, rtol=0, atol=1e-5)  # the same sums, blocked differently
+    # A deeper trunk than the teacher's has nothing to copy for its extra blocks: named as new.
+    small = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    big = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    assert init_student(big, small) == ["1.weight", "1.bias"]
 
 
 def test_cfw_settings_convert_stage_values() -> None:

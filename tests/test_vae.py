@@ -247,3 +247,34 @@ def test_fast_silu_is_the_decoders_alone_and_off_for_official_presets() -> None:
         z = exact.encode_raw(x)
         a, b = fast.decode(z), exact.decode(z)
     assert (a - b).abs().max() < 1e-4
+
+
+def test_decoder_shuffle_moves_the_finest_levels_to_a_coarser_grid() -> None:
+    """``VAEConfig.decoder_shuffle`` (our fast decoders, docs/architecture.md E.12): the same output size, the
+    skipped upsamplings keep their convolutions at the coarser grid (so every key of the full decoder exists),
+    only ``conv_out`` changes shape, and the official presets and saved configs are untouched."""
+    import dataclasses
+
+    from nsarm_core.models.vae import PRESETS, Decoder
+
+    assert all(cfg.decoder_shuffle == 1 for cfg in PRESETS.values())
+    assert "decoder_shuffle" not in get_preset("tiny").to_dict()
+    full_cfg = get_preset("tiny")
+    assert full_cfg.decoder_upsample_levels == (1, 2, 3)
+    for shuffle, levels in ((2, (2, 3)), (4, (3,)), (8, ())):
+        cfg = dataclasses.replace(full_cfg, decoder_shuffle=shuffle)
+        assert cfg.decoder_upsample_levels == levels
+        assert VAEConfig.from_dict(cfg.to_dict()) == cfg and cfg != full_cfg  # a geometry, unlike fast_silu
+        torch.manual_seed(0)
+        fast, full = Decoder(cfg), Decoder(full_cfg)
+        fast_keys, full_keys = fast.state_dict(), full.state_dict()
+        assert set(fast_keys) == set(full_keys)
+        changed = {k for k in full_keys if fast_keys[k].shape != full_keys[k].shape}
+        assert changed == {"conv_out.conv.weight", "conv_out.conv.bias"}
+        assert fast_keys["conv_out.conv.weight"].shape[0] == 3 * shuffle**2
+        z = torch.randn(1, cfg.codebook_dim, 4, 6)
+        with torch.no_grad():
+            assert fast(z).shape == full(z).shape == (1, 3, 32, 48)
+    for bad in (3, 0, 16, 2.0):
+        with pytest.raises(ConfigError, match="decoder_shuffle must be a power of two"):
+            dataclasses.replace(full_cfg, decoder_shuffle=bad)

@@ -99,7 +99,8 @@ def decoder_levels(vae: VAEConfig, scale: int) -> list[tuple[int, int]]:
     """``(channels, k)`` of each decoder level ``i`` (index = the decoder's ``up[i]``), resolution ``LR * 2^k``.
 
     The decoder runs level ``L-1`` first at the latent grid (``LR * scale / patch_size``) and doubles the grid
-    after each level ``1 <= i <= num_downsamples`` (see ``vae.Decoder``).
+    after each level of ``vae.decoder_upsample_levels`` (``1 <= i <= num_downsamples`` for the official decoder;
+    see ``vae.Decoder``).
     """
     ratio = scale / vae.patch_size  # latent grid / LR pixels
     k_latent = math.log2(ratio)
@@ -111,7 +112,7 @@ def decoder_levels(vae: VAEConfig, scale: int) -> list[tuple[int, int]]:
     k = int(k_latent)
     for i in reversed(range(len(vae.ch_mult))):
         levels[i] = (vae.base_ch * vae.ch_mult[i], k)
-        if 1 <= i <= vae.num_downsamples:
+        if i in vae.decoder_upsample_levels:
             k += 1
     return levels
 

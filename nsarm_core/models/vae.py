@@ -79,6 +79,11 @@ class VAEConfig:
             about 20 % less decoder time on a CPU (nsarm-tiny, bf16: the two elementwise passes took 18 % of
             it). Only for models not bound to the official outputs (our own); False for every official preset,
             and the encoder always keeps the official form (its latent feeds the sampler's bits).
+        decoder_shuffle: our extension for small, fast decoders (docs/architecture.md E.12): the decoder skips its
+            last ``log2(decoder_shuffle)`` nearest-x2 upsamplings (their 3x3 convolutions stay, at the coarser
+            grid), so its finest levels run at ``1/decoder_shuffle`` of the output resolution, and its output convolution emits ``in_channels * decoder_shuffle**2`` channels
+            that a pixel shuffle rearranges into the image. 1 (every official preset) is the official decoder;
+            nsarm-tiny's fast decoder uses 2, which removes the two most expensive full-resolution stages.
         name: preset name (informational).
     """
 
@@ -94,6 +99,7 @@ class VAEConfig:
     # How the decoder rounds, not what it is: configs that differ only here hold the same weights and geometry
     # (the training configs' "tiny-d14" tokenizer is nsarm-tiny's), so equality ignores it.
     fast_silu: bool = field(default=False, compare=False)
+    decoder_shuffle: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
@@ -111,11 +117,24 @@ class VAEConfig:
             raise ConfigError(f"{label}: base_ch, num_res_blocks and ch_mult entries must be positive")
         for c in {self.base_ch * m for m in self.ch_mult}:
             norm_groups(c)  # raises ConfigError for channel counts no group count fits
+        s = self.decoder_shuffle
+        if not isinstance(s, int) or s < 1 or s & (s - 1) or s > self.patch_size:
+            raise ConfigError(
+                f"{label}: decoder_shuffle must be a power of two between 1 and patch_size {self.patch_size}, "
+                f"got {s!r}"
+            )
 
     @property
     def num_downsamples(self) -> int:
         """log2(patch_size): the encoder halves the grid after levels ``0..num_downsamples-1``."""
         return int(math.log2(self.patch_size))
+
+    @property
+    def decoder_upsample_levels(self) -> tuple[int, ...]:
+        """Decoder levels ``i`` followed by a nearest x2 upsampling (the official ``1 <= i <= num_downsamples``,
+        less the ``log2(decoder_shuffle)`` finest ones that the output pixel shuffle replaces)."""
+        skipped = int(math.log2(self.decoder_shuffle))
+        return tuple(range(1 + skipped, self.num_downsamples + 1))
 
     @property
     def token_dim(self) -> int:
@@ -133,6 +152,8 @@ class VAEConfig:
         out["ch_mult"] = list(self.ch_mult)
         if not self.fast_silu:  # written only when set, so configs saved before it keep their bytes
             del out["fast_silu"]
+        if self.decoder_shuffle == 1:  # likewise: the official decoder's configs do not name it
+            del out["decoder_shuffle"]
         return out
 
     @classmethod
@@ -241,14 +262,21 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest x2, then a 3x3 conv (the official ``use_pxsf=False`` path)."""
+    """Nearest x2, then a 3x3 conv (the official ``use_pxsf=False`` path).
 
-    def __init__(self, channels: int) -> None:
+    ``factor=1`` keeps only the conv: a fast decoder (``VAEConfig.decoder_shuffle``) keeps the skipped upsamplings'
+    convolutions at the coarser grid, so every tensor of the full decoder has a place to start from.
+    """
+
+    def __init__(self, channels: int, factor: int = 2) -> None:
         super().__init__()
+        self.factor = factor
         self.conv = Conv(channels, channels, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:  # [B, C, h, w] -> [B, C, 2h, 2w]
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, h, w] -> [B, C, factor*h, factor*w]
+        if self.factor == 1:
+            return self.conv(x)
+        return self.conv(F.interpolate(x, scale_factor=float(self.factor), mode="nearest"))
 
 
 class _Level(nn.Module):
@@ -331,11 +359,14 @@ class Decoder(nn.Module):
                 block_in = block_out
             level = _Level(blocks)
             if 1 <= i <= cfg.num_downsamples:
-                level.upsample = Upsample(block_in)
+                level.upsample = Upsample(block_in, 2 if i in cfg.decoder_upsample_levels else 1)
             levels.insert(0, level)  # up[i] is level i, as in the official ``self.up.insert(0, up)``
         self.up = nn.ModuleList(levels)
         self.norm_out = Normalize(block_in, eps)
-        self.conv_out = Conv(block_in, cfg.in_channels, 3, padding=1)
+        # decoder_shuffle > 1 (our fast decoders, docs/architecture.md E.12): the last levels ran at 1/shuffle of the output grid and
+        # the output convolution emits a shuffle x shuffle block of pixels per position.
+        self.shuffle = cfg.decoder_shuffle
+        self.conv_out = Conv(block_in, cfg.in_channels * self.shuffle**2, 3, padding=1)
 
     def forward(self, z: Tensor, wrap: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         """``wrap(i, h)``, when given, replaces level ``i``'s output before its upsampling (CFW, ``cfw.py``)."""
@@ -348,7 +379,8 @@ class Decoder(nn.Module):
                 h = wrap(i, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(self.act(self.norm_out(h)))
+        out = self.conv_out(self.act(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.shuffle) if self.shuffle > 1 else out
 
 
 # ----------------------------------------------------------------------------------------------------------

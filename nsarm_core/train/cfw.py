@@ -18,12 +18,21 @@ change); each step then decodes a random ``crop`` of a cached window (the decode
 crops aligned to the VAE stride have exact latent and LR crops). The LR windows come from a mixture of
 degradation presets (realesrgan, light, bicubic by default), so clean inputs are not treated as noisy ones.
 
+A fast decoder (``stage.decoder_shuffle``, docs/architecture.md E.12) is trained by the same stage: the frozen
+model's own decoder and CFW become the *teacher*, and the student (the decoder with a pixel-shuffle output, and
+its CFW module) starts from the teacher's weights wherever the shapes agree. ``stage.distill_weight`` adds
+
+    L_distill = |x - Teacher(z, LR, w)|_1                 the same latent, LR and w as the student's
+
+which teaches the student what the teacher draws where the HR cannot say (textures the GAN taught it).
+
 Shape legend: cache windows HR ``[N, 3, S, S]``, LR ``[N, 3, S/s, S/s]`` (uint8) and latent ``[N, d, S/p, S/p]``;
 training crops HR ``[B, 3, c, c]`` in [-1, 1], LR ``[B, 3, c/s, c/s]``, latent ``[B, d, c/p, c/p]``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -43,7 +52,7 @@ from nsarm_core.errors import ConfigError
 from nsarm_core.models.cfw import CFW, CFWConfig, check_fidelity, get_preset
 from nsarm_core.models.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
 from nsarm_core.models.nsarm import NSARM
-from nsarm_core.models.vae import Decoder
+from nsarm_core.models.vae import Decoder, VAEConfig
 from nsarm_core.pipeline import SRPipeline, UpscaleSettings
 from nsarm_core.speck_guard import SpeckGuardConfig
 from nsarm_core.train.config import TrainConfig
@@ -75,6 +84,13 @@ class CFWSettings:
         fidelity_endpoints: probability that a sample's ``w`` is exactly 0 or 1 (half each); otherwise uniform.
         latent_noise: fraction of latent positions perturbed per sample with ``w > 0`` (see
             :func:`perturb_latent`): teaches the decoder to trust the LR over isolated wrongly sampled codes.
+        decoder_shuffle: train a decoder with this pixel-shuffle output (``VAEConfig.decoder_shuffle``) in place of
+            the frozen model's; None keeps the model's decoder geometry.
+        cfw_blocks: the CFW trunk depth of a student (``decoder_shuffle`` set); None keeps the model's. A shorter
+            trunk starts from the teacher's first blocks.
+        hr_weight: weight of ``|x - HR|_1``.
+        distill_weight: weight of ``|x - Teacher(z, LR, w)|_1`` (0: no teacher); the teacher is the frozen
+            model's own decoder and CFW module.
         gan_weight: factor on the adaptive adversarial weight (0 disables the adversarial term).
         gan_start: first step with the adversarial term on the generator (the discriminator trains from step 0).
         disc_channels, disc_layers: PatchGAN width and depth.
@@ -95,6 +111,10 @@ class CFWSettings:
     top_p: float = 0.97
     fidelity_endpoints: float = 0.3
     latent_noise: float = 0.0
+    decoder_shuffle: int | None = None
+    cfw_blocks: int | None = None
+    hr_weight: float = 1.0
+    distill_weight: float = 0.0
     gan_weight: float = 0.1
     gan_start: int = 500
     disc_channels: int = 64
@@ -111,6 +131,17 @@ class CFWSettings:
         for name in ("crop_size", "cache_windows", "cache_batch", "disc_channels", "disc_layers"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"stage.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.hr_weight < 0 or self.distill_weight < 0 or self.hr_weight + self.distill_weight <= 0:
+            raise ConfigError(
+                "stage.hr_weight and stage.distill_weight must be >= 0 and not both 0, got "
+                f"{self.hr_weight}, {self.distill_weight}"
+            )
+        if self.cfw_blocks is not None and self.decoder_shuffle is None:
+            raise ConfigError(
+                "stage.cfw_blocks only applies to a student decoder: set stage.decoder_shuffle too"
+            )
+        if self.cfw_blocks is not None and int(self.cfw_blocks) < 1:
+            raise ConfigError(f"stage.cfw_blocks must be a positive integer, got {self.cfw_blocks!r}")
         if self.gan_weight < 0 or self.gan_start < 0 or self.disc_lr_scale <= 0:
             raise ConfigError(
                 "stage.gan_weight and stage.gan_start must be >= 0 and stage.disc_lr_scale > 0, got "
@@ -310,6 +341,8 @@ class CFWRecipe:
         self.base: NSARM | None = None
         self.pipe: SRPipeline | None = None
         self.cfw_config: CFWConfig | None = None
+        self.vae_config: VAEConfig | None = None
+        self.teacher: DecoderWithCFW | None = None
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> CFWRecipe:
@@ -329,16 +362,41 @@ class CFWRecipe:
                 f"stage.scale {s.data.scale} differs from model {base.config.name!r}'s x{base.config.scale}"
             )
         base.requires_grad_(False)
-        if base.cfw is not None:
-            cfw, self.cfw_config = base.cfw, base.cfw.config
+        self.base = base
+        self.vae_config = base.config.vae
+        if s.decoder_shuffle is not None or s.distill_weight > 0:
+            if base.cfw is None:
+                raise ConfigError(
+                    f"stage.decoder_shuffle and stage.distill_weight need a teacher with CFW; {s.model!r} has none "
+                    "(train its CFW first: the cfw_tiny config)"
+                )
+            # The teacher: the frozen model's own decoder and CFW, never trained here (not returned below).
+            self.teacher = DecoderWithCFW(copy.deepcopy(base.vae.decoder), copy.deepcopy(base.cfw)).eval()
+            self.teacher.requires_grad_(False)
+        if s.decoder_shuffle is not None:
+            assert base.cfw is not None
+            self.vae_config = replace(base.config.vae, decoder_shuffle=int(s.decoder_shuffle))
+            self.cfw_config = base.cfw.config
+            if s.cfw_blocks is not None:
+                self.cfw_config = replace(self.cfw_config, num_blocks=int(s.cfw_blocks))
+            decoder = Decoder(self.vae_config)
+            cfw = CFW(self.cfw_config, self.vae_config, base.config.scale)
+            fresh = init_student(decoder, base.vae.decoder) + init_student(cfw, base.cfw)
+            logger.info(
+                "student decoder (decoder_shuffle %d, CFW trunk %d blocks) from the teacher's weights; new: %s",
+                self.vae_config.decoder_shuffle,
+                self.cfw_config.num_blocks,
+                ", ".join(fresh) or "none",
+            )
+        elif base.cfw is not None:
+            decoder, cfw, self.cfw_config = base.vae.decoder, base.cfw, base.cfw.config
             logger.info("continuing from the CFW module of %s", s.model)
         else:
             self.cfw_config = get_preset(s.cfw) if isinstance(s.cfw, str) else CFWConfig.from_dict(s.cfw)
-            cfw = CFW(self.cfw_config, base.config.vae, base.config.scale)
+            decoder, cfw = base.vae.decoder, CFW(self.cfw_config, base.config.vae, base.config.scale)
         cfw.requires_grad_(True)
-        base.vae.decoder.requires_grad_(s.train_decoder)
-        self.base = base
-        generator = DecoderWithCFW(base.vae.decoder, cfw)
+        decoder.requires_grad_(s.train_decoder or s.decoder_shuffle is not None)
+        generator = DecoderWithCFW(decoder, cfw)
         disc = PatchDiscriminator(s.disc_channels, s.disc_layers)
         return {"generator": generator, "disc": disc}
 
@@ -402,9 +460,18 @@ class CFWRecipe:
         w = draw_fidelity(int(hr.shape[0]), generator, s.fidelity_endpoints).to(hr.device)
         latent = perturb_latent(latent, w, s.latent_noise, generator)
         fake = gen(latent, lr, w)
-        rec = F.l1_loss(fake.float(), hr.float())
+        l1 = F.l1_loss(fake.float(), hr.float())
+        rec = s.hr_weight * l1
+        metrics: dict[str, float] = {"l1": float(l1.detach())}
+        if s.distill_weight > 0:
+            assert self.teacher is not None, "build_models() makes the teacher"
+            self.teacher.to(fake.device)
+            with torch.no_grad():
+                target = self.teacher(latent, lr, w)
+            distill = F.l1_loss(fake.float(), target.float())
+            rec = rec + s.distill_weight * distill
+            metrics["distill"] = float(distill.detach())
         loss = rec
-        metrics: dict[str, float] = {"l1": float(rec.detach())}
 
         use_gan = s.gan_weight > 0 and self.step >= s.gan_start
         if use_gan:
@@ -436,12 +503,16 @@ class CFWRecipe:
 
     def export(self, out_dir: Path, state_dicts: Mapping[str, dict[str, Tensor]]) -> None:
         assert self.base is not None and self.cfw_config is not None, "build_models() runs first"
+        assert self.vae_config is not None
         cfw_config = replace(self.cfw_config, default_fidelity=self.settings.default_fidelity)
-        config = replace(self.base.config, cfw=cfw_config)
+        config = replace(self.base.config, vae=self.vae_config, cfw=cfw_config)
         if self.settings.speck_guard:
             config = replace(config, speck_guard=SpeckGuardConfig())
         model = NSARM(config, init=False)
-        state = {k: v for k, v in self.base.state_dict().items() if not k.startswith("cfw.")}
+        # The decoder and CFW come from the generator (a student's shapes differ from the frozen model's).
+        state = {
+            k: v for k, v in self.base.state_dict().items() if not k.startswith(("cfw.", "vae.decoder."))
+        }
         for k, v in state_dicts["generator"].items():
             if k.startswith("decoder."):
                 state[f"vae.{k}"] = v.float()
@@ -450,6 +521,32 @@ class CFWRecipe:
         model.load_state_dict(state, strict=True)
         model.save_pretrained(out_dir / "model")
         logger.info("exported the model with CFW to %s", out_dir / "model")
+
+
+def init_student(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """Copy the teacher's tensors into the student wherever name and shape agree; returns the names left new.
+
+    One exception gets a better start than random: a pixel-shuffle output convolution with ``s^2`` times the
+    teacher's output channels repeats each teacher filter ``s^2`` times, so the student first draws the
+    teacher's output at its coarser grid, each value repeated over an ``s x s`` block.
+    """
+    source = teacher.state_dict()
+    target = student.state_dict()
+    fresh = []
+    for name, tensor in target.items():
+        value = source.get(name)
+        if value is not None and value.shape == tensor.shape:
+            tensor.copy_(value)
+        elif (
+            value is not None
+            and name.startswith("conv_out.")
+            and tensor.shape[1:] == value.shape[1:]
+            and tensor.shape[0] % value.shape[0] == 0
+        ):
+            tensor.copy_(value.repeat_interleave(tensor.shape[0] // value.shape[0], dim=0))
+        else:
+            fresh.append(name)
+    return fresh
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
