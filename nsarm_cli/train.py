@@ -28,7 +28,7 @@ ConfigOpt = Annotated[
         "--config",
         "-c",
         help="YAML config file, or the name of a shipped one (tokenizer_tiny, base_tiny, stage1_tiny, "
-        "stage2_tiny, cfw_tiny, stage1_nsarm, stage2_nsarm). Default: the stage's *_tiny config.",
+        "stage2_tiny, cfw_tiny, cfw_tiny_ft, cfw_tiny_fast, stage1_nsarm, stage2_nsarm). Default: the stage's *_tiny config.",
     ),
 ]
 SetOpt = Annotated[
