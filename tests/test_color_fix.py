@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from nsarm_core.color_fix import (
@@ -17,6 +18,7 @@ from nsarm_core.color_fix import (
     wavelet_blur,
     wavelet_color_fix,
     wavelet_decomposition,
+    wavelet_lowpass,
     wavelet_reconstruction,
 )
 from nsarm_core.errors import ConfigError, InputError
@@ -122,3 +124,116 @@ def test_invariants() -> None:
     assert torch.allclose(wavelet_reconstruction(x, x), x, atol=1e-6)
     with pytest.raises(InputError):
         adaptive_instance_normalization(x[0], style[0])
+
+
+# --- the official formulation (StableSR/NSARM colorfix), kept here to check the rewrite against -------------------
+
+
+def _official_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Official ``wavelet_blur``: depthwise 3x3 binomial conv2d, dilation ``radius``, replicate padding."""
+    kernel = torch.tensor(
+        [[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]], dtype=x.dtype
+    )
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    return F.conv2d(x, kernel[None, None].repeat(c, 1, 1, 1), groups=c, dilation=radius)
+
+
+def _official_reconstruction(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Official ``wavelet_reconstruction``: high bands of content (5 levels) + lowest band of style."""
+
+    def decompose(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        high = torch.zeros_like(x)
+        for i in range(5):
+            low = _official_blur(x, 2**i)
+            high = high + (x - low)
+            x = low
+        return high, low
+
+    return decompose(content)[0] + decompose(style)[1]
+
+
+# Sizes from 1x1 to larger than every dilation: below 16 px every tap at the last levels falls on the replicate
+# padding, so the border handling is what is compared there.
+SHAPES = [(1, 3, 1, 1), (2, 3, 3, 5), (1, 3, 7, 20), (1, 3, 15, 16), (1, 3, 64, 48), (1, 3, 256, 256)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_separable_blur_equals_official_conv(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(shape, generator=g)
+    for radius in (1, 2, 4, 8, 16):
+        assert (wavelet_blur(x.double(), radius) - _official_blur(x.double(), radius)).abs().max() <= 1e-12
+        assert (wavelet_blur(x, radius) - _official_blur(x, radius)).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_one_decomposition_equals_official_two(shape: tuple[int, ...]) -> None:
+    """content + low(style - content) == high(content) + low(style): equal in exact arithmetic (float64 shows it),
+    a few float32 ulps apart, and in bf16 no farther from the exact value than the official bf16 chain."""
+    g = torch.Generator().manual_seed(2)
+    content, style = torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+    exact = _official_reconstruction(content.double(), style.double())
+    assert (wavelet_reconstruction(content.double(), style.double()) - exact).abs().max() <= 1e-12
+    fp32 = wavelet_reconstruction(content, style)
+    assert fp32.dtype == torch.float32
+    assert (fp32 - _official_reconstruction(content, style)).abs().max() <= 1e-6
+    c16, s16 = content.bfloat16(), style.bfloat16()
+    exact16 = _official_reconstruction(c16.double(), s16.double())
+    ours, official = wavelet_reconstruction(c16, s16), _official_reconstruction(c16, s16)
+    assert ours.dtype == torch.bfloat16
+    err_ours = (ours.double() - exact16).abs().max().item()
+    err_official = (official.double() - exact16).abs().max().item()
+    assert err_ours <= max(err_official, 2**-8)  # one bf16 step of a value in [0.5, 1)
+    assert (ours.double() - official.double()).abs().max() <= 2**-5  # both roundings, values up to ~1.5
+
+
+def test_lowpass_is_the_lowest_band() -> None:
+    x = torch.rand(1, 3, 40, 33, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(wavelet_lowpass(x), wavelet_decomposition(x)[1])
+    assert torch.equal(wavelet_lowpass(x, levels=2), wavelet_blur(wavelet_blur(x, 1), 2))
+
+
+def _official_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official ``calc_mean_std``: ``torch.var`` (unbiased) + 1e-5, sqrt; ``mean`` over the flattened pixels."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    return flat.mean(dim=2).reshape(b, c, 1, 1), (flat.var(dim=2) + 1e-5).sqrt().reshape(b, c, 1, 1)
+
+
+def _official_adain(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    style_mean, style_std = _official_mean_std(style)
+    content_mean, content_std = _official_mean_std(content)
+    return (content - content_mean) / content_std * style_std + style_mean
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])  # 1x1: both divide 0 by N - 1 = 0 (NaN), see below
+def test_two_pass_adain_equals_official(shape: tuple[int, ...]) -> None:
+    """Two-pass variance instead of torch.var's Welford: float64 equal to 1e-12, float32 within 1e-6, bf16 no
+    farther from the exact value than the official bf16 chain."""
+    g = torch.Generator().manual_seed(4)
+    content = torch.rand(shape, generator=g)
+    style = torch.rand(shape[0], 3, 5, 7, generator=g) * 0.5 + 0.2  # any size: only its statistics are used
+    for ours, official in zip(
+        calc_mean_std(content.double()), _official_mean_std(content.double()), strict=True
+    ):
+        assert (ours - official).abs().max() <= 1e-12
+    exact = _official_adain(content.double(), style.double())
+    assert (adaptive_instance_normalization(content.double(), style.double()) - exact).abs().max() <= 1e-12
+    assert (
+        adaptive_instance_normalization(content, style) - _official_adain(content, style)
+    ).abs().max() <= 1e-6
+    c16, s16 = content.bfloat16(), style.bfloat16()
+    exact16 = _official_adain(c16.double(), s16.double())
+    ours16 = adaptive_instance_normalization(c16, s16)
+    assert ours16.dtype == torch.bfloat16
+    err_ours = (ours16.double() - exact16).abs().max().item()
+    err_official = (_official_adain(c16, s16).double() - exact16).abs().max().item()
+    assert err_ours <= max(err_official, 2**-7)
+
+
+def test_adain_of_one_pixel_is_nan_as_officially() -> None:
+    x = torch.rand(1, 3, 1, 1, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(UserWarning):  # torch.var warns about the zero degrees of freedom; ours divides by 0
+        official = _official_adain(x, x)
+    assert official.isnan().all() and adaptive_instance_normalization(x, x).isnan().all()

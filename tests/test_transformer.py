@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from nsarm_core.errors import ConfigError, InputError, WeightsNotFoundError
 from nsarm_core.models.checkpoint import count_parameters
+from nsarm_core.models.layers import apply_rope2d
 from nsarm_core.models.sampler import sample_bits, sample_scales
 from nsarm_core.models.transformer import (
     PRESETS,
@@ -341,3 +342,21 @@ def test_sample_bits_with_one_generator_per_row_matches_rows_alone() -> None:
     assert torch.equal(batched, torch.cat(alone))
     with pytest.raises(InputError, match="2 generators for a batch of 3 samples"):
         sample_bits(logits, 0.97, [torch.Generator(), torch.Generator()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_equals_the_official_pair_rotation(dtype: torch.dtype) -> None:
+    """apply_rope2d's whole-tensor form gives the official (a·cos − b·sin, a·sin + b·cos) bits, and its gradient."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 50, 64, generator=g).to(dtype).requires_grad_()
+    angles = torch.rand(50, 32, generator=g) * 30
+    cos, sin = angles.cos(), angles.sin()
+    grad_out = torch.randn(4, 3, 50, 64, generator=g).to(dtype)
+    pairs = x.float().unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    official = torch.stack([cos * a - sin * b, sin * a + cos * b], dim=-1).flatten(-2).to(dtype)
+    ours = apply_rope2d(x, cos, sin)
+    assert ours.dtype == dtype and torch.equal(ours, official)
+    assert torch.equal(
+        torch.autograd.grad(ours, x, grad_out)[0], torch.autograd.grad(official, x, grad_out)[0]
+    )
