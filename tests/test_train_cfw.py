@@ -144,6 +144,8 @@ def test_cfw_settings_are_validated() -> None:
         CFWSettings.from_stage({**ok, "cfw": 3})
     with pytest.raises(ConfigError, match="not both 0"):
         CFWSettings.from_stage({**ok, "hr_weight": 0.0})
+    with pytest.raises(ConfigError, match="set stage.distill_weight > 0 too"):
+        CFWSettings.from_stage({**ok, "teacher": "nsarm-tiny"})
     with pytest.raises(ConfigError, match="set stage.decoder_shuffle too"):
         CFWSettings.from_stage({**ok, "cfw_blocks": 2})
     with pytest.raises(ConfigError, match="crop_size"):
@@ -192,6 +194,31 @@ def test_a_fast_student_decoder_is_distilled_from_the_frozen_models_own(
     assert recipe.teacher is not None
     for key, value in recipe.teacher.decoder.state_dict().items():
         assert torch.equal(teacher.vae.decoder.state_dict()[key], value)
+
+    # A second round continues the student (stage.model) against the same teacher (stage.teacher).
+    student_dir = result.final_dir / "model"
+    stage2 = {
+        "model": str(student_dir),
+        "teacher": str(teacher_dir),
+        "decoder_shuffle": 2,
+        "distill_weight": 1.0,
+    }
+    cfg2 = _cfg(tmp_path, photos, base_model, run_dir=str(tmp_path / "student2"), max_steps=1, stage=stage2)
+    recipe2 = CFWRecipe.from_config(cfg2)
+    models = recipe2.build_models()
+    student = NSARM.from_pretrained(student_dir)
+    for key, value in models["generator"].decoder.state_dict().items():  # continued, not re-initialised
+        assert torch.equal(student.vae.decoder.state_dict()[key], value)
+    assert recipe2.teacher is not None
+    assert torch.equal(recipe2.teacher.decoder.conv_out.conv.weight, teacher.vae.decoder.conv_out.conv.weight)
+    # A teacher whose sampler differs would teach for other latents: refused.
+    other = NSARM.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        next(other.transformer.parameters()).add_(1.0)
+    other_dir = other.save_pretrained(tmp_path / "other")
+    wrong = _cfg(tmp_path, photos, base_model, stage={**stage2, "teacher": str(other_dir)})
+    with pytest.raises(ConfigError, match="must be .* with another decoder"):
+        CFWRecipe.from_config(wrong).build_models()
 
 
 def test_init_student_copies_what_fits_and_repeats_the_output_filters() -> None:

@@ -85,12 +85,15 @@ class CFWSettings:
         latent_noise: fraction of latent positions perturbed per sample with ``w > 0`` (see
             :func:`perturb_latent`): teaches the decoder to trust the LR over isolated wrongly sampled codes.
         decoder_shuffle: train a decoder with this pixel-shuffle output (``VAEConfig.decoder_shuffle``) in place of
-            the frozen model's; None keeps the model's decoder geometry.
+            the frozen model's, starting from its weights; None or the model's own value continues the model's
+            decoder.
         cfw_blocks: the CFW trunk depth of a student (``decoder_shuffle`` set); None keeps the model's. A shorter
             trunk starts from the teacher's first blocks.
         hr_weight: weight of ``|x - HR|_1``.
         distill_weight: weight of ``|x - Teacher(z, LR, w)|_1`` (0: no teacher); the teacher is the frozen
-            model's own decoder and CFW module.
+            model's own decoder and CFW module, or ``teacher``'s.
+        teacher: a model (registered name or folder) whose decoder and CFW teach, for a student that continues
+            its training (``model`` is then the student); its other parts must be ``model``'s.
         gan_weight: factor on the adaptive adversarial weight (0 disables the adversarial term).
         gan_start: first step with the adversarial term on the generator (the discriminator trains from step 0).
         disc_channels, disc_layers: PatchGAN width and depth.
@@ -115,6 +118,7 @@ class CFWSettings:
     cfw_blocks: int | None = None
     hr_weight: float = 1.0
     distill_weight: float = 0.0
+    teacher: str | None = None
     gan_weight: float = 0.1
     gan_start: int = 500
     disc_channels: int = 64
@@ -136,6 +140,8 @@ class CFWSettings:
                 "stage.hr_weight and stage.distill_weight must be >= 0 and not both 0, got "
                 f"{self.hr_weight}, {self.distill_weight}"
             )
+        if self.teacher is not None and self.distill_weight <= 0:
+            raise ConfigError("stage.teacher is only used for distillation: set stage.distill_weight > 0 too")
         if self.cfw_blocks is not None and self.decoder_shuffle is None:
             raise ConfigError(
                 "stage.cfw_blocks only applies to a student decoder: set stage.decoder_shuffle too"
@@ -370,10 +376,21 @@ class CFWRecipe:
                     f"stage.decoder_shuffle and stage.distill_weight need a teacher with CFW; {s.model!r} has none "
                     "(train its CFW first: the cfw_tiny config)"
                 )
-            # The teacher: the frozen model's own decoder and CFW, never trained here (not returned below).
-            self.teacher = DecoderWithCFW(copy.deepcopy(base.vae.decoder), copy.deepcopy(base.cfw)).eval()
+            # The teacher: the frozen model's own decoder and CFW (or stage.teacher's), never trained here (not
+            # returned below).
+            source = base
+            if s.teacher is not None:
+                source = SRPipeline.from_pretrained(s.teacher, device="cpu", dtype="fp32").model
+                skip = ("vae.decoder.", "cfw.")
+                if source.cfw is None or state_fingerprint(source, skip) != state_fingerprint(base, skip):
+                    raise ConfigError(
+                        f"stage.teacher {s.teacher!r} must be {s.model!r} with another decoder and a CFW module: "
+                        "its encoder, transformation network and transformer differ (or it has no CFW)"
+                    )
+            assert source.cfw is not None
+            self.teacher = DecoderWithCFW(copy.deepcopy(source.vae.decoder), copy.deepcopy(source.cfw)).eval()
             self.teacher.requires_grad_(False)
-        if s.decoder_shuffle is not None:
+        if s.decoder_shuffle is not None and s.decoder_shuffle != base.config.vae.decoder_shuffle:
             assert base.cfw is not None
             self.vae_config = replace(base.config.vae, decoder_shuffle=int(s.decoder_shuffle))
             self.cfw_config = base.cfw.config
@@ -389,6 +406,11 @@ class CFWRecipe:
                 ", ".join(fresh) or "none",
             )
         elif base.cfw is not None:
+            if s.cfw_blocks is not None and s.cfw_blocks != base.cfw.config.num_blocks:
+                raise ConfigError(
+                    f"stage.cfw_blocks {s.cfw_blocks} differs from the CFW trunk of {s.model!r} "
+                    f"({base.cfw.config.num_blocks} blocks), whose training this continues; drop stage.cfw_blocks"
+                )
             decoder, cfw, self.cfw_config = base.vae.decoder, base.cfw, base.cfw.config
             logger.info("continuing from the CFW module of %s", s.model)
         else:
