@@ -10,8 +10,8 @@
 # install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[eval,peers]"`.
 #   V1      nsarm-tiny v1 model folder (default runs/nsarm-tiny-v1: `git show 9a99575:nsarm_core/assets/...`)
 #   V2      the v2 model (default: runs/cfw_tiny_ft2/final/model, else the bundled nsarm-tiny)
-#   V2_PREV an earlier v2 model folder scored at its default w as "v2.0-default" (optional; e.g. the first v2
-#           weights, `git show 7f24d0f:nsarm_core/assets/nsarm-tiny/...`)
+#   V2_PREV an earlier v2 model folder scored at its default w as "v2-prev-default" (optional; e.g. v2.1, the
+#           teacher of v2.2's fast decoder: `git show 1005075:nsarm_core/assets/nsarm-tiny/...`)
 #   PEER    the peer model (default realesrgan-x4plus; skipped when its weights cannot be converted)
 #   FIDELITIES  the w values of the sweep (default "0 0.25 0.5 0.75 1")
 #   DTYPE   the dtype of the NSARM models and the peer (default fp32, so the tables do not depend on the CPU)
@@ -48,7 +48,7 @@ for preset in realesrgan light bicubic; do
   run "$preset" bicubic bicubic
   [ "$peer_ok" = 1 ] && run "$preset" realesrgan-x4plus "$PEER" --dtype "$DTYPE"
   [ -d "$V1" ] && run "$preset" v1 "$V1" --dtype "$DTYPE"
-  [ -n "${V2_PREV:-}" ] && run "$preset" v2.0-default "$V2_PREV" --dtype "$DTYPE"
+  [ -n "${V2_PREV:-}" ] && run "$preset" v2-prev-default "$V2_PREV" --dtype "$DTYPE"
   for w in $FIDELITIES; do
     run "$preset" "v2-w$w" "$V2" --fidelity "$w" --dtype "$DTYPE"
   done

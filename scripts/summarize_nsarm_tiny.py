@@ -22,13 +22,13 @@ from nsarm_core.data.io import atomic_open, atomic_write_text
 
 PRESETS = ("realesrgan", "light", "bicubic")
 FIDELITIES = ("0", "0.25", "0.5", "0.75", "1")
-# v2.0-default: the first v2 weights (before the CFW continuation rounds), scored when
-# scripts/evaluate_nsarm_tiny.sh is given V2_PREV
+# v2-prev-default: the previously bundled v2 weights at their default w, scored when scripts/evaluate_nsarm_tiny.sh
+# is given V2_PREV (for v2.2: v2.1, whose decoder v2.2's fast decoder was distilled from)
 METHODS = (
     "bicubic",
     "realesrgan-x4plus",
     "v1",
-    "v2.0-default",
+    "v2-prev-default",
     *(f"v2-w{w}" for w in FIDELITIES),
     "v2-default",
     "v2-default-noguard",
