@@ -200,6 +200,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="auto", help="dtype of the scaling and batch parts (auto: the default)")
     p.add_argument("--peer-dtypes", default="auto,fp32", help="dtypes of the peer comparison")
+    p.add_argument(
+        "--also-models",
+        default="",
+        help="part 1: more NSARM models (registered names or folders, comma-separated) timed in the same run, "
+        "each with its Real-ESRGAN ratio (e.g. a trained fast decoder, runs/cfw_tiny_fast_r2/final/model)",
+    )
     p.add_argument("--layout-repeats", type=int, default=5)
     p.add_argument(
         "--parts",
@@ -246,9 +252,10 @@ def main() -> None:
         for dtype in args.peer_dtypes.split(","):
             resolved = resolve_dtype(dtype, "cpu")
             print(f"1. per output megapixel, LR {args.peer_size} px, --dtype {dtype} (= {resolved}):")
+            also = [m for m in args.also_models.split(",") if m]
             rows = [
                 _run_child(args, m, args.peer_size, dtype=dtype)
-                for m in ("nsarm-tiny", "realesrgan-x4plus", "bicubic")
+                for m in ("nsarm-tiny", "realesrgan-x4plus", "bicubic", *also)
             ]
             tiny, peer = rows[0], rows[1]
             entry = {
@@ -257,6 +264,9 @@ def main() -> None:
                 "rows": rows,
                 "realesrgan_over_nsarm_tiny_wall": peer["s_per_mp"] / tiny["s_per_mp"],
                 "realesrgan_over_nsarm_tiny_cpu": peer["cpu_s_per_mp"] / tiny["cpu_s_per_mp"],
+                "realesrgan_over_also_models_wall": {
+                    r["model"]: peer["s_per_mp"] / r["s_per_mp"] for r in rows[3:]
+                },
             }
             record["peer"].append(entry)
             print(f"{'model':18} {'wall s/MP':>9} {'CPU s/MP':>9}  weights")
@@ -266,6 +276,8 @@ def main() -> None:
                 f"Real-ESRGAN x4plus / nsarm-tiny per output MP ({resolved}): wall "
                 f"{entry['realesrgan_over_nsarm_tiny_wall']:.2f}x, CPU {entry['realesrgan_over_nsarm_tiny_cpu']:.2f}x"
             )
+            for name, ratio in entry["realesrgan_over_also_models_wall"].items():
+                print(f"Real-ESRGAN x4plus / {name} per output MP ({resolved}): wall {ratio:.2f}x")
     if "scaling" in parts:
         print(f"2. scaling, nsarm-tiny defaults (--dtype {args.dtype}):")
         rows = [_run_child(args, "nsarm-tiny", int(s)) for s in args.scaling_sizes.split(",")]
