@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,6 +76,22 @@ def _cfg(tmp_path: Path, photos: Path, base_model: Path, **kw: object) -> TrainC
     return TrainConfig(**base)
 
 
+def _upscales_keeping_frozen_parts(
+    model_dir: Path, frozen_from: Path
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """An exported model upscales a window, and its transformer is ``frozen_from``'s, unchanged."""
+    from nsarm_core.pipeline import load_pipeline
+
+    pipe = load_pipeline(model_dir, device="cpu")
+    lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = pipe.upscale_window(lr, seed=1)
+    assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
+    frozen = NSARM.from_pretrained(frozen_from)
+    for key, value in frozen.transformer.state_dict().items():
+        assert torch.equal(pipe.model.transformer.state_dict()[key], value)
+    return pipe, lr, out
+
+
 def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Path, base_model: Path) -> None:
     from safetensors.torch import load_file
 
@@ -114,15 +131,8 @@ def test_cfw_stage_trains_caches_resumes_and_exports(tmp_path: Path, photos: Pat
     model_dir = again.final_dir / "model"
     config = json.loads((model_dir / "config.json").read_text())
     assert config["cfw"]["default_fidelity"] == 0.75 and config["cfw"]["width"] == 16
-    pipe = load_pipeline(model_dir, device="cpu")
+    pipe, lr, out = _upscales_keeping_frozen_parts(model_dir, base_model)
     assert pipe.fidelity() == 0.75
-    lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    out = pipe.upscale_window(lr, seed=1)
-    assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
-    # The frozen parts are the base model's, unchanged.
-    base = NSARM.from_pretrained(base_model)
-    for key, value in base.transformer.state_dict().items():
-        assert torch.equal(pipe.model.transformer.state_dict()[key], value)
     assert not torch.equal(pipe.upscale_window(lr, seed=1, settings=UpscaleSettings(fidelity=0.0)), out)
 
 
@@ -160,7 +170,6 @@ def test_a_fast_student_decoder_is_distilled_from_the_frozen_models_own(
     """stage.decoder_shuffle (docs/architecture.md E.12): the student starts from the teacher's weights, learns
     with the distillation term logged, and exports a model with the new decoder geometry that upscales; the
     frozen parts stay the teacher's."""
-    from nsarm_core.pipeline import load_pipeline
 
     teacher_cfg = _cfg(tmp_path, photos, base_model, run_dir=str(tmp_path / "teacher"))
     teacher_dir = train(CFWRecipe.from_config(teacher_cfg), teacher_cfg).final_dir / "model"
@@ -182,13 +191,8 @@ def test_a_fast_student_decoder_is_distilled_from_the_frozen_models_own(
     assert "distill" in result.last_metrics and result.last_metrics["distill"] > 0
     exported = json.loads((result.final_dir / "model" / "config.json").read_text())
     assert exported["vae"]["decoder_shuffle"] == 2 and exported["cfw"]["num_blocks"] == 1
-    pipe = load_pipeline(result.final_dir / "model", device="cpu")
-    lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    out = pipe.upscale_window(lr, seed=1)
-    assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
+    pipe, _, _ = _upscales_keeping_frozen_parts(result.final_dir / "model", teacher_dir)
     teacher = NSARM.from_pretrained(teacher_dir)
-    for key, value in teacher.transformer.state_dict().items():
-        assert torch.equal(pipe.model.transformer.state_dict()[key], value)
     assert torch.equal(pipe.model.vae.encoder.conv_in.conv.weight, teacher.vae.encoder.conv_in.conv.weight)
     # The teacher itself was never trained: its copy in the recipe still holds the folder's weights.
     assert recipe.teacher is not None
