@@ -459,7 +459,7 @@ class SRPipeline:
         specks = None
         if guard is not None:
             t6 = time.perf_counter()
-            guarded = guard_specks(hr, lr, self.native_scale, guard)
+            guarded = guard_specks(hr, lr, self.native_scale, guard, inplace=True)  # hr is this call's own
             hr, specks = guarded.image, guarded.specks[0]
             timings["speck_guard"] = time.perf_counter() - t6
         if out_scale is not None and out_scale != self.native_scale:

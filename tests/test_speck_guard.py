@@ -17,7 +17,7 @@ from nsarm_core.errors import ConfigError, InputError
 from nsarm_core.models.nsarm import NSARMConfig, get_preset
 from nsarm_core.pipeline import load_pipeline
 from nsarm_core.resize import pil_bicubic
-from nsarm_core.speck_guard import SpeckGuardConfig, find_specks, guard_specks, lr_residual
+from nsarm_core.speck_guard import BAND_ROWS, SpeckGuardConfig, find_specks, guard_specks, lr_residual
 
 SCALE = 4
 CFG = SpeckGuardConfig()
@@ -49,7 +49,7 @@ def test_a_planted_dot_is_found_and_painted_over_and_the_rest_is_untouched() -> 
     lr = _smooth_lr()
     clean = _upscaled(lr)
     dotted = _dot(_dot(clean, 60, 80), 130, 200, radius=6)
-    res = guard_specks(dotted, lr, SCALE, CFG)
+    res = guard_specks(dotted, lr, SCALE, CFG, keep_mask=True)
     assert res.specks == [2]
     # both dots are gone: the output is back to the smooth image where they were
     for cy, cx in ((60, 80), (130, 200)):
@@ -57,17 +57,53 @@ def test_a_planted_dot_is_found_and_painted_over_and_the_rest_is_untouched() -> 
             res.image[..., cy - 3 : cy + 4, cx - 3 : cx + 4] - clean[..., cy - 3 : cy + 4, cx - 3 : cx + 4]
         ).abs().max() < 0.02
     # outside the masks the output is the input, bit for bit
+    assert res.mask is not None
     outside = res.mask[0, 0] == 0
     assert outside.float().mean() > 0.9
     assert torch.equal(res.image[0][:, outside], dotted[0][:, outside])
 
 
+def _whole_image_guard(hr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guard's painting done on the whole image at once (its first form): the reference for the bands."""
+    import torch.nn.functional as F
+
+    centres = find_specks(lr_residual(hr, lr, SCALE), CFG)
+    grown = F.max_pool2d(centres.float(), 2 * CFG.grow + 1, stride=1, padding=CFG.grow)
+    up = F.interpolate(grown, scale_factor=SCALE, mode="nearest")
+    k = 2 * SCALE + 1
+    mask = F.avg_pool2d(F.pad(up, (k // 2,) * 4, mode="replicate"), k, stride=1).clamp(0, 1)
+    bicubic = torch.cat([pil_bicubic(one[None], tuple(hr.shape[-2:])) for one in lr]).clamp(0, 1)
+    return torch.lerp(hr, bicubic, mask), mask
+
+
+def test_painting_in_bands_equals_painting_the_whole_image_to_the_bit() -> None:
+    """Specks on band boundaries, at the image borders and in several bands of a batch of two: the banded
+    painting (bounded memory) gives the whole-image result exactly, mask included; in place or on a copy."""
+    h, w = 3 * BAND_ROWS + 5, 40
+    lr = torch.cat([_smooth_lr(h, w, seed=3), _smooth_lr(h, w, seed=4)])
+    hr = _upscaled(lr[:1])
+    hr = torch.cat([hr, _upscaled(lr[1:])])
+    spots = [(2, 2 * SCALE), (BAND_ROWS - 1, 9), (BAND_ROWS, 30), (2 * BAND_ROWS + 1, 5), (h - 3, w - 5)]
+    for i, (row, col) in enumerate(spots):
+        img = i % 2
+        hr[img : img + 1] = _dot(hr[img : img + 1], row * SCALE + 2, col * SCALE + 2, radius=4)
+    want, want_mask = _whole_image_guard(hr, lr)
+    before = hr.clone()
+    res = guard_specks(hr, lr, SCALE, CFG, keep_mask=True)
+    assert res.specks == [3, 2]  # every dot found: near the borders, on both sides of band boundaries
+    assert torch.equal(res.image, want) and res.mask is not None and torch.equal(res.mask, want_mask)
+    assert torch.equal(hr, before)  # a copy was painted
+    assert guard_specks(hr, lr, SCALE, CFG).mask is None
+    same = guard_specks(hr, lr, SCALE, CFG, inplace=True)
+    assert same.image is hr and torch.equal(hr, want)
+
+
 def test_an_image_without_specks_comes_back_unchanged() -> None:
     lr = _smooth_lr(seed=1)
     hr = _upscaled(lr)
-    res = guard_specks(hr, lr, SCALE, CFG)
+    res = guard_specks(hr, lr, SCALE, CFG, keep_mask=True)
     assert res.specks == [0]
-    assert torch.equal(res.image, hr) and not res.mask.any()
+    assert res.mask is not None and torch.equal(res.image, hr) and not res.mask.any()
 
 
 def test_lines_and_edges_are_not_specks() -> None:
@@ -146,9 +182,9 @@ def test_the_pipeline_runs_the_guard_only_when_asked(tiny_dir: Path, monkeypatch
     seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     real = pipeline_module.guard_specks
 
-    def spy(hr: torch.Tensor, lr_in: torch.Tensor, scale: int, config: SpeckGuardConfig):  # noqa: ANN202
+    def spy(hr: torch.Tensor, lr_in: torch.Tensor, scale: int, config: SpeckGuardConfig, **kw: bool):  # noqa: ANN202
         seen.append((tuple(hr.shape), tuple(lr_in.shape)))
-        return real(_dot(hr, 80, 100, radius=5), lr_in, scale, config)
+        return real(_dot(hr, 80, 100, radius=5), lr_in, scale, config, **kw)
 
     monkeypatch.setattr(pipeline_module, "guard_specks", spy)
     default = load_pipeline(tiny_dir, device="cpu", dtype="fp32").upscale(lr, seed=3)
