@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class NSARMError(Exception):
@@ -67,6 +68,18 @@ def did_you_mean(name: object, candidates: Iterable[object]) -> str:
     """``" Did you mean 'x'?"`` for the closest candidate to ``name``, or ``""`` when none is close."""
     close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_known_keys(data: Mapping[str, Any], valid: Iterable[str], what: str) -> None:
+    """Raise ConfigError naming every key of ``data`` not in ``valid``: ``unknown <what> ['x']; valid: [...]``.
+
+    The one check behind every config dataclass's ``from_dict``, so a typo in a ``config.json`` reads the same
+    whichever part it is in.
+    """
+    known = sorted(valid)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}; valid: {known}")
 
 
 def unknown_choice(what: str, name: object, valid: Iterable[object], *, note: str = "") -> ConfigError:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nsarm_core.errors import ConfigError, InputError
+from nsarm_core.errors import ConfigError, InputError, check_known_keys
 from nsarm_core.resize import pil_bicubic
 
 MAD_TO_SIGMA = 1.4826  # sigma of a normal distribution = 1.4826 x its median absolute deviation
@@ -79,11 +79,7 @@ class SpeckGuardConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SpeckGuardConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"unknown speck_guard config keys {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
-            )
+        check_known_keys(data, cls.__dataclass_fields__, "speck_guard config keys")
         return cls(**dict(data))
 
 

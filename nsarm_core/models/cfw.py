@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, unknown_choice
+from nsarm_core.errors import ConfigError, check_known_keys, unknown_choice
 from nsarm_core.models.vae import VAEConfig, decoder_swish, swish
 
 # The rule lives in the torch-free nsarm_core.upscaler, so the batch layer checks --fidelity without torch.
@@ -75,9 +75,7 @@ class CFWConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CFWConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown CFW config keys {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+        check_known_keys(data, cls.__dataclass_fields__, "CFW config keys")
         return cls(**dict(data))
 
 

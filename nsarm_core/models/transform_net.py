@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, unknown_choice
+from nsarm_core.errors import ConfigError, InputError, check_known_keys, unknown_choice
 from nsarm_core.models import checkpoint
 
 logger = logging.getLogger(__name__)
@@ -142,10 +142,7 @@ class TransformNetConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TransformNetConfig:
         """Build a config from :meth:`to_dict` output; unknown keys raise ConfigError."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown TransformNetConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        check_known_keys(d, cls.__dataclass_fields__, "TransformNetConfig field(s)")
         return cls(**dict(d))
 
 

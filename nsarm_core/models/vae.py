@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsarm_core.errors import ConfigError, InputError, unknown_choice
+from nsarm_core.errors import ConfigError, InputError, check_known_keys, unknown_choice
 from nsarm_core.models import checkpoint
 from nsarm_core.models.bsq import ResidualScales, decompose_into_residual_scales
 from nsarm_core.scales import ScaleSchedule, vae_default_schedule
@@ -159,10 +159,7 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VAEConfig:
         """Inverse of :meth:`to_dict`; unknown fields raise ConfigError."""
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown VAEConfig fields {unknown}; valid fields: {sorted(known)}")
+        check_known_keys(data, cls.__dataclass_fields__, "VAEConfig fields")
         return cls(**dict(data))
 
 
