@@ -18,10 +18,13 @@ Parts (each measurement in a fresh subprocess, so its peak RSS is its own):
    latents blended and the image decoded in large tiles, :mod:`nsarm_core.latent_stitch`), per stage, the ratio of
    Real-ESRGAN x4plus (part 1's auto row, else timed here) over each, and latent stitching at the largest scaling
    size (its peak RSS against part 2's).
-6. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
+6. **Allocator** (``malloc``): nsarm-tiny's defaults and Real-ESRGAN x4plus at ``--peer-size`` in each peer dtype,
+   with glibc's allocator defaults (``NSARM_MALLOC=system``) and with freed memory kept for reuse (what ``nsarm
+   upscale`` sets, :mod:`nsarm_core.allocator`), in alternating processes: both speed-ups and both ratios.
+7. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
    the code in DIR (an earlier version) and with this one, in alternating processes.
 
-All with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
+Every part but 6 runs as ``nsarm upscale`` does, with freed memory kept (:mod:`nsarm_core.allocator`). All with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
 wall time and its process CPU time (user + system): with one thread on a shared machine the CPU time counts the
 work without the waits for a free core, so the ratios are given for both. The LR image is the
 astronaut photo (``examples/photos``) downscaled x4 and mirrored to the size asked for. Prints a table per part
@@ -82,7 +85,10 @@ def _load(model: str, dtype: str, batch_windows: int | None, stitch: str | None)
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One timed upscale in this (fresh) process; returns the record printed as JSON."""
+    from nsarm_core.allocator import keep_freed_memory
+
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as `nsarm upscale` does; NSARM_MALLOC=system (part 7) keeps glibc's defaults
     rss_start = _rss_mb()
     upscaler, note = _load(args.model, args.dtype, args.batch_windows, args.stitch)
     upscaler.upscale(lr_image(64), seed=1, prompt=None)  # warm-up: oneDNN primitives, allocator caches
@@ -106,6 +112,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "batch_windows": result.settings.get("batch_windows"),
         "stitch": result.settings.get("stitch"),
         "stage_seconds": {k: result.timings[k] for k in STAGES if k in result.timings},
+        "malloc": "kept" if kept else "system",
         "rss_start_mb": rss_start,
         "rss_after_warmup_mb": rss_warm,
         "rss_peak_mb": _rss_mb(),
@@ -120,6 +127,7 @@ def _run_child(
     dtype: str | None = None,
     code: Path | None = None,
     stitch: str | None = None,
+    malloc: str | None = None,
 ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--_child", "--model", model, "--size", str(size), "--dtype", dtype or args.dtype,
            "--threads", str(args.threads)]  # fmt: skip
@@ -127,12 +135,14 @@ def _run_child(
         cmd += ["--batch-windows", str(batch_windows)]
     if stitch is not None:
         cmd += ["--stitch", stitch]
-    env = {**os.environ, "PYTHONPATH": str(code)} if code is not None else None
+    env = {**os.environ, "PYTHONPATH": str(code)} if code is not None else dict(os.environ)
+    if malloc is not None:
+        env["NSARM_MALLOC"] = malloc
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     print(
         f"  {model:18} LR {size:5d}  out {rec['out_mp']:6.3f} MP  {rec['seconds']:8.2f} s  {rec['s_per_mp']:7.2f} s/MP"
-        f"  {rec['dtype']}  batch {rec['batch_windows']}  peak RSS {rec['rss_peak_mb']:.0f} MiB",
+        f"  {rec['dtype']}  batch {rec['batch_windows']}  malloc {rec.get('malloc')}  peak RSS {rec['rss_peak_mb']:.0f} MiB",
         file=sys.stderr,
         flush=True,
     )
@@ -209,8 +219,8 @@ def main() -> None:
     p.add_argument("--layout-repeats", type=int, default=5)
     p.add_argument(
         "--parts",
-        default="peer,scaling,batch,layout,stitch",
-        help="any of peer,scaling,batch,layout,stitch,before",
+        default="peer,scaling,batch,layout,stitch,malloc",
+        help="any of peer,scaling,batch,layout,stitch,malloc,before",
     )
     p.add_argument(
         "--before-code",
@@ -354,10 +364,46 @@ def main() -> None:
             f"{st['realesrgan_over_latent_cpu']:.2f}x; latent at LR {largest}: {big['out_mp']:.2f} MP, "
             f"{big['s_per_mp']:.2f} s/MP, peak RSS {big['rss_peak_mb']:.0f} MiB"
         )
+    if "malloc" in parts:
+        print(
+            f"6. allocator, LR {args.peer_size} px: glibc's defaults (NSARM_MALLOC=system) against freed memory kept:"
+        )
+        record["malloc"] = []
+        for dtype in args.peer_dtypes.split(","):
+            runs: dict[str, dict[str, Any]] = {}
+            for malloc in ("system", "keep"):  # alternating, so a change in the machine's load hits both
+                for model in ("nsarm-tiny", "realesrgan-x4plus"):
+                    runs[f"{model}/{malloc}"] = _run_child(
+                        args, model, args.peer_size, dtype=dtype, malloc=malloc
+                    )
+            entry = {
+                "dtype": dtype,
+                "rows": runs,
+                "speedup_cpu": {
+                    m: runs[f"{m}/system"]["cpu_s_per_mp"] / runs[f"{m}/keep"]["cpu_s_per_mp"]
+                    for m in ("nsarm-tiny", "realesrgan-x4plus")
+                },
+                "realesrgan_over_nsarm_tiny_cpu": {
+                    a: runs[f"realesrgan-x4plus/{a}"]["cpu_s_per_mp"]
+                    / runs[f"nsarm-tiny/{a}"]["cpu_s_per_mp"]
+                    for a in ("system", "keep")
+                },
+            }
+            record["malloc"].append(entry)
+            for key, r in runs.items():
+                print(
+                    f"  {dtype:5} {key:28} CPU {r['cpu_s_per_mp']:6.2f} s/MP  peak RSS {r['rss_peak_mb']:5.0f} MiB"
+                )
+            print(
+                f"  {dtype}: kept / system speed-up (CPU): nsarm-tiny {entry['speedup_cpu']['nsarm-tiny']:.2f}x, "
+                f"Real-ESRGAN {entry['speedup_cpu']['realesrgan-x4plus']:.2f}x; Real-ESRGAN / nsarm-tiny: system "
+                f"{entry['realesrgan_over_nsarm_tiny_cpu']['system']:.2f}x, kept "
+                f"{entry['realesrgan_over_nsarm_tiny_cpu']['keep']:.2f}x"
+            )
     if "before" in parts:
         if args.before_code is None:
             raise SystemExit("part 'before' needs --before-code DIR")
-        print(f"5. this code against {args.before_code}, nsarm-tiny, LR {args.peer_size} px:")
+        print(f"7. this code against {args.before_code}, nsarm-tiny, LR {args.peer_size} px:")
         record["before"] = {"code": str(args.before_code), "rows": []}
         for dtype in ("fp32", "bf16"):
             old = _run_child(args, "nsarm-tiny", args.peer_size, dtype=dtype, code=args.before_code)

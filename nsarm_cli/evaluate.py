@@ -141,10 +141,12 @@ def evaluate(
         return
     if dataset is not None and preset is not None and dataset != preset:
         raise typer.BadParameter(f"--dataset {dataset} and --preset {preset} differ; give --dataset only")
+    from nsarm_core.allocator import keep_freed_memory
     from nsarm_core.eval.evaluate import json_safe
     from nsarm_core.eval.index import default_index_path
     from nsarm_core.eval.run import EvaluationRequest, run_evaluation
 
+    keep_freed_memory()  # models and metrics reuse freed activation memory (nsarm_core/allocator.py)
     request = EvaluationRequest(
         sr_dir=sr_dir, hr=hr, lr=lr, preset=dataset or preset, data_root=data_root, model=model, out=out,
         metrics=metrics, crop_border=crop_border, resize_sr=resize_sr, eval_size=eval_size,

@@ -127,10 +127,12 @@ def robustness(
     """Robustness of SR methods as in NSARM Fig. 4: composite per-image score, global mean mu_G over all methods,
     Deficient (< mu_G), Poor (< 0.9 mu_G) and Collapse (< 0.8 mu_G) counts, per-image variance, sorted curves.
     """
+    from nsarm_core.allocator import keep_freed_memory
     from nsarm_core.eval.evaluate import json_safe
     from nsarm_core.eval.index import default_index_path
     from nsarm_core.eval.run import RobustnessRequest, run_robustness
 
+    keep_freed_memory()  # models and metrics reuse freed activation memory (nsarm_core/allocator.py)
     request = RobustnessRequest(
         inputs=tuple(inputs or ()), metrics=metrics, thresholds=thresholds, hr=hr, worst_k=worst_k,
         report=_report_dir(report), report_default=report is not None, sweep=sweep, levels=levels,

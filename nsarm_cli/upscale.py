@@ -222,9 +222,11 @@ def upscale(
     fails is reported and the others continue; the exit status is then 1. Under `accelerate launch` the files
     are split between the processes.
     """
+    from nsarm_core.allocator import keep_freed_memory
     from nsarm_core.devices import set_torch_threads
 
     set_torch_threads(threads)  # before any torch work, so every op of the run uses it
+    keep_freed_memory()  # reuse freed activation memory instead of page-faulting it in again (allocator.py)
 
     from nsarm_core.batch.upscale import UpscaleOptions, upscale_batch
 

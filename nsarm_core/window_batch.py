@@ -3,10 +3,11 @@
 ``SRPipeline.upscale`` plans all windows of an image and runs the encoder, the transformation network and the
 sampler (with its KV cache) on a batch of them, then the decoder on chunks of that batch. Batching pays where
 every operation is tiny (nsarm-tiny's 64 px windows: the autoregressive stage runs 2.4x faster per window at 8
-windows than at 1 on one CPU thread); the decoder is the exception on a CPU, where its full-resolution
-activations (16 MiB per nsarm-tiny window) fall out of the cache when several windows go through at once, which
-measured 1.5x slower per window at 4 than at 1, so on a CPU it decodes one window at a time
-(:func:`decode_chunk`).
+windows than at 1 on one CPU thread); the decoder is the exception on a CPU: its full-resolution activations
+(16 MiB per nsarm-tiny window) measured 1.5x slower per window at 4 windows than at 1 with glibc's default
+allocator (page faults on every allocation above its mmap threshold, nsarm_core/allocator.py), and with freed
+memory kept, 2 windows per call gained nothing over 1 in the whole pipeline (bf16 and fp32, two runs each), so on
+a CPU it decodes one window at a time (:func:`decode_chunk`).
 
 Memory per window (bytes; formulas of docs/memory.md, ``s`` = bytes per value of the run's dtype, ``P`` output
 pixels of one window, ``p`` LR pixels, ``L`` tokens of the schedule):
@@ -61,9 +62,12 @@ def decode_chunk(device: torch.device, batch: int) -> int:
     return 1 if device.type == "cpu" else batch
 
 
-#: The largest decode tile on a CPU, output pixels per side: the decoder's time per pixel on one thread grows
-#: past it as its full-resolution activations fall out of the cache (nsarm-tiny, bf16 + CFW, decode + colour fix:
-#: 2.2-2.4 s/MP for 256-384 px tiles, 3.2 at 512 px, 6.0 at 1024 px).
+#: The largest decode tile on a CPU, output pixels per side: past it the decoder's time per pixel on one thread
+#: grows, first read as cache effects (nsarm-tiny, bf16 + CFW, decode + colour fix: 2.2-2.4 s/MP for 256-384 px
+#: tiles, 3.2 at 512 px, 6.0 at 1024 px). Most of it is page faults: activations above glibc's 32 MiB mmap
+#: threshold are mapped fresh for every allocation (nsarm_core/allocator.py). With freed memory kept (what the
+#: ``nsarm`` commands set), decoder + CFW alone, one thread: bf16 1.72 / 1.63 / 1.75 / 2.40 s/MP at 256 / 384 /
+#: 512 / 768 px, fp32 3.07 / 3.34 / 4.36 / 6.01; 384 px stays the cap.
 CPU_DECODE_TILE_PX = 384
 
 
