@@ -14,7 +14,10 @@ The guard, on an output ``y`` (``[B, 3, s*h, s*w]``) and its LR ``x`` (``[B, 3, 
 2. a **speck centre** is an LR pixel whose ``e`` is (a) above ``max(threshold, noise_factor * sigma)``, sigma
    the image's robust residual spread (1.4826 x the median absolute deviation, so noisy inputs need larger
    peaks), (b) a 3x3 local maximum, and (c) more than ``1 / ring_ratio`` times every residual on the square ring
-   ``ring`` LR pixels away (isolated: a line or an edge continues through the ring, a dot does not);
+   ``ring`` LR pixels away (isolated: a line or an edge continues through the ring, a dot does not). Near the
+   image's border only the ring's pixels inside the image count, and at least half of the ring must be inside
+   (:data:`MIN_RING_INSIDE`): a centre on an edge keeps 13 of the 24 pixels of ring 3, one within ``ring`` pixels
+   of a corner 7-11, too few to tell a dot from noise;
 3. the mask is each centre grown by ``grow`` LR pixels, upsampled to the output grid and feathered over
    ``2s + 1`` output pixels; inside it the output is replaced by the LR's bicubic upsampling (Pillow's kernel,
    as the colour fix uses), which is right for the flat areas specks sit in.
@@ -98,16 +101,29 @@ def lr_residual(hr: Tensor, lr: Tensor, scale: int) -> Tensor:
     return (F.avg_pool2d(hr, scale) - lr).abs().amax(dim=1, keepdim=True)
 
 
-def _ring_max(e: Tensor, ring: int) -> Tensor:
-    """Largest value on the square ring at Chebyshev distance ``ring`` around every pixel (replicate padding)."""
-    padded = F.pad(e, (ring,) * 4, mode="replicate")
+#: Share of the ring that must lie inside the image for a pixel near the border to count as isolated.
+MIN_RING_INSIDE = 0.5
+
+
+def _ring_max(e: Tensor, ring: int) -> tuple[Tensor, Tensor]:
+    """Largest value on the square ring at Chebyshev distance ``ring`` around every pixel, over the ring's pixels
+    inside the image, and the share of the ring inside the image (both ``[..., h, w]``).
+
+    Pixels outside the image are left out rather than replicated: a replicated border would put the centre (or
+    its neighbour) on its own ring, and no speck within ``ring`` pixels of the border would ever look isolated.
+    """
+    padded = F.pad(e, (ring,) * 4, mode="constant", value=float("-inf"))
+    inside = F.pad(torch.ones_like(e[..., :1, :, :]), (ring,) * 4, mode="constant", value=0.0)
     h, w = e.shape[-2:]
     out = torch.full_like(e, float("-inf"))
+    count = torch.zeros_like(e[..., :1, :, :])
     for dy in range(-ring, ring + 1):
         for dx in range(-ring, ring + 1):
             if max(abs(dy), abs(dx)) == ring:
-                out = torch.maximum(out, padded[..., ring + dy : ring + dy + h, ring + dx : ring + dx + w])
-    return out
+                rows, cols = slice(ring + dy, ring + dy + h), slice(ring + dx, ring + dx + w)
+                out = torch.maximum(out, padded[..., rows, cols])
+                count = count + inside[..., rows, cols]
+    return out, count / (8 * ring)
 
 
 def find_specks(residual: Tensor, config: SpeckGuardConfig) -> Tensor:
@@ -117,7 +133,8 @@ def find_specks(residual: Tensor, config: SpeckGuardConfig) -> Tensor:
     sigma = MAD_TO_SIGMA * (flat - median).abs().median(dim=1).values  # [B], per image
     floor = torch.clamp(config.noise_factor * sigma, min=config.threshold).view(-1, 1, 1, 1)
     local_max = residual >= F.max_pool2d(residual, 3, stride=1, padding=1)
-    isolated = _ring_max(residual, config.ring) < config.ring_ratio * residual
+    ring_max, ring_inside = _ring_max(residual, config.ring)
+    isolated = (ring_max < config.ring_ratio * residual) & (ring_inside >= MIN_RING_INSIDE)
     return (residual > floor) & local_max & isolated
 
 

@@ -117,6 +117,30 @@ def test_lines_and_edges_are_not_specks() -> None:
     assert torch.equal(res.image, hr)
 
 
+def test_specks_on_the_border_are_found_and_lines_along_it_are_not() -> None:
+    """Only the ring's pixels inside the image count: a dot in the last column or the first row is isolated (with
+    replicated borders it sat on its own ring and was never found)."""
+    lr = _smooth_lr(seed=6)
+    clean = _upscaled(lr)
+    h, w = clean.shape[-2:]
+    for cy, cx in ((90, w - 2), (1, 120), (h - 2, 100), (100, 1)):
+        res = guard_specks(_dot(clean, cy, cx, radius=3), lr, SCALE, CFG)
+        assert res.specks == [1], (cy, cx)
+        assert (res.image[..., cy, cx] - clean[..., cy, cx]).abs().max() < 0.02, (cy, cx)
+    along = clean.clone()
+    along[:, :, 0:3, 20:230] = 0.02  # a dark line along the top border
+    along[:, :, 60:150, w - 2 :] = 0.95  # a bright one along the right border
+    assert guard_specks(along, lr, SCALE, CFG).specks == [0]
+
+
+def test_near_a_corner_too_little_of_the_ring_is_inside_to_judge() -> None:
+    lr = _smooth_lr(seed=6)
+    clean = _upscaled(lr)
+    h, w = clean.shape[-2:]
+    for cy, cx in ((1, 1), (h - 2, w - 2), (5, w - 6)):  # LR pixels (0, 0), (h-1, w-1), (1, w-2)
+        assert guard_specks(_dot(clean, cy, cx, radius=3), lr, SCALE, CFG).specks == [0], (cy, cx)
+
+
 def test_the_threshold_follows_the_noise_of_the_residual() -> None:
     """On a noisy residual (a noisy input) a peak that stands out on a clean one is within the noise: kept."""
     lr = _smooth_lr(seed=3)
