@@ -21,10 +21,15 @@ Parts (each measurement in a fresh subprocess, so its peak RSS is its own):
 6. **Allocator** (``malloc``): nsarm-tiny's defaults and Real-ESRGAN x4plus at ``--peer-size`` in each peer dtype,
    with glibc's allocator defaults (``NSARM_MALLOC=system``) and with freed memory kept for reuse (what ``nsarm
    upscale`` sets, :mod:`nsarm_core.allocator`), in alternating processes: both speed-ups and both ratios.
-7. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
+7. **Arithmetic** (``flops``): the floating-point operations of one upscale at ``--peer-size`` (fp32, counted by
+   ``torch.utils.flop_counter``: convolutions, matrix products and attention; elementwise passes are not counted)
+   of nsarm-tiny with pixel and with latent stitching and of Real-ESRGAN x4plus, per output megapixel; their ratio
+   is the speed ratio the two would have at the same operations per second, and with part 1's times, the
+   operations per second each reached.
+8. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
    the code in DIR (an earlier version) and with this one, in alternating processes.
 
-Every part but 6 runs as ``nsarm upscale`` does, with freed memory kept (:mod:`nsarm_core.allocator`). All with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
+Every part but 6 and 7 runs as ``nsarm upscale`` does, with freed memory kept (:mod:`nsarm_core.allocator`). All with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
 wall time and its process CPU time (user + system): with one thread on a shared machine the CPU time counts the
 work without the waits for a free core, so the ratios are given for both. The LR image is the
 astronaut photo (``examples/photos``) downscaled x4 and mirrored to the size asked for. Prints a table per part
@@ -117,6 +122,33 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_warmup_mb": rss_warm,
         "rss_peak_mb": _rss_mb(),
     }
+
+
+def count_flops(args: argparse.Namespace) -> dict[str, Any]:
+    """Operations of one upscale of ``--size`` px by ``--model`` (``--stitch``), fp32, in this (fresh) process."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(args.threads)
+    upscaler, _note = _load(args.model, "fp32", None, args.stitch)
+    with FlopCounterMode(display=False) as counter:
+        result = upscaler.upscale(lr_image(args.size), seed=1, prompt=None)
+    out_mp = result.image.shape[-1] * result.image.shape[-2] / 1e6
+    flops = counter.get_total_flops()
+    return {
+        "model": args.model,
+        "stitch": args.stitch,
+        "gflop": flops / 1e9,
+        "gflop_per_mp": flops / 1e9 / out_mp,
+    }
+
+
+def _run_flops(args: argparse.Namespace, model: str, stitch: str | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--_flops", "--model", model, "--size", str(args.peer_size),
+           "--threads", str(args.threads)]  # fmt: skip
+    if stitch is not None:
+        cmd += ["--stitch", stitch]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _run_child(
@@ -219,8 +251,8 @@ def main() -> None:
     p.add_argument("--layout-repeats", type=int, default=5)
     p.add_argument(
         "--parts",
-        default="peer,scaling,batch,layout,stitch,malloc",
-        help="any of peer,scaling,batch,layout,stitch,malloc,before",
+        default="peer,scaling,batch,layout,stitch,malloc,flops",
+        help="any of peer,scaling,batch,layout,stitch,malloc,flops,before",
     )
     p.add_argument(
         "--before-code",
@@ -235,7 +267,11 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--batch-windows", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--stitch", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_flops", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args._flops:
+        print(json.dumps(count_flops(args)))
+        return
     if args._child:
         print(json.dumps(child(args)))
         return
@@ -400,10 +436,41 @@ def main() -> None:
                 f"{entry['realesrgan_over_nsarm_tiny_cpu']['system']:.2f}x, kept "
                 f"{entry['realesrgan_over_nsarm_tiny_cpu']['keep']:.2f}x"
             )
+    if "flops" in parts:
+        print(f"7. arithmetic of one upscale, LR {args.peer_size} px (fp32, torch.utils.flop_counter):")
+        rows = {
+            "nsarm-tiny/pixel": _run_flops(args, "nsarm-tiny", "pixel"),
+            "nsarm-tiny/latent": _run_flops(args, "nsarm-tiny", "latent"),
+            "realesrgan-x4plus": _run_flops(args, "realesrgan-x4plus"),
+        }
+        peer = rows["realesrgan-x4plus"]["gflop_per_mp"]
+        flops: dict[str, Any] = {
+            "rows": rows,
+            "realesrgan_over_nsarm_tiny_pixel": peer / rows["nsarm-tiny/pixel"]["gflop_per_mp"],
+            "realesrgan_over_nsarm_tiny_latent": peer / rows["nsarm-tiny/latent"]["gflop_per_mp"],
+        }
+        for key, r in rows.items():
+            print(f"  {key:20} {r['gflop_per_mp']:8.1f} GFLOP per output MP")
+        print(
+            f"  Real-ESRGAN x4plus / nsarm-tiny in operations: pixel {flops['realesrgan_over_nsarm_tiny_pixel']:.2f}x, "
+            f"latent {flops['realesrgan_over_nsarm_tiny_latent']:.2f}x"
+        )
+        for entry in record.get("peer", []):  # operations per second reached, from part 1's CPU times
+            reached = {
+                "nsarm-tiny/pixel": rows["nsarm-tiny/pixel"]["gflop_per_mp"]
+                / entry["rows"][0]["cpu_s_per_mp"],
+                "realesrgan-x4plus": peer / entry["rows"][1]["cpu_s_per_mp"],
+            }
+            flops[f"gflop_per_s_{entry['resolved']}"] = reached
+            print(
+                f"  reached ({entry['resolved']}, part 1): nsarm-tiny {reached['nsarm-tiny/pixel']:.0f} GFLOP/s, "
+                f"Real-ESRGAN x4plus {reached['realesrgan-x4plus']:.0f} GFLOP/s"
+            )
+        record["flops"] = flops
     if "before" in parts:
         if args.before_code is None:
             raise SystemExit("part 'before' needs --before-code DIR")
-        print(f"7. this code against {args.before_code}, nsarm-tiny, LR {args.peer_size} px:")
+        print(f"8. this code against {args.before_code}, nsarm-tiny, LR {args.peer_size} px:")
         record["before"] = {"code": str(args.before_code), "rows": []}
         for dtype in ("fp32", "bf16"):
             old = _run_child(args, "nsarm-tiny", args.peer_size, dtype=dtype, code=args.before_code)
