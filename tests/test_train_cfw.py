@@ -158,6 +158,10 @@ def test_cfw_settings_are_validated() -> None:
         CFWSettings.from_stage({**ok, "teacher": "nsarm-tiny"})
     with pytest.raises(ConfigError, match="set stage.decoder_shuffle too"):
         CFWSettings.from_stage({**ok, "cfw_blocks": 2})
+    with pytest.raises(ConfigError, match="stage.gradient_weight"):
+        CFWSettings.from_stage({**ok, "gradient_weight": 1.0})  # no teacher output to compare with
+    with pytest.raises(ConfigError, match="stage.gradient_weight"):
+        CFWSettings.from_stage({**ok, "distill_weight": 1.0, "gradient_weight": -1.0})
     with pytest.raises(ConfigError, match="crop_size"):
         CachedWindows(
             {"hr": torch.zeros(1, 3, 64, 64, dtype=torch.uint8)}, crop=36, stride=8, scale=4, seed=0
@@ -413,3 +417,19 @@ def test_perturb_latent_touches_only_samples_with_fidelity_and_about_the_fractio
 def test_latent_noise_is_bounded() -> None:
     with pytest.raises(ConfigError, match="latent_noise"):
         CFWSettings.from_stage({"hr_dirs": ["x"], "latent_noise": 1.5})
+
+
+def test_gradient_l1_compares_neighbour_differences() -> None:
+    """``stage.gradient_weight``'s term: the mean of the horizontal and the vertical difference errors; blind to a
+    constant offset, and a diagonal edge drawn in 2-pixel steps (a pixel-shuffle student's staircase) costs it
+    twice what it costs the pixel L1."""
+    from nsarm_core.train.cfw import gradient_l1
+
+    x = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    assert torch.isclose(gradient_l1(x, torch.zeros_like(x)), torch.tensor(0.5))  # dx errors 1, dy errors 0
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    smooth = ((xx - yy) / 4).clamp(-1, 1)[None, None]
+    stairs = ((2 * (xx // 2) - 2 * (yy // 2)) / 4).clamp(-1, 1)[None, None]
+    assert gradient_l1(smooth, smooth) == 0
+    assert torch.isclose(gradient_l1(smooth + 0.3, smooth), torch.tensor(0.0), atol=1e-6)
+    assert gradient_l1(stairs, smooth) > 1.9 * torch.nn.functional.l1_loss(stairs, smooth)

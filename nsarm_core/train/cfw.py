@@ -92,6 +92,9 @@ class CFWSettings:
         hr_weight: weight of ``|x - HR|_1``.
         distill_weight: weight of ``|x - Teacher(z, LR, w)|_1`` (0: no teacher); the teacher is the frozen
             model's own decoder and CFW module, or ``teacher``'s.
+        gradient_weight: weight of ``|grad x - grad Teacher(z, LR, w)|_1`` (horizontal and vertical neighbour
+            differences, per channel; needs ``distill_weight > 0``): aims at edges, where an L1 on the pixels
+            leaves a student's 2-pixel staircases cheap (docs/model_card.md, "A faster decoder").
         teacher: a model (registered name or folder) whose decoder and CFW teach, for a student that continues
             its training (``model`` is then the student); its other parts must be ``model``'s.
         gan_weight: factor on the adaptive adversarial weight (0 disables the adversarial term).
@@ -118,6 +121,7 @@ class CFWSettings:
     cfw_blocks: int | None = None
     hr_weight: float = 1.0
     distill_weight: float = 0.0
+    gradient_weight: float = 0.0
     teacher: str | None = None
     gan_weight: float = 0.1
     gan_start: int = 500
@@ -139,6 +143,11 @@ class CFWSettings:
             raise ConfigError(
                 "stage.hr_weight and stage.distill_weight must be >= 0 and not both 0, got "
                 f"{self.hr_weight}, {self.distill_weight}"
+            )
+        if self.gradient_weight < 0 or (self.gradient_weight > 0 and self.distill_weight <= 0):
+            raise ConfigError(
+                "stage.gradient_weight compares image gradients with the teacher's: it must be >= 0, and > 0 only "
+                f"with stage.distill_weight > 0 (got {self.gradient_weight}, {self.distill_weight})"
             )
         if self.teacher is not None and self.distill_weight <= 0:
             raise ConfigError("stage.teacher is only used for distillation: set stage.distill_weight > 0 too")
@@ -195,6 +204,14 @@ def perturb_latent(latent: Tensor, fidelity: Tensor, fraction: float, generator:
     spread = latent.detach().float().std(dim=(0, 2, 3), keepdim=True).to(latent.dtype)
     noise = torch.randn(latent.shape, generator=generator).to(latent.device, latent.dtype) * spread
     return torch.where(mask, latent + noise, latent)
+
+
+def gradient_l1(x: Tensor, target: Tensor) -> Tensor:
+    """Mean ``|d x - d target|`` over the horizontal and vertical neighbour differences of ``[B, C, H, W]`` images
+    (``stage.gradient_weight``)."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]) - (target[..., :, 1:] - target[..., :, :-1])
+    dy = (x[..., 1:, :] - x[..., :-1, :]) - (target[..., 1:, :] - target[..., :-1, :])
+    return 0.5 * (dx.abs().mean() + dy.abs().mean())
 
 
 class DecoderWithCFW(nn.Module):
@@ -493,6 +510,10 @@ class CFWRecipe:
             distill = F.l1_loss(fake.float(), target.float())
             rec = rec + s.distill_weight * distill
             metrics["distill"] = float(distill.detach())
+            if s.gradient_weight > 0:
+                grad = gradient_l1(fake.float(), target.float())
+                rec = rec + s.gradient_weight * grad
+                metrics["gradient"] = float(grad.detach())
         loss = rec
 
         use_gan = s.gan_weight > 0 and self.step >= s.gan_start
