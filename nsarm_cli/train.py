@@ -136,7 +136,8 @@ train_cfw = _stage_command(
     The model's own sampled latents of degraded training windows are cached in the run folder; the decoder and
     CFW learn L1 + an adversarial loss against a PatchGAN trained from scratch, with the fidelity w drawn per
     sample. With stage.decoder_shuffle it trains a faster decoder (pixel-shuffle output) from the model's own
-    decoder and CFW, distilled with stage.distill_weight (config cfw_tiny_fast). Writes RUN/final/model, which
+    decoder and CFW, distilled with stage.distill_weight (and stage.gradient_weight on image gradients; config
+    cfw_tiny_fast). Writes RUN/final/model, which
     `nsarm upscale --model RUN/final/model --fidelity W` loads.
     """,
 )
