@@ -14,13 +14,15 @@ faulted 10x less, which is what an earlier reading of the timings took for cache
   heap and are reused after a free instead of being unmapped; larger blocks are still mapped and unmapped, so one
   huge tensor does not stay in the heap after it is freed;
 * ``M_TRIM_THRESHOLD`` = 128 MiB: up to that much free memory at the heap's top is kept instead of being handed
-  back. A larger value (1 GiB was tried) let Real-ESRGAN's heap fragment to twice its peak RSS at a 1 MP output;
-  128 MiB kept its peak RSS at the default's and all of nsarm-tiny's gain.
+  back. A larger value (1 GiB was tried) let Real-ESRGAN's heap fragment to about twice its peak RSS at a 1 MP
+  output; 128 MiB kept most of that off and all of nsarm-tiny's gain.
 
 Measured on a 256 -> 1024 px upscale, one thread, CPU seconds per output megapixel, glibc's defaults -> kept (one
 run each): nsarm-tiny fp32 7.5 -> 6.2 (pixel stitching) and 6.3 -> 4.7 (latent stitching), bf16 3.8 -> 3.8 and
-3.3 -> 2.8; Real-ESRGAN x4plus fp32 13.9 -> 10.8, bf16 6.3 -> 6.1; peak RSS within 10 % of the default's. The
-benchmark of record is ``benchmarks/speed.py --parts malloc`` (docs/model_card.md, "Inference time").
+3.3 -> 2.8; Real-ESRGAN x4plus fp32 13.9 -> 10.8, bf16 6.3 -> 6.1. The benchmark of record is
+``benchmarks/speed.py --parts malloc`` (docs/model_card.md, "Inference time"): nsarm-tiny 1.12x (bf16) and 1.24x
+(fp32) faster with its peak RSS unchanged, Real-ESRGAN 1.04x and 1.15x with its peak RSS 10-29 % higher (its
+1024 px activations are above 32 MiB, so they are still mapped fresh; the smaller ones now stay in the heap).
 
 Setting either parameter also turns off glibc's adaptive threshold, so the effect does not depend on what the
 process allocated before. It is process-wide: the ``nsarm`` commands that run models call it once before loading
