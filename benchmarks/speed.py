@@ -29,7 +29,8 @@ Parts (each measurement in a fresh subprocess, so its peak RSS is its own):
 8. **Before** (only with ``--parts before --before-code DIR``): nsarm-tiny at ``--peer-size`` in fp32 and bf16 with
    the code in DIR (an earlier version) and with this one, in alternating processes.
 
-Every part but 6 and 7 runs as ``nsarm upscale`` does, with freed memory kept (:mod:`nsarm_core.allocator`). All with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
+Every part but 6 and 7 runs as ``nsarm upscale`` does, with freed memory kept (:mod:`nsarm_core.allocator`). All
+with ``--threads`` torch threads (default 1) and one timed run after one warm-up window. Each run records its
 wall time and its process CPU time (user + system): with one thread on a shared machine the CPU time counts the
 work without the waits for a free core, so the ratios are given for both. The LR image is the
 astronaut photo (``examples/photos``) downscaled x4 and mirrored to the size asked for. Prints a table per part
@@ -142,13 +143,25 @@ def count_flops(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run_flops(args: argparse.Namespace, model: str, stitch: str | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--_flops", "--model", model, "--size", str(args.peer_size),
-           "--threads", str(args.threads)]  # fmt: skip
-    if stitch is not None:
-        cmd += ["--stitch", stitch]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+def _subprocess(
+    args: argparse.Namespace,
+    mode: str,
+    model: str,
+    size: int,
+    extra: list[str],
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run this script with ``mode`` (``--_child`` or ``--_flops``) in a fresh process; its last stdout line as JSON."""
+    cmd = [sys.executable, __file__, mode, "--model", model, "--size", str(size), "--threads", str(args.threads),
+           *extra]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_flops(args: argparse.Namespace, model: str, stitch: str | None = None) -> dict[str, Any]:
+    return _subprocess(
+        args, "--_flops", model, args.peer_size, ["--stitch", stitch] if stitch is not None else []
+    )
 
 
 def _run_child(
@@ -161,20 +174,19 @@ def _run_child(
     stitch: str | None = None,
     malloc: str | None = None,
 ) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--_child", "--model", model, "--size", str(size), "--dtype", dtype or args.dtype,
-           "--threads", str(args.threads)]  # fmt: skip
+    extra = ["--dtype", dtype or args.dtype]
     if batch_windows is not None:
-        cmd += ["--batch-windows", str(batch_windows)]
+        extra += ["--batch-windows", str(batch_windows)]
     if stitch is not None:
-        cmd += ["--stitch", stitch]
+        extra += ["--stitch", stitch]
     env = {**os.environ, "PYTHONPATH": str(code)} if code is not None else dict(os.environ)
     if malloc is not None:
         env["NSARM_MALLOC"] = malloc
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    rec = _subprocess(args, "--_child", model, size, extra, env)
     print(
         f"  {model:18} LR {size:5d}  out {rec['out_mp']:6.3f} MP  {rec['seconds']:8.2f} s  {rec['s_per_mp']:7.2f} s/MP"
-        f"  {rec['dtype']}  batch {rec['batch_windows']}  malloc {rec.get('malloc')}  peak RSS {rec['rss_peak_mb']:.0f} MiB",
+        f"  {rec['dtype']}  batch {rec['batch_windows']}  malloc {rec.get('malloc')}"
+        f"  peak RSS {rec['rss_peak_mb']:.0f} MiB",
         file=sys.stderr,
         flush=True,
     )

@@ -28,7 +28,8 @@ ConfigOpt = Annotated[
         "--config",
         "-c",
         help="YAML config file, or the name of a shipped one (tokenizer_tiny, base_tiny, stage1_tiny, "
-        "stage2_tiny, cfw_tiny, cfw_tiny_ft, cfw_tiny_fast, stage1_nsarm, stage2_nsarm). Default: the stage's *_tiny config.",
+        "stage2_tiny, cfw_tiny, cfw_tiny_ft, cfw_tiny_fast, stage1_nsarm, stage2_nsarm). "
+        "Default: the stage's *_tiny config.",
     ),
 ]
 SetOpt = Annotated[
@@ -137,8 +138,7 @@ train_cfw = _stage_command(
     CFW learn L1 + an adversarial loss against a PatchGAN trained from scratch, with the fidelity w drawn per
     sample. With stage.decoder_shuffle it trains a faster decoder (pixel-shuffle output) from the model's own
     decoder and CFW, distilled with stage.distill_weight (and stage.gradient_weight on image gradients; config
-    cfw_tiny_fast). Writes RUN/final/model, which
-    `nsarm upscale --model RUN/final/model --fidelity W` loads.
+    cfw_tiny_fast). Writes RUN/final/model, which `nsarm upscale --model RUN/final/model --fidelity W` loads.
     """,
 )
 

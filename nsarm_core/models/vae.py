@@ -81,8 +81,9 @@ class VAEConfig:
             and the encoder always keeps the official form (its latent feeds the sampler's bits).
         decoder_shuffle: our extension for small, fast decoders (docs/architecture.md E.12): the decoder skips its
             last ``log2(decoder_shuffle)`` nearest-x2 upsamplings (their 3x3 convolutions stay, at the coarser
-            grid), so its finest levels run at ``1/decoder_shuffle`` of the output resolution, and its output convolution emits ``in_channels * decoder_shuffle**2`` channels
-            that a pixel shuffle rearranges into the image. 1 (every official preset) is the official decoder;
+            grid), so its finest levels run at ``1/decoder_shuffle`` of the output resolution, and its output
+            convolution emits ``in_channels * decoder_shuffle**2`` channels that a pixel shuffle rearranges into
+            the image. 1 (every official preset) is the official decoder;
             nsarm-tiny's fast decoder uses 2, which removes the two most expensive full-resolution stages.
         name: preset name (informational).
     """
@@ -360,8 +361,8 @@ class Decoder(nn.Module):
             levels.insert(0, level)  # up[i] is level i, as in the official ``self.up.insert(0, up)``
         self.up = nn.ModuleList(levels)
         self.norm_out = Normalize(block_in, eps)
-        # decoder_shuffle > 1 (our fast decoders, docs/architecture.md E.12): the last levels ran at 1/shuffle of the output grid and
-        # the output convolution emits a shuffle x shuffle block of pixels per position.
+        # decoder_shuffle > 1 (our fast decoders, docs/architecture.md E.12): the last levels ran at 1/shuffle of
+        # the output grid and the output convolution emits a shuffle x shuffle block of pixels per position.
         self.shuffle = cfg.decoder_shuffle
         self.conv_out = Conv(block_in, cfg.in_channels * self.shuffle**2, 3, padding=1)
 
